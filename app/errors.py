@@ -1,0 +1,63 @@
+"""The one place errors become responses: JSON for /api, a page for people elsewhere."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from execution_history.errors import ExecutionHistoryError
+
+log = logging.getLogger(__name__)
+
+#: API codes for werkzeug's own errors (routing 404/405, oversized requests, ...).
+_HTTP_CODES = {
+    400: "INVALID_PARAMETER",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    410: "LINK_EXPIRED",
+    413: "REQUEST_TOO_LARGE",
+    414: "REQUEST_TOO_LARGE",
+    431: "REQUEST_TOO_LARGE",
+}
+
+
+def error_response(status: int, body: dict) -> Response:
+    """A JSON error response carrying the request id."""
+    response = jsonify({**body, "request_id": g.get("request_id")})
+    response.status_code = status
+    return response
+
+
+def handle_error(err: ExecutionHistoryError) -> Response:
+    """Our own exceptions: their status, code and context."""
+    if err.status_code >= 500:
+        log.error("request %s failed: %s", g.get("request_id"), err.message, exc_info=err)
+    return error_response(err.status_code, err.to_dict())
+
+
+def handle_http_exception(err: HTTPException) -> Response:
+    """werkzeug's errors (unknown route, wrong method, ...) in the same JSON shape."""
+    status = err.code or 500
+    body = {"error": err.name, "code": _HTTP_CODES.get(status, "HTTP_ERROR")}
+    if status == 405:
+        body["allowed_methods"] = sorted(err.valid_methods or [])
+    response = error_response(status, body)
+    if status == 405 and err.valid_methods:
+        response.headers["Allow"] = ", ".join(sorted(err.valid_methods))
+    return response
+
+
+def handle_unexpected(err: Exception) -> Response:
+    """Anything else: logged with the request id, answered 500 without trace or path."""
+    log.exception("request %s %s %s failed", g.get("request_id"), request.method, request.path)
+    return error_response(500, {"error": "Internal server error", "code": "INTERNAL_ERROR"})
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Install the handlers on the app (not a blueprint) so routing errors are covered too."""
+    app.register_error_handler(ExecutionHistoryError, handle_error)
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(Exception, handle_unexpected)

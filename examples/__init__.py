@@ -1,0 +1,1 @@
+"""Example pipelines that record runs through the real ExecutionTracker."""

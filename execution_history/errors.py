@@ -1,0 +1,80 @@
+"""The exception tree: each class knows its HTTP status and API error code."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class ExecutionHistoryError(Exception):
+    """Base of every error this project raises on purpose; `to_dict()` is its API body."""
+
+    status_code = 500
+    code = "INTERNAL_ERROR"
+
+    def __init__(self, message: str = "Internal server error", **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = context
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON error body (without `request_id`, which the app adds)."""
+        return {"error": self.message, "code": self.code, **self.context}
+
+
+class InvalidParameter(ExecutionHistoryError):
+    """A query or path parameter has a value that is not allowed."""
+
+    status_code = 400
+    code = "INVALID_PARAMETER"
+
+
+class UnknownParameter(InvalidParameter):
+    """A query parameter that the route does not take."""
+
+    code = "UNKNOWN_PARAMETER"
+
+
+class InvalidFormat(ExecutionHistoryError):
+    """An export format that is neither available nor planned."""
+
+    status_code = 400
+    code = "INVALID_FORMAT"
+
+
+class ExportTooLarge(ExecutionHistoryError):
+    """A selection that the asked format cannot hold (Excel's row limit)."""
+
+    status_code = 400
+    code = "EXPORT_TOO_LARGE"
+
+
+class RunNotFound(ExecutionHistoryError):
+    """No readable run with that id (malformed ids included: they never become paths)."""
+
+    status_code = 404
+    code = "NOT_FOUND"
+
+
+class MethodNotAllowed(ExecutionHistoryError):
+    """The route exists but not for this HTTP method."""
+
+    status_code = 405
+    code = "METHOD_NOT_ALLOWED"
+
+
+class FormatNotImplemented(ExecutionHistoryError):
+    """A planned export format (pdf, docx)."""
+
+    status_code = 501
+    code = "FORMAT_NOT_IMPLEMENTED"
+
+
+class InvalidRecord(ExecutionHistoryError):
+    """A record file or dict that is not a valid run record (counted, never served)."""
+
+
+class RunAlreadyExists(ExecutionHistoryError):
+    """Publishing would overwrite an existing run file; the store never does that."""
+
+
+class StorageError(ExecutionHistoryError):
+    """The data folder could not be read or written (permissions, disk full)."""

@@ -1,0 +1,287 @@
+"""Run records and items: the one schema, its fast checker, id rules and JSON-safe values.
+
+A record is kept as the plain JSON object of its file (a ``dict``): that is what the
+API serves, what every exporter reads and what the index extracts from. Its shape is
+defined once, by the marshmallow schemas below. They document the record (OpenAPI
+uses them) and validate single records; the hot paths (indexing and exporting
+hundreds of thousands of records) use :func:`parse_record`, a checker compiled from
+the same schemas that only tests types, about 50x faster than ``Schema.validate``.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+from .errors import InvalidRecord
+from .taxonomy import STAGES, TAXONOMY_VERSION
+
+#: ``exec_`` + UTC ``YYYYMMDD_HHMMSS`` + ``_`` + 8 lowercase hex digits.
+EXECUTION_ID_PATTERN = r"exec_\d{8}_\d{6}_[0-9a-f]{8}"
+_EXECUTION_ID_RE = re.compile(rf"\A{EXECUTION_ID_PATTERN}\Z")
+
+#: Statuses a finished record may have (``running`` exists only while a journal does).
+FINAL_STATUSES = ("completed", "blocked", "failed", "interrupted")
+STATUSES = ("running", *FINAL_STATUSES)
+#: Statuses a pipeline may pass to ``finalize``.
+TRACKER_STATUSES = ("completed", "blocked", "failed")
+
+DEFAULT_USER_ID = "anonymous"
+DEFAULT_SESSION_ID = "default"
+
+
+def is_valid_execution_id(value: object) -> bool:
+    """True if *value* is a well-formed execution id (the only ids that become paths)."""
+    return isinstance(value, str) and _EXECUTION_ID_RE.match(value) is not None
+
+
+def new_execution_id(now: dt.datetime | None = None) -> str:
+    """A fresh execution id for a run starting at *now* (UTC); 32 random bits keep it unique."""
+    now = (now or utc_now()).astimezone(dt.timezone.utc)
+    return f"exec_{now:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}"
+
+
+def utc_now() -> dt.datetime:
+    """The current time, timezone-aware, in UTC."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def format_timestamp(value: dt.datetime) -> str:
+    """ISO 8601 with an explicit offset; naive datetimes are taken as UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.isoformat()
+
+
+def parse_timestamp(value: str) -> dt.datetime:
+    """Parse an ISO 8601 timestamp; one without an offset (older files) is read as UTC.
+
+    :raises ValueError: if *value* is not ISO 8601.
+    """
+    parsed = dt.datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed
+
+
+# ---------------------------------------------------------------- the schema
+
+
+def _validate_timestamp(value: str) -> None:
+    try:
+        dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError("Not an ISO 8601 timestamp.") from None
+
+
+def _timestamp_field(**kwargs: Any) -> fields.String:
+    """An ISO 8601 timestamp, kept as the string the file holds."""
+    kwargs.setdefault("metadata", {})["format"] = "date-time"
+    return fields.String(validate=_validate_timestamp, **kwargs)
+
+
+class RunItemSchema(Schema):
+    """One logged step of a run."""
+
+    sequence_number = fields.Integer(required=True, strict=True, validate=validate.Range(min=1),
+                                     metadata={"description": "1, 2, 3 ... global order within the run"})
+    stage = fields.Integer(required=True, strict=True, validate=validate.Range(STAGES.start, STAGES.stop - 1),
+                           metadata={"description": "Pipeline stage 0-4"})
+    stage_iteration = fields.Integer(load_default=None, allow_none=True, strict=True,
+                                     metadata={"description": "Iteration of a recursive stage, else null"})
+    loop_iteration = fields.Integer(load_default=None, allow_none=True, strict=True,
+                                    metadata={"description": "Iteration of the multi-output loop, else null"})
+    item_type = fields.String(required=True, metadata={"description": "A name from the taxonomy"})
+    timestamp = _timestamp_field(required=True, metadata={"description": "When it was logged (UTC)"})
+    content = fields.String(load_default=None, allow_none=True, metadata={"description": "The text, or null"})
+    file_path = fields.String(load_default=None, allow_none=True, metadata={"description": "Path of a media output"})
+    model_used = fields.String(load_default=None, allow_none=True)
+    backend_used = fields.String(load_default=None, allow_none=True)
+    execution_time = fields.Float(load_default=None, allow_none=True, metadata={"description": "Seconds"})
+    metadata = fields.Dict(load_default=dict, metadata={"description": "Model params, safety results, anything else"})
+
+
+class RunRecordSchema(Schema):
+    """A finished (or interrupted) run, as stored in ``<data dir>/<execution_id>.json``."""
+
+    execution_id = fields.String(required=True, validate=validate.Regexp(_EXECUTION_ID_RE),
+                                 metadata={"pattern": EXECUTION_ID_PATTERN})
+    config_name = fields.String(required=True)
+    timestamp = _timestamp_field(required=True, metadata={"description": "Run start"})
+    finished_at = _timestamp_field(load_default=None, allow_none=True)
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    execution_mode = fields.String(load_default=None, allow_none=True)
+    safety_level = fields.String(load_default=None, allow_none=True)
+    user_id = fields.String(load_default=DEFAULT_USER_ID)
+    session_id = fields.String(load_default=DEFAULT_SESSION_ID)
+    total_execution_time = fields.Float(load_default=None, allow_none=True, metadata={"description": "Seconds"})
+    taxonomy_version = fields.String(load_default=TAXONOMY_VERSION)
+    items = fields.List(fields.Nested(RunItemSchema), required=True)
+
+
+#: Timestamp fields: checked with ``parse_timestamp`` and given an offset when they lack one.
+_TIMESTAMP_FIELDS = frozenset({"timestamp", "finished_at"})
+
+
+def _compile_checks(schema: Schema) -> list[tuple[str, tuple[type, ...], bool, bool, Any]]:
+    """(name, accepted types, required, allow_none, default) for each field of *schema*."""
+    kinds = {fields.Integer: (int,), fields.Float: (int, float), fields.String: (str,),
+             fields.Dict: (dict,), fields.List: (list,)}
+    checks = []
+    for name, field in schema.fields.items():
+        types = next(t for kind, t in kinds.items() if isinstance(field, kind))
+        default = field.load_default
+        checks.append((name, types, field.required, field.allow_none, default))
+    return checks
+
+
+_RECORD_CHECKS = _compile_checks(RunRecordSchema())
+_ITEM_CHECKS = _compile_checks(RunItemSchema())
+
+
+def _check_fields(data: dict, checks: list, where: str) -> None:
+    for name, types, required, allow_none, default in checks:
+        if name not in data:
+            if required:
+                raise InvalidRecord(f"{where}: missing field {name!r}")
+            data[name] = default() if callable(default) else default
+            continue
+        value = data[name]
+        if value is None:
+            if not allow_none:
+                raise InvalidRecord(f"{where}: {name!r} may not be null")
+        elif not isinstance(value, types) or isinstance(value, bool):
+            raise InvalidRecord(f"{where}: {name!r} has the wrong type")
+        elif name in _TIMESTAMP_FIELDS:
+            try:
+                parsed = dt.datetime.fromisoformat(value)
+            except ValueError:
+                raise InvalidRecord(f"{where}: {name!r} is not an ISO 8601 timestamp") from None
+            if parsed.tzinfo is None:  # older files: read as UTC
+                data[name] = format_timestamp(parsed)
+
+
+def check_record(data: object, execution_id: str | None = None) -> dict:
+    """Check that *data* is a run record and fill documented defaults, in place.
+
+    Naive timestamps get ``+00:00``; unknown extra fields are kept untouched.
+
+    :param execution_id: if given, the record's own id must equal it (the file name).
+    :raises InvalidRecord: with a message naming the first problem found.
+    """
+    if not isinstance(data, dict):
+        raise InvalidRecord("record: not a JSON object")
+    _check_fields(data, _RECORD_CHECKS, "record")
+    if not is_valid_execution_id(data["execution_id"]):
+        raise InvalidRecord("record: malformed execution_id")
+    if execution_id is not None and data["execution_id"] != execution_id:
+        raise InvalidRecord("record: execution_id does not match its file name")
+    if data["status"] not in STATUSES:
+        raise InvalidRecord("record: unknown status")
+    for position, item in enumerate(data["items"], start=1):
+        if not isinstance(item, dict):
+            raise InvalidRecord(f"item {position}: not a JSON object")
+        _check_fields(item, _ITEM_CHECKS, f"item {position}")
+        if item["stage"] not in STAGES:
+            raise InvalidRecord(f"item {position}: stage out of range")
+    return data
+
+
+def _reject_constant(name: str) -> None:
+    # NaN/Infinity are not JSON; a file from older code that holds them reads them as null.
+    return None
+
+
+def parse_record(raw: bytes | str, execution_id: str | None = None) -> dict:
+    """Parse the bytes of a record file and check them (see :func:`check_record`).
+
+    :raises InvalidRecord: if the bytes are not UTF-8 JSON or not a run record.
+    """
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError
+        raise InvalidRecord(f"not JSON: {err.__class__.__name__}") from None
+    return check_record(data, execution_id)
+
+
+def dump_record(record: Mapping[str, Any]) -> bytes:
+    """The bytes of a record file: strict UTF-8 JSON, human-readable.
+
+    :raises ValueError: for NaN/Infinity or lone surrogates (``make_json_safe`` prevents both).
+    """
+    text = json.dumps(record, ensure_ascii=False, allow_nan=False, indent=1)
+    return text.encode("utf-8") + b"\n"
+
+
+# ---------------------------------------------------------------- JSON-safe values
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_MAX_DEPTH = 64
+
+
+def make_json_safe(value: Any, _depth: int = 0, _seen: frozenset = frozenset()) -> Any:
+    """Turn any value into one JSON carries faithfully, the documented way.
+
+    - ``str``: lone surrogates (broken LLM output) become U+FFFD.
+    - ``float``: NaN and +/-Infinity become ``None``.
+    - ``bytes``: decoded as UTF-8 if they are valid UTF-8, else ``"base64:" + base64``.
+    - ``datetime``/``date``/``time``: ISO 8601 strings (naive datetimes read as UTC).
+    - ``set``/``frozenset``: sorted lists; tuples and other sequences: lists.
+    - mappings: dicts with string keys; other objects: ``str(value)``.
+    - cycles and nesting deeper than 64 levels become ``"<recursion>"``.
+    """
+    if value is None or value is True or value is False:
+        return value
+    if isinstance(value, int):
+        return int(value)  # IntEnum and friends become plain numbers
+    if isinstance(value, str):
+        return _SURROGATE_RE.sub("\ufffd", value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(raw).decode("ascii")
+    if isinstance(value, dt.datetime):
+        return format_timestamp(value)
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if _depth >= _MAX_DEPTH or id(value) in _seen:
+        return "<recursion>"
+    seen = _seen | {id(value)}
+    if isinstance(value, Mapping):
+        return {_safe_key(k): make_json_safe(v, _depth + 1, seen) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        items = [make_json_safe(v, _depth + 1, seen) for v in value]
+        return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
+    if isinstance(value, (list, tuple)):
+        return [make_json_safe(v, _depth + 1, seen) for v in value]
+    return make_json_safe(_to_text(value))
+
+
+def _safe_key(key: Any) -> str:
+    return make_json_safe(key if isinstance(key, str) else _to_text(key))
+
+
+def _to_text(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:  # a broken __str__ must not cost the item
+        return object.__repr__(value)
+
+
+def make_text(value: Any) -> str | None:
+    """Content as text: strings made safe, other values as their JSON-safe text."""
+    if value is None:
+        return None
+    safe = make_json_safe(value)
+    return safe if isinstance(safe, str) else json.dumps(safe, ensure_ascii=False)

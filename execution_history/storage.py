@@ -1,0 +1,299 @@
+"""RunStore: the data folder of record files: validated id -> path, atomic save, load, list, stats."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidRecord, RunAlreadyExists, RunNotFound, StorageError
+from .records import dump_record, is_valid_execution_id, parse_record, parse_timestamp
+
+log = logging.getLogger(__name__)
+
+RECORD_SUFFIX = ".json"
+#: Temp files start with a dot and end in ``.tmp``: no reader lists them (readers list
+#: ``exec_*.json`` only). The writer's pid is part of the name so sweeping can tell orphans.
+TEMP_PREFIX = ".tmp-"
+TEMP_SUFFIX = ".tmp"
+#: A temp file whose writer is gone, or that is older than this, is an orphan.
+ORPHAN_AGE_SECONDS = 3600.0
+
+
+#: Where records go when neither ``RUN_HISTORY_DIR`` nor app config says (relative to the cwd).
+DEFAULT_DATA_DIR = Path("exports") / "pipeline_runs"
+
+
+def resolve_data_dir(configured: str | os.PathLike[str] | None = None) -> Path:
+    """The data folder: *configured* (app config), else ``RUN_HISTORY_DIR``, else the default."""
+    return Path(configured or os.environ.get("RUN_HISTORY_DIR") or DEFAULT_DATA_DIR)
+
+
+@dataclass(frozen=True)
+class RecordFile:
+    """A record file as listed: its id and what ``stat`` says (for change detection)."""
+
+    execution_id: str
+    size: int
+    mtime_ns: int
+
+
+class RunStore:
+    """The folder of ``<execution_id>.json`` files, the source of truth for every run."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+
+    # ------------------------------------------------------------ paths
+
+    def path_for(self, execution_id: str) -> Path:
+        """The file of a run. Malformed ids never become paths.
+
+        :raises RunNotFound: if *execution_id* is not a well-formed id.
+        """
+        if not is_valid_execution_id(execution_id):
+            raise RunNotFound("Execution not found", execution_id=execution_id)
+        return self.root / f"{execution_id}{RECORD_SUFFIX}"
+
+    def ensure_root(self) -> None:
+        """Create the data folder if it is missing.
+
+        :raises StorageError: if it cannot be created.
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageError("Data folder cannot be created", reason=err.strerror) from err
+
+    # ------------------------------------------------------------ writing
+
+    def save(self, record: dict[str, Any]) -> Path:
+        """Publish a record atomically; never overwrites an existing run.
+
+        The bytes go to a temp file in the same folder (a name no reader lists), are
+        fsynced, made readable by other users, then hard-linked to the final name, which
+        fails if that name exists; the folder is fsynced last. A reader therefore sees
+        the whole file or none, even if this process is killed half-way; a killed
+        writer's temp file is swept later by :meth:`sweep_temp_files`.
+
+        :raises RunAlreadyExists: if a run with this id is already stored.
+        :raises StorageError: if the folder cannot be written (permissions, disk full).
+        :raises ValueError: if the record holds values JSON cannot carry.
+        """
+        path = self.path_for(record["execution_id"])
+        data = dump_record(record)
+        self.ensure_root()
+        temp = self.root / f"{TEMP_PREFIX}{record['execution_id']}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            self._write_temp(temp, data)
+            self._publish(temp, path)
+            self._fsync_dir()
+        except FileExistsError:
+            raise RunAlreadyExists("Run already stored", execution_id=record["execution_id"]) from None
+        except OSError as err:
+            raise StorageError("Run could not be saved", execution_id=record["execution_id"],
+                               reason=err.strerror or str(err)) from err
+        finally:
+            _unlink_quietly(temp)
+        return path
+
+    @staticmethod
+    def _write_temp(temp: Path, data: bytes) -> None:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, 0o644)  # readable by the server's user whatever our umask
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _publish(temp: Path, path: Path) -> None:
+        try:
+            os.link(temp, path)  # atomic and refuses to replace an existing file
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            # A file system without hard links: rename, after an existence check (racy
+            # only against a second writer of the same random id).
+            if path.exists():
+                raise FileExistsError(path) from None
+            os.rename(temp, path)
+
+    def _fsync_dir(self) -> None:
+        try:
+            fd = os.open(self.root, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:  # some file systems refuse fsync on a folder; the data is synced
+            pass
+        finally:
+            os.close(fd)
+
+    def sweep_temp_files(self, now: float | None = None) -> int:
+        """Remove temp files whose writer has died or that are older than an hour.
+
+        :returns: how many were removed.
+        """
+        now = time.time() if now is None else now
+        removed = 0
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError:
+            return 0
+        for entry in entries:
+            if not (entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX)):
+                continue
+            try:
+                age = now - entry.stat().st_mtime
+            except OSError:
+                continue
+            if age > ORPHAN_AGE_SECONDS or not _is_alive(_writer_pid(entry.name)):
+                if _unlink_quietly(Path(entry.path)):
+                    removed += 1
+        return removed
+
+    # ------------------------------------------------------------ reading
+
+    def read_bytes(self, execution_id: str) -> bytes:
+        """The raw bytes of a run's file.
+
+        :raises RunNotFound: if the id is malformed or no such file exists.
+        :raises StorageError: if the file exists but cannot be read.
+        """
+        path = self.path_for(execution_id)
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise RunNotFound("Execution not found", execution_id=execution_id) from None
+        except OSError as err:
+            raise StorageError("Run could not be read", execution_id=execution_id,
+                               reason=err.strerror) from err
+
+    def load(self, execution_id: str) -> dict[str, Any]:
+        """One checked record.
+
+        :raises RunNotFound: if the id is malformed or no such file exists.
+        :raises InvalidRecord: if the file is not a run record (truncated, foreign).
+        """
+        return parse_record(self.read_bytes(execution_id), execution_id)
+
+    def iter_records(self, execution_ids: Iterable[str]) -> Iterator[dict[str, Any]]:
+        """Records for *execution_ids* in that order; files gone or unreadable meanwhile are skipped."""
+        for execution_id in execution_ids:
+            try:
+                yield self.load(execution_id)
+            except (RunNotFound, InvalidRecord, StorageError) as err:
+                log.warning("skipping run %s: %s", execution_id, err.message)
+
+    def list_files(self) -> list[RecordFile]:
+        """Every ``exec_*.json`` file with a well-formed id, with its size and mtime."""
+        files = []
+        try:
+            entries = os.scandir(self.root)
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise StorageError("Data folder cannot be listed", reason=err.strerror) from err
+        with entries:
+            for entry in entries:
+                execution_id = entry.name[: -len(RECORD_SUFFIX)]
+                if not entry.name.endswith(RECORD_SUFFIX) or not is_valid_execution_id(execution_id):
+                    continue
+                try:
+                    st = entry.stat()
+                except OSError:  # deleted between listing and stat
+                    continue
+                files.append(RecordFile(execution_id, st.st_size, st.st_mtime_ns))
+        return files
+
+    def list_ids(self) -> list[str]:
+        """Ids of every record file, newest first (ids start with their UTC start time)."""
+        return sorted((f.execution_id for f in self.list_files()), reverse=True)
+
+    def scan_stats(self) -> dict[str, Any]:
+        """Stats computed by reading every file: the slow, index-free way (CLI, checks).
+
+        Same keys as the API's ``/api/runs/stats``.
+        """
+        by_config: Counter[str] = Counter()
+        by_status: Counter[str] = Counter()
+        size = unreadable = 0
+        timestamps = []
+        for file in self.list_files():
+            size += file.size
+            try:
+                record = self.load(file.execution_id)
+            except (InvalidRecord, StorageError, RunNotFound):
+                unreadable += 1
+                continue
+            by_config[record["config_name"]] += 1
+            by_status[record["status"]] += 1
+            timestamps.append(record["timestamp"])
+        return summarize_stats(
+            storage_dir=str(self.root), total_records=sum(by_config.values()), total_size_bytes=size,
+            by_config=dict(by_config), by_status=dict(by_status),
+            first_timestamp=min(timestamps, default=None, key=_sort_key),
+            last_timestamp=max(timestamps, default=None, key=_sort_key),
+            unreadable_records=unreadable)
+
+
+def summarize_stats(**stats: Any) -> dict[str, Any]:
+    """The stats body in contract order, with ``total_size_mb`` derived from the bytes."""
+    return {
+        "total_records": stats["total_records"],
+        "total_size_bytes": stats["total_size_bytes"],
+        "total_size_mb": round(stats["total_size_bytes"] / 2**20, 2),
+        "storage_dir": stats["storage_dir"],
+        "by_config": dict(sorted(stats["by_config"].items())),
+        "by_status": dict(sorted(stats["by_status"].items())),
+        "first_timestamp": stats["first_timestamp"],
+        "last_timestamp": stats["last_timestamp"],
+        "unreadable_records": stats["unreadable_records"],
+    }
+
+
+def _sort_key(timestamp: str) -> Any:
+    return parse_timestamp(timestamp)
+
+
+def _writer_pid(name: str) -> int:
+    try:
+        return int(name[len(TEMP_PREFIX):-len(TEMP_SUFFIX)].rsplit(".", 2)[-2])
+    except (ValueError, IndexError):
+        return 0
+
+
+def _is_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _unlink_quietly(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        log.warning("could not remove temp file %s: %s", path.name, err.strerror)
+        return False

@@ -1,0 +1,261 @@
+"""ExecutionTracker: what pipeline code calls to record the steps of one run."""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from .errors import RunAlreadyExists
+from .records import (DEFAULT_SESSION_ID, DEFAULT_USER_ID, TRACKER_STATUSES, format_timestamp,
+                      make_json_safe, make_text, new_execution_id, utc_now)
+from .storage import RunStore, resolve_data_dir
+from .taxonomy import STAGES, TAXONOMY, TAXONOMY_VERSION, ItemType
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: How often finalize draws a new id when the drawn one is taken (32 random bits: never in practice).
+_PUBLISH_ATTEMPTS = 5
+
+
+def _failsafe(default: Any = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Log any exception of the wrapped method instead of raising it into the pipeline."""
+
+    def decorate(method: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(method)
+        def wrapper(self: ExecutionTracker, *args: Any, **kwargs: Any) -> T:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception:  # noqa: BLE001 - the tracker must never break a pipeline
+                log.exception("execution tracker %s: %s failed", self.execution_id, method.__name__)
+                return default() if callable(default) else default
+
+        return wrapper
+
+    return decorate
+
+
+class ExecutionTracker:
+    """Records the items of one pipeline run and finalizes them into one record file.
+
+    Use it as a context manager (leaving the block finalizes the run: ``completed``, or
+    ``failed`` if an exception escaped, which then propagates unchanged) or call
+    :meth:`finalize` yourself. Every method is safe to call from several threads and
+    never raises: a problem (disk full, a value JSON cannot carry) is logged instead.
+    There is one ``log_<item_type>`` method per taxonomy type, plus the generic :meth:`log`.
+    """
+
+    def __init__(self, config_name: str, execution_mode: str | None = None,
+                 safety_level: str | None = None, user_id: str = DEFAULT_USER_ID,
+                 session_id: str = DEFAULT_SESSION_ID, *, data_dir: str | os.PathLike[str] | None = None,
+                 store: RunStore | None = None, clock: Callable[[], dt.datetime] = utc_now) -> None:
+        """Start a run now. *data_dir* defaults to ``RUN_HISTORY_DIR`` or ``exports/pipeline_runs``;
+        *clock* returns aware UTC datetimes (tests inject one)."""
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._items: list[dict[str, Any]] = []
+        self._finalized = False
+        self._started = self._now()
+        self.execution_id = new_execution_id(self._started)
+        self.store = store or RunStore(data_dir if data_dir is not None else resolve_data_dir())
+        self._header = (self._make_header(config_name, execution_mode, safety_level, user_id, session_id)
+                        or self._make_header("unknown", None, None, None, None))
+
+    @_failsafe()
+    def _make_header(self, config_name: Any, execution_mode: Any, safety_level: Any,
+                     user_id: Any, session_id: Any) -> dict[str, Any]:
+        return {
+            "config_name": make_text(config_name) or "unknown",
+            "execution_mode": make_text(execution_mode),
+            "safety_level": make_text(safety_level),
+            "user_id": make_text(user_id) or DEFAULT_USER_ID,
+            "session_id": make_text(session_id) or DEFAULT_SESSION_ID,
+        }
+
+    def _now(self) -> dt.datetime:
+        try:
+            now = self._clock()
+            return now if now.tzinfo else now.replace(tzinfo=dt.timezone.utc)
+        except Exception:  # noqa: BLE001 - a broken injected clock falls back to the real one
+            return utc_now()
+
+    # ------------------------------------------------------------ context manager
+
+    def __enter__(self) -> ExecutionTracker:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        if exc is None:
+            self.finalize("completed")
+        else:
+            self._log_failure(exc)
+            self.finalize("failed")
+        return False  # the pipeline's exception propagates unchanged
+
+    @_failsafe()
+    def _log_failure(self, exc: BaseException) -> None:
+        message = make_text(_exception_text(exc))
+        self.log("pipeline_error", message,
+                 metadata={"exception_type": type(exc).__name__, "error": message})
+
+    # ------------------------------------------------------------ logging
+
+    @_failsafe()
+    def log(self, item_type: str, content: Any = None, *, stage: int | None = None,
+            stage_iteration: int | None = None, loop_iteration: int | None = None,
+            file_path: Any = None, model_used: Any = None, backend_used: Any = None,
+            execution_time: float | None = None, metadata: Any = None) -> int | None:
+        """Record one item; *stage* defaults to the taxonomy's stage for *item_type*.
+
+        :returns: the item's sequence number, or None if nothing was recorded (the run
+            was already finalized, or the item could not be made safe: both logged).
+        """
+        item_type = make_text(item_type) or "unknown"
+        entry = TAXONOMY.get(item_type)
+        if entry is None:
+            log.warning("execution tracker %s: unknown item type %r kept as given", self.execution_id, item_type)
+        item = {
+            "sequence_number": 0,
+            "stage": self._stage(stage, entry),
+            "stage_iteration": _count(stage_iteration),
+            "loop_iteration": _count(loop_iteration),
+            "item_type": item_type,
+            "timestamp": format_timestamp(self._now()),
+            "content": make_text(content),
+            "file_path": make_text(os.fspath(file_path) if isinstance(file_path, os.PathLike) else file_path),
+            "model_used": make_text(model_used),
+            "backend_used": make_text(backend_used),
+            "execution_time": _seconds(execution_time),
+            "metadata": _metadata(metadata),
+        }
+        with self._lock:
+            if self._finalized:
+                log.warning("execution tracker %s: %s logged after finalize, not recorded",
+                            self.execution_id, item_type)
+                return None
+            item["sequence_number"] = len(self._items) + 1
+            self._items.append(item)
+            return item["sequence_number"]
+
+    def _stage(self, stage: Any, entry: ItemType | None) -> int:
+        if isinstance(stage, int) and not isinstance(stage, bool) and stage in STAGES:
+            return stage
+        if stage is not None:
+            log.warning("execution tracker %s: stage %r is not 0-4, using the taxonomy's",
+                        self.execution_id, stage)
+        return entry.stage if entry else 0
+
+    @property
+    def items_count(self) -> int:
+        """How many items have been recorded so far."""
+        with self._lock:
+            return len(self._items)
+
+    # ------------------------------------------------------------ finalizing
+
+    @_failsafe(default=lambda: None)
+    def finalize(self, status: str = "completed") -> str:
+        """Write the run's record file and return the execution id.
+
+        A second call returns the id again and changes nothing. *status* is one of
+        ``completed``, ``blocked``, ``failed``; anything else is logged and stored as
+        ``failed``. If the file cannot be written the error is logged, not raised.
+        """
+        with self._lock:
+            if self._finalized:
+                return self.execution_id
+            self._finalized = True
+            if status not in TRACKER_STATUSES:
+                log.error("execution tracker %s: status %r is not one of %s; stored as failed",
+                          self.execution_id, status, ", ".join(TRACKER_STATUSES))
+                status = "failed"
+            self._publish(self._record(status))
+            return self.execution_id
+
+    def _record(self, status: str) -> dict[str, Any]:
+        finished = self._now()
+        header = self._header
+        return {  # key order of the contract
+            "execution_id": self.execution_id,
+            "config_name": header["config_name"],
+            "timestamp": format_timestamp(self._started),
+            "finished_at": format_timestamp(finished),
+            "status": status,
+            "execution_mode": header["execution_mode"],
+            "safety_level": header["safety_level"],
+            "user_id": header["user_id"],
+            "session_id": header["session_id"],
+            "total_execution_time": round(max((finished - self._started).total_seconds(), 0.0), 6),
+            "taxonomy_version": TAXONOMY_VERSION,
+            "items": self._items,
+        }
+
+    def _publish(self, record: dict[str, Any]) -> None:
+        for _ in range(_PUBLISH_ATTEMPTS):
+            try:
+                self.store.save(record)
+                return
+            except RunAlreadyExists:
+                new_id = new_execution_id(self._started)
+                log.warning("execution tracker %s: id already taken, stored as %s", self.execution_id, new_id)
+                self.execution_id = record["execution_id"] = new_id
+        log.error("execution tracker %s: no free id found, run not stored", self.execution_id)
+
+
+def _exception_text(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _count(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        log.warning("execution tracker: iteration %r is not a number, stored as null", value)
+        return None
+
+
+def _seconds(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
+        log.warning("execution tracker: execution_time %r is not a number, stored as null", value)
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    safe = make_json_safe(value)
+    return safe if isinstance(safe, dict) else {"value": safe}
+
+
+def _make_log_method(entry: ItemType) -> Callable[..., int | None]:
+    if entry.iteration == "stage":
+        def method(self: ExecutionTracker, stage_iteration: int | None, content: Any = None,
+                   **kwargs: Any) -> int | None:
+            return self.log(entry.name, content, stage_iteration=stage_iteration, **kwargs)
+    else:
+        def method(self: ExecutionTracker, content: Any = None, **kwargs: Any) -> int | None:
+            return self.log(entry.name, content, **kwargs)
+    method.__name__ = method.__qualname__ = f"log_{entry.name}"
+    method.__doc__ = (f"Record a ``{entry.name}`` item (stage {entry.stage}): {entry.description}\n\n"
+                      "Keyword arguments are those of :meth:`ExecutionTracker.log`.")
+    return _failsafe()(method)
+
+
+for _entry in TAXONOMY.values():
+    setattr(ExecutionTracker, f"log_{_entry.name}", _make_log_method(_entry))
+del _entry

@@ -1,0 +1,21 @@
+"""gunicorn settings for the run-history service (`gunicorn -c gunicorn.conf.py wsgi:app`).
+
+gthread workers: the worker's main thread keeps telling the arbiter it is alive while a
+request thread streams, so a long export is never cut by `timeout` (a sync worker is
+killed after `timeout` seconds of one response and the client gets a short file).
+Each setting can be overridden on the command line or with GUNICORN_CMD_ARGS.
+"""
+import os
+
+bind = [os.environ.get("RUN_HISTORY_BIND", "127.0.0.1:17801")]  # loopback unless told otherwise
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = 4
+timeout = 30            # a worker silent this long is restarted; streaming does not count
+graceful_timeout = 30
+keepalive = 5
+preload_app = False     # the app (and any SQLite connection) is built after the fork
+limit_request_line = 8190
+limit_request_fields = 100
+accesslog = "-"
+errorlog = "-"

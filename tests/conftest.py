@@ -1,0 +1,163 @@
+"""Shared fixtures: a data folder, runs recorded by the real tracker (one hostile), the app."""
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from execution_history import ExecutionTracker, RunStore
+from execution_history.taxonomy import TAXONOMY
+
+#: Strings every format must carry unharmed.
+HOSTILE = {
+    "control": "nul\x00 bell\x07 vt\x0b esc\x1b del\x7f c1\x85 end",
+    "formula": "=cmd|' /C calc'!A0",
+    "formula_plus": "+1+2",
+    "formula_minus": "-2+3",
+    "formula_at": "@SUM(A1:A2)",
+    "formula_tab": "\t=1",
+    "formula_cr": "\r=1",
+    "quotes": 'she said "hi", then left;\r\nnext line\nand\rmore',
+    "emoji": "🌸🤖 👩‍🔬 family: 👨‍👩‍👧",
+    "rtl": "مرحبا بالعالم \u202e evil \u202c שלום",
+    "xss": "<script>alert(1)</script>",
+    "long": ("Stille Post 🌸 " * 7000)[:100_000],
+}
+
+
+class StepClock:
+    """A clock that moves on one second per reading from *start*."""
+
+    def __init__(self, start: dt.datetime) -> None:
+        self._ticks = itertools.count()
+        self.start = start
+
+    def __call__(self) -> dt.datetime:
+        return self.start + dt.timedelta(seconds=next(self._ticks))
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    """An empty data folder."""
+    path = tmp_path / "pipeline_runs"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def store(runs_dir: Path) -> RunStore:
+    return RunStore(runs_dir)
+
+
+def record_every_type(store: RunStore, config_name: str = "hostile", **header) -> str:
+    """One run with one item of every taxonomy type, each carrying a hostile string."""
+    clock = StepClock(dt.datetime(2025, 11, 3, 20, 52, 39, tzinfo=dt.timezone.utc))
+    texts = itertools.cycle(HOSTILE.values())
+    with ExecutionTracker(config_name, "eco", "kids", store=store, clock=clock, **header) as run:
+        for entry in TAXONOMY.values():
+            iteration = {"stage_iteration": 1} if entry.iteration == "stage" else {}
+            if entry.iteration == "loop":
+                iteration = {"loop_iteration": 2}
+            run.log(entry.name, next(texts), model_used="gpt-oss:20b", backend_used="ollama",
+                    execution_time=0.25, file_path="out/ü.png", metadata={"k": next(texts)}, **iteration)
+        for name, text in HOSTILE.items():
+            run.log_output_text(text, metadata={"case": name, name: text})
+    return run.execution_id
+
+
+@pytest.fixture
+def recorded_runs(store: RunStore) -> list[str]:
+    """Sample runs (all four scenarios) plus one hostile run, written by the real tracker."""
+    from examples.sample_pipeline import iter_sample_runs
+
+    ids = list(iter_sample_runs(8, store, now=dt.datetime(2025, 11, 20, tzinfo=dt.timezone.utc)))
+    ids.append(record_every_type(store))
+    return ids
+
+
+@pytest.fixture
+def app(runs_dir: Path):
+    return create_app({"TESTING": True, "RUN_HISTORY_DIR": str(runs_dir)})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    """Check the JSON error shape of the contract and return the body."""
+    assert response.status_code == status, response.get_data(as_text=True)[:500]
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert body["code"] == code
+    assert isinstance(body["error"], str) and body["error"]
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    return body
+
+
+# ---------------------------------------------------------------- a real gunicorn
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """gunicorn with the shipped config, on a free loopback port, serving *runs_dir*."""
+
+    def __init__(self, runs_dir: Path, log_path: Path, extra_env: dict | None = None,
+                 extra_args: tuple = ()) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "RUN_HISTORY_DIR": str(runs_dir), **(extra_env or {})}
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(PROJECT / "gunicorn.conf.py"),
+             "--bind", f"127.0.0.1:{self.port}", *extra_args, "wsgi:app"],
+            cwd=PROJECT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/runs/stats", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"gunicorn not ready: {self.log_path.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except Exception:
+            self.proc.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def live_server(runs_dir: Path, tmp_path: Path):
+    server = LiveServer(runs_dir, tmp_path / "gunicorn.log")
+    yield server
+    server.stop()
