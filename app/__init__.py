@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask, Response, current_app, g, request
 
 from execution_history import RunStore, resolve_data_dir
+from execution_history.index import RunIndex
 
 from .config import load_config
 from .errors import register_error_handlers
@@ -25,7 +26,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     store = RunStore(resolve_data_dir(app.config["RUN_HISTORY_DIR"]))
     store.sweep_temp_files()
-    app.extensions["run_history"] = {"store": store}
+    # No SQLite connection is opened here: gunicorn may fork after this (preload_app).
+    index = RunIndex(store, rescan_seconds=app.config["RUN_HISTORY_RESCAN_SECONDS"])
+    app.extensions["run_history"] = {"store": store, "index": index}
 
     app.before_request(_assign_request_id)
     app.after_request(_send_request_id)
@@ -40,6 +43,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 def get_store() -> RunStore:
     """The current app's run store."""
     return current_app.extensions["run_history"]["store"]
+
+
+def get_index() -> RunIndex:
+    """The current app's run index."""
+    return current_app.extensions["run_history"]["index"]
 
 
 def _assign_request_id() -> None:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import click
 from flask.cli import AppGroup
 
 from execution_history.errors import ExecutionHistoryError
 
-from . import get_store
+from . import get_index, get_store
 
 runs = AppGroup("runs", help="Inspect and manage recorded pipeline runs.")
 
@@ -23,8 +24,8 @@ def _fail(err: ExecutionHistoryError) -> None:
 
 @runs.command("stats")
 def stats_command() -> None:
-    """Print the store's stats (the same body as GET /api/runs/stats)."""
-    _echo_json(get_store().scan_stats())
+    """Print the stats (the same body as GET /api/runs/stats)."""
+    _echo_json(get_index().stats())
 
 
 @runs.command("show")
@@ -51,3 +52,14 @@ def sample_command(count: int, if_empty: bool, seed: int) -> None:
         return
     ids = list(iter_sample_runs(count, store, seed=seed))
     click.echo(f"Recorded {len(ids)} sample runs in {store.root}.")
+
+
+@runs.command("reindex")
+def reindex_command() -> None:
+    """Rebuild the SQLite index from the record files (also catches files edited in place)."""
+    started = time.monotonic()
+    index = get_index()
+    index.rebuild()
+    stats = index.stats()
+    click.echo(f"Indexed {stats['total_records']} runs ({stats['unreadable_records']} unreadable files) "
+               f"in {time.monotonic() - started:.1f} s.")

@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from .errors import InvalidRecord
 from .taxonomy import STAGES, TAXONOMY_VERSION
@@ -90,6 +90,9 @@ def _timestamp_field(**kwargs: Any) -> fields.String:
 class RunItemSchema(Schema):
     """One logged step of a run."""
 
+    class Meta:
+        unknown = INCLUDE  # fields written by newer code are kept, never dropped
+
     sequence_number = fields.Integer(required=True, strict=True, validate=validate.Range(min=1),
                                      metadata={"description": "1, 2, 3 ... global order within the run"})
     stage = fields.Integer(required=True, strict=True, validate=validate.Range(STAGES.start, STAGES.stop - 1),
@@ -110,6 +113,9 @@ class RunItemSchema(Schema):
 
 class RunRecordSchema(Schema):
     """A finished (or interrupted) run, as stored in ``<data dir>/<execution_id>.json``."""
+
+    class Meta:
+        unknown = INCLUDE
 
     execution_id = fields.String(required=True, validate=validate.Regexp(_EXECUTION_ID_RE),
                                  metadata={"pattern": EXECUTION_ID_PATTERN})

@@ -40,8 +40,20 @@ class RecordFile:
     """A record file as listed: its id and what ``stat`` says (for change detection)."""
 
     execution_id: str
+    inode: int
     size: int
     mtime_ns: int
+
+
+@dataclass(frozen=True)
+class SavedFile:
+    """What :meth:`RunStore.save` published, and the folder's mtime around it."""
+
+    execution_id: str
+    path: Path
+    identity: tuple[int, int, int]  # inode, size, mtime_ns of the published file
+    dir_mtime_before: int | None  # None: another change came between, so no mtime is vouched for
+    dir_mtime_after: int
 
 
 class RunStore:
@@ -73,7 +85,7 @@ class RunStore:
 
     # ------------------------------------------------------------ writing
 
-    def save(self, record: dict[str, Any]) -> Path:
+    def save(self, record: dict[str, Any]) -> SavedFile:
         """Publish a record atomically; never overwrites an existing run.
 
         The bytes go to a temp file in the same folder (a name no reader lists), are
@@ -91,9 +103,15 @@ class RunStore:
         self.ensure_root()
         temp = self.root / f"{TEMP_PREFIX}{record['execution_id']}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
         try:
-            self._write_temp(temp, data)
+            before = self.root.stat().st_mtime_ns
+            created = self._write_temp(temp, data)
+            if self.root.stat().st_mtime_ns != created:
+                before = None  # someone else changed the folder while we wrote: not ours alone
             self._publish(temp, path)
+            _unlink_quietly(temp)
             self._fsync_dir()
+            st = path.stat()
+            after = self.root.stat().st_mtime_ns
         except FileExistsError:
             raise RunAlreadyExists("Run already stored", execution_id=record["execution_id"]) from None
         except OSError as err:
@@ -101,12 +119,13 @@ class RunStore:
                                reason=err.strerror or str(err)) from err
         finally:
             _unlink_quietly(temp)
-        return path
+        return SavedFile(record["execution_id"], path, (st.st_ino, st.st_size, st.st_mtime_ns), before, after)
 
-    @staticmethod
-    def _write_temp(temp: Path, data: bytes) -> None:
+    def _write_temp(self, temp: Path, data: bytes) -> int:
+        """Write and fsync *temp*; returns the folder's mtime right after creating it."""
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
+            created = self.root.stat().st_mtime_ns
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
@@ -114,6 +133,7 @@ class RunStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+        return created
 
     @staticmethod
     def _publish(temp: Path, path: Path) -> None:
@@ -196,26 +216,34 @@ class RunStore:
             except (RunNotFound, InvalidRecord, StorageError) as err:
                 log.warning("skipping run %s: %s", execution_id, err.message)
 
-    def list_files(self) -> list[RecordFile]:
-        """Every ``exec_*.json`` file with a well-formed id, with its size and mtime."""
-        files = []
+    def _iter_entries(self) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """(id, directory entry) of every ``exec_*.json`` file with a well-formed id."""
         try:
             entries = os.scandir(self.root)
         except FileNotFoundError:
-            return []
+            return
         except OSError as err:
             raise StorageError("Data folder cannot be listed", reason=err.strerror) from err
         with entries:
             for entry in entries:
                 execution_id = entry.name[: -len(RECORD_SUFFIX)]
-                if not entry.name.endswith(RECORD_SUFFIX) or not is_valid_execution_id(execution_id):
-                    continue
-                try:
-                    st = entry.stat()
-                except OSError:  # deleted between listing and stat
-                    continue
-                files.append(RecordFile(execution_id, st.st_size, st.st_mtime_ns))
+                if entry.name.endswith(RECORD_SUFFIX) and is_valid_execution_id(execution_id):
+                    yield execution_id, entry
+
+    def list_files(self) -> list[RecordFile]:
+        """Every record file with its inode, size and mtime."""
+        files = []
+        for execution_id, entry in self._iter_entries():
+            try:
+                st = entry.stat()
+            except OSError:  # deleted between listing and stat
+                continue
+            files.append(RecordFile(execution_id, st.st_ino, st.st_size, st.st_mtime_ns))
         return files
+
+    def list_inodes(self) -> dict[str, int]:
+        """Id -> inode of every record file, from the folder listing alone (no ``stat`` per file)."""
+        return {execution_id: entry.inode() for execution_id, entry in self._iter_entries()}
 
     def list_ids(self) -> list[str]:
         """Ids of every record file, newest first (ids start with their UTC start time)."""

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 from .errors import RunAlreadyExists
 from .records import (DEFAULT_SESSION_ID, DEFAULT_USER_ID, TRACKER_STATUSES, format_timestamp,
                       make_json_safe, make_text, new_execution_id, utc_now)
-from .storage import RunStore, resolve_data_dir
+from .index import RunIndex
+from .storage import RunStore, SavedFile, resolve_data_dir
 from .taxonomy import STAGES, TAXONOMY, TAXONOMY_VERSION, ItemType
 
 log = logging.getLogger(__name__)
@@ -200,13 +201,23 @@ class ExecutionTracker:
     def _publish(self, record: dict[str, Any]) -> None:
         for _ in range(_PUBLISH_ATTEMPTS):
             try:
-                self.store.save(record)
-                return
+                saved = self.store.save(record)
             except RunAlreadyExists:
                 new_id = new_execution_id(self._started)
                 log.warning("execution tracker %s: id already taken, stored as %s", self.execution_id, new_id)
                 self.execution_id = record["execution_id"] = new_id
+                continue
+            self._write_through(record, saved)
+            return
         log.error("execution tracker %s: no free id found, run not stored", self.execution_id)
+
+
+    def _write_through(self, record: dict[str, Any], saved: SavedFile) -> None:
+        # Only a speed-up (the index finds the file by itself), so a failure is not an error.
+        try:
+            RunIndex(self.store).note_saved(record, saved)
+        except Exception as err:  # noqa: BLE001
+            log.info("execution tracker %s: index not updated (%s); it will find the file", self.execution_id, err)
 
 
 def _exception_text(exc: BaseException) -> str:

@@ -24,6 +24,8 @@ def test_sample_records_runs_through_the_tracker(app, store):
 def test_stats_and_show(app, store, recorded_runs):
     result = invoke(app, "stats")
     assert result.exit_code == 0 and json.loads(result.output) == store.scan_stats()
+    result = invoke(app, "reindex")
+    assert result.exit_code == 0 and f"Indexed {len(recorded_runs)} runs" in result.output
     result = invoke(app, "show", recorded_runs[0])
     assert result.exit_code == 0 and json.loads(result.output) == store.load(recorded_runs[0])
 

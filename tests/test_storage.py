@@ -17,7 +17,7 @@ from .test_records import minimal_record
 
 def test_save_publishes_a_readable_file_and_never_overwrites(store):
     record = minimal_record()
-    path = store.save(record)
+    path = store.save(record).path
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert store.load(record["execution_id"])["config_name"] == "dada"
     with pytest.raises(RunAlreadyExists):
@@ -29,7 +29,7 @@ def test_save_publishes_a_readable_file_and_never_overwrites(store):
 def test_save_is_readable_under_a_restrictive_umask(store):
     old = os.umask(0o077)
     try:
-        path = store.save(minimal_record())
+        path = store.save(minimal_record()).path
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644

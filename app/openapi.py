@@ -1,0 +1,109 @@
+"""The OpenAPI 3 description, generated with apispec from the schemas the code validates with."""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import INCLUDE, Schema, fields
+
+import execution_history
+from execution_history.records import STATUSES, RunItemSchema, RunRecordSchema
+
+from .params import DateOrDateTime, IdList, ListParamsSchema
+
+
+class RunSummarySchema(Schema):
+    """One run in a list."""
+
+    execution_id = fields.String(required=True)
+    config_name = fields.String(required=True)
+    timestamp = fields.String(required=True, metadata={"format": "date-time"})
+    status = fields.String(required=True, metadata={"enum": list(STATUSES)})
+    execution_mode = fields.String(allow_none=True, required=True)
+    safety_level = fields.String(allow_none=True, required=True)
+    total_execution_time = fields.Float(allow_none=True, required=True)
+    items_count = fields.Integer(required=True)
+    user_id = fields.String(allow_none=True, required=True)
+    session_id = fields.String(allow_none=True, required=True)
+    taxonomy_version = fields.String(allow_none=True, required=True)
+
+
+class RunListSchema(Schema):
+    """GET /api/runs."""
+
+    executions = fields.List(fields.Nested(RunSummarySchema), required=True)
+    total = fields.Integer(required=True)
+    limit = fields.Integer(required=True)
+    offset = fields.Integer(required=True)
+    returned = fields.Integer(required=True)
+    filters = fields.Dict(required=True, metadata={"description": "Every filter, null when not given."})
+    order_by = fields.String(required=True)
+    order = fields.String(required=True)
+
+
+class StatsSchema(Schema):
+    """GET /api/runs/stats."""
+
+    total_records = fields.Integer(required=True)
+    total_size_bytes = fields.Integer(required=True)
+    total_size_mb = fields.Float(required=True, metadata={"description": "bytes / 2^20, 2 decimals"})
+    storage_dir = fields.String(required=True)
+    by_config = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    by_status = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    first_timestamp = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
+    last_timestamp = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
+    unreadable_records = fields.Integer(required=True)
+
+
+class ErrorSchema(Schema):
+    """Every error; more context keys (parameter, allowed, execution_id, ...) may follow."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    error = fields.String(required=True)
+    code = fields.String(required=True)
+    request_id = fields.String(required=True)
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": "Error"}}}
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+@functools.cache
+def build_spec() -> dict[str, Any]:
+    """The OpenAPI document served at /api/openapi.json."""
+    plugin = MarshmallowPlugin()
+    spec = APISpec(title="Run history", version=execution_history.__version__, openapi_version="3.0.3",
+                   plugins=[plugin], info={"description": "Records of AI pipeline runs: list, fetch, export."})
+    plugin.map_to_openapi_type(DateOrDateTime, "string", None)
+    plugin.map_to_openapi_type(IdList, "string", None)
+    for name, schema in [("RunItem", RunItemSchema), ("RunRecord", RunRecordSchema),
+                         ("RunSummary", RunSummarySchema), ("RunList", RunListSchema),
+                         ("Stats", StatsSchema), ("Error", ErrorSchema)]:
+        spec.components.schema(name, schema=schema)
+    run_id = {"in": "path", "name": "execution_id", "required": True,
+              "schema": {"type": "string", "pattern": execution_history.records.EXECUTION_ID_PATTERN}}
+    spec.path(path="/api/runs", operations={"get": {
+        "operationId": "list_runs", "summary": "Filtered, sorted, paginated run summaries",
+        "parameters": [{"in": "query", "schema": ListParamsSchema}],
+        "responses": {"200": {**_json("A page of runs (X-Total-Count and Link headers)", "RunList"),
+                              "headers": {"X-Total-Count": {"schema": {"type": "integer"}},
+                                          "Link": {"schema": {"type": "string"}}}},
+                      "400": _error("A bad or unknown parameter")}}})
+    spec.path(path="/api/runs/stats", operations={"get": {
+        "operationId": "get_stats", "summary": "Counts by config and status, storage size",
+        "responses": {"200": _json("Stats", "Stats")}}})
+    spec.path(path="/api/runs/{execution_id}", operations={"get": {
+        "operationId": "get_run", "summary": "One whole record", "parameters": [run_id],
+        "responses": {"200": _json("The record", "RunRecord"), "404": _error("No such run")}}})
+    spec.path(path="/api/openapi.json", operations={"get": {
+        "operationId": "get_openapi", "summary": "This document",
+        "responses": {"200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}}}}})
+    return spec.to_dict()

@@ -1,0 +1,146 @@
+"""marshmallow schemas for query parameters; they validate requests and feed OpenAPI."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
+from werkzeug.datastructures import MultiDict
+
+from execution_history.errors import InvalidParameter, UnknownParameter
+from execution_history.filters import (DEFAULT_LIMIT, MAX_LIMIT, ORDER_BY, ORDERS, RunFilters, RunQuery,
+                                       fts_query)
+from execution_history.records import STATUSES, is_valid_execution_id
+
+MAX_IDS = 1000
+MAX_TEXT = 500
+
+
+class DateOrDateTime(fields.Field):
+    """``YYYY-MM-DD`` (a whole UTC day) or an ISO 8601 datetime (no offset means UTC)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dt.date | dt.datetime:
+        text = str(value)
+        try:
+            if len(text) == 10:
+                return dt.date.fromisoformat(text)
+            parsed = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise ValidationError("Not a date (YYYY-MM-DD) or ISO 8601 datetime.") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+class IdList(fields.Field):
+    """Comma-separated execution ids."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> tuple[str, ...]:
+        ids = tuple(dict.fromkeys(part.strip() for part in str(value).split(",") if part.strip()))
+        if not ids or len(ids) > MAX_IDS or not all(is_valid_execution_id(i) for i in ids):
+            raise ValidationError("Not a list of execution ids.")
+        return ids
+
+
+def _validate_q(value: str) -> None:
+    try:
+        fts_query(value)
+    except InvalidParameter as err:
+        raise ValidationError(err.context["allowed"]) from None
+
+
+def _text(description: str) -> fields.String:
+    return fields.String(validate=validate.Length(max=MAX_TEXT),
+                         metadata={"description": description, "allowed": f"text of at most {MAX_TEXT} characters"})
+
+
+class FilterParamsSchema(Schema):
+    """The list filters, shared by the list and the bulk export."""
+
+    class Meta:
+        unknown = EXCLUDE  # unknown parameters are rejected before loading, with their own code
+
+    config = _text("Runs of this config_name.")
+    date = fields.Date(metadata={"description": "Runs started on this UTC day.", "allowed": "a date YYYY-MM-DD"})
+    date_from = DateOrDateTime(metadata={
+        "description": "Runs started at or after (a date: its start; no offset: UTC).",
+        "allowed": "a date YYYY-MM-DD or an ISO 8601 datetime"})
+    date_to = DateOrDateTime(metadata={
+        "description": "Runs started at or before (a date: its end, inclusive; no offset: UTC).",
+        "allowed": "a date YYYY-MM-DD or an ISO 8601 datetime"})
+    user_id = _text("Runs of this user.")
+    session_id = _text("Runs of this session.")
+    execution_mode = _text("Runs in this execution mode (e.g. eco, fast).")
+    safety_level = _text("Runs at this safety level (e.g. kids, youth, adult).")
+    status = fields.String(validate=validate.OneOf(STATUSES), metadata={
+        "description": "Runs with this status.", "allowed": list(STATUSES)})
+    item_type = _text("Runs that contain an item of this type.")
+    model = _text("Runs in which an item's model_used equals this.")
+    q = fields.String(validate=[validate.Length(max=MAX_TEXT), _validate_q], metadata={
+        "description": 'Text search in item content: every word must occur (case- and accent-insensitive), '
+                       '"quoted phrase" as a phrase.',
+        "allowed": f"words or \"quoted phrases\", at most {MAX_TEXT} characters"})
+    ids = IdList(metadata={"description": f"Comma-separated execution ids (at most {MAX_IDS}).",
+                           "allowed": f"comma-separated execution ids, at most {MAX_IDS}"})
+    order_by = fields.String(load_default="timestamp", validate=validate.OneOf(ORDER_BY), metadata={
+        "description": "Sort key; ties are broken by execution_id in the same direction.",
+        "allowed": list(ORDER_BY)})
+    order = fields.String(load_default="desc", validate=validate.OneOf(ORDERS), metadata={
+        "description": "Sort direction.", "allowed": list(ORDERS)})
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0), metadata={
+        "description": "Runs to skip.", "allowed": "an integer >= 0"})
+
+    @post_load
+    def to_query(self, data: dict[str, Any], **kwargs: Any) -> RunQuery:
+        filters = RunFilters(
+            config_name=data.get("config"), date=data.get("date"), date_from=data.get("date_from"),
+            date_to=data.get("date_to"), user_id=data.get("user_id"), session_id=data.get("session_id"),
+            execution_mode=data.get("execution_mode"), safety_level=data.get("safety_level"),
+            status=data.get("status"), item_type=data.get("item_type"), model=data.get("model"),
+            q=data.get("q"), ids=data.get("ids"))
+        return RunQuery(filters=filters, order_by=data["order_by"], order=data["order"],
+                        limit=data.get("limit"), offset=data["offset"])
+
+
+class ListParamsSchema(FilterParamsSchema):
+    """GET /api/runs: the filters plus a page of 1-100 runs."""
+
+    limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(1, MAX_LIMIT), metadata={
+        "description": "Runs per page.", "allowed": f"an integer from 1 to {MAX_LIMIT}"})
+
+
+LIST_PARAMS = ListParamsSchema()
+
+
+def load_params(schema: Schema, args: MultiDict[str, str]) -> Any:
+    """Validate query arguments with *schema*: empty values are absent, unknown names rejected.
+
+    :raises UnknownParameter: for a name the schema does not take.
+    :raises InvalidParameter: for a repeated name or a bad value (names the parameter and
+        what it allows).
+    """
+    allowed = sorted(schema.fields)
+    given: dict[str, str] = {}
+    for name in args:
+        values = [v for v in args.getlist(name) if v != ""]
+        if name not in schema.fields:
+            raise UnknownParameter(f"Unknown parameter: {name}", parameter=name[:100], allowed=allowed)
+        if len(values) > 1:
+            raise InvalidParameter(f"Parameter given more than once: {name}", parameter=name,
+                                   allowed=_allowed(schema, name))
+        if values:
+            given[name] = values[0]
+    try:
+        return schema.load(given)
+    except ValidationError as err:
+        name = sorted(err.messages)[0]
+        raise InvalidParameter(f"Invalid value for {name}", parameter=name, value=given.get(name, "")[:200],
+                               allowed=_allowed(schema, name), details=_first(err.messages[name])) from None
+
+
+def _allowed(schema: Schema, name: str) -> Any:
+    return schema.fields[name].metadata.get("allowed")
+
+
+def _first(messages: Any) -> str:
+    while isinstance(messages, (list, dict)):
+        messages = next(iter(messages.values() if isinstance(messages, dict) else messages), "")
+    return str(messages)

@@ -1,0 +1,459 @@
+"""RunIndex: a SQLite cache of what listing, filtering, sorting, counting and search need.
+
+The record files stay the source of truth; the index is rebuilt from them whenever it is
+missing, corrupt or of another schema version, and is kept in step with them like this:
+
+- Every request calls :meth:`RunIndex.sync`. It compares the data folder's mtime with the
+  one recorded at the last sync (one ``stat``). Adding, deleting or renaming a file in
+  the folder changes it, and the next sync lists the folder (names and inodes, no
+  ``stat`` per file) and indexes what is new, replaced (another inode) or gone.
+- A folder mtime that was less than two seconds old when it was recorded is "racy" (a
+  later change in the same clock tick would not change it again), so the next sync
+  lists the folder once more.
+- Every ``rescan_seconds`` (60) one process stats every file and re-indexes those whose
+  size or mtime changed: that catches files edited in place, which leave the folder's
+  mtime alone. ``runs reindex`` rebuilds everything at once.
+- A run saved through :class:`~execution_history.storage.RunStore` by the tracker is
+  written through (:meth:`RunIndex.note_saved`) so it is visible at once without a listing.
+
+Several gunicorn workers and pipeline processes share the index: connections are opened
+lazily per process and thread (never before a fork), the database is in WAL mode (readers
+never wait for writers; WAL needs a local disk), one process at a time scans (an
+``flock`` on a lock file), and writes are ``BEGIN IMMEDIATE`` transactions with a long
+busy timeout, retried, so "database is locked" does not reach a client.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidRecord, StorageError
+from .filters import ITEM_SEPARATOR, RunQuery, fold_case, to_key
+from .records import parse_record, parse_timestamp
+from .storage import RunStore, SavedFile, summarize_stats
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+INDEX_NAME = ".runs-index.sqlite3"
+#: A folder mtime younger than this when recorded may hide a change made in the same tick.
+RACY_NS = 2_000_000_000
+#: Runs parsed per write transaction while scanning (bounds memory and lock time).
+BATCH = 1000
+#: How long a write may wait for the lock before it is retried, and for how long in all.
+BUSY_TIMEOUT_MS = 30_000
+WRITE_DEADLINE_SECONDS = 300.0
+
+#: Summary columns in the order the list API answers them.
+SUMMARY_COLUMNS = ("execution_id", "config_name", "timestamp", "status", "execution_mode", "safety_level",
+                   "total_execution_time", "items_count", "user_id", "session_id", "taxonomy_version")
+
+_SCHEMA = f"""
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, as run_text rows of deleted runs stay orphaned
+    execution_id TEXT NOT NULL UNIQUE,
+    config_name TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    ts_key INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    execution_mode TEXT,
+    safety_level TEXT,
+    user_id TEXT,
+    session_id TEXT,
+    total_execution_time REAL,
+    items_count INTEGER NOT NULL,
+    taxonomy_version TEXT,
+    inode INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL
+);
+CREATE TABLE unreadable (
+    execution_id TEXT PRIMARY KEY, inode INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE run_item_types (item_type TEXT, run_id INTEGER, PRIMARY KEY (item_type, run_id)) WITHOUT ROWID;
+CREATE TABLE run_models (model TEXT, run_id INTEGER, PRIMARY KEY (model, run_id)) WITHOUT ROWID;
+CREATE INDEX run_item_types_run ON run_item_types (run_id);
+CREATE INDEX run_models_run ON run_models (run_id);
+CREATE INDEX runs_ts ON runs (ts_key, execution_id);
+CREATE INDEX runs_config_ts ON runs (config_name, ts_key, execution_id);
+CREATE INDEX runs_config_id ON runs (config_name, execution_id);
+CREATE INDEX runs_status_ts ON runs (status, ts_key, execution_id);
+CREATE INDEX runs_user_ts ON runs (user_id, ts_key, execution_id);
+CREATE INDEX runs_session_ts ON runs (session_id, ts_key, execution_id);
+CREATE INDEX runs_mode_ts ON runs (execution_mode, ts_key, execution_id);
+CREATE INDEX runs_safety_ts ON runs (safety_level, ts_key, execution_id);
+CREATE INDEX runs_time ON runs (total_execution_time, execution_id);
+CREATE INDEX runs_items ON runs (items_count, execution_id);
+-- contentless: the text lives in the record files, the index keeps only its search terms
+CREATE VIRTUAL TABLE run_text USING fts5(content, content='', tokenize='unicode61 remove_diacritics 2');
+INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('dir_mtime_ns', NULL),
+    ('dir_racy', 1), ('full_check_at', 0);
+"""
+
+_INSERT_RUN = f"""INSERT INTO runs ({', '.join(SUMMARY_COLUMNS)}, ts_key, inode, size, mtime_ns)
+VALUES ({', '.join('?' * (len(SUMMARY_COLUMNS) + 4))})"""
+
+
+@dataclass(frozen=True)
+class IndexedRun:
+    """What the index keeps of one readable record file."""
+
+    summary: tuple[Any, ...]        # SUMMARY_COLUMNS
+    ts_key: int
+    item_types: frozenset[str]
+    models: frozenset[str]
+    text: str
+    identity: tuple[int, int, int]  # inode, size, mtime_ns
+
+
+def extract(record: dict[str, Any], identity: tuple[int, int, int]) -> IndexedRun:
+    """Reduce a checked record to what the index keeps."""
+    items = record["items"]
+    return IndexedRun(
+        summary=(record["execution_id"], record["config_name"], record["timestamp"], record["status"],
+                 record["execution_mode"], record["safety_level"], record["total_execution_time"],
+                 len(items), record["user_id"], record["session_id"], record["taxonomy_version"]),
+        ts_key=to_key(parse_timestamp(record["timestamp"])),
+        item_types=frozenset(item["item_type"] for item in items),
+        models=frozenset(item["model_used"] for item in items if item["model_used"] is not None),
+        text=fold_case(ITEM_SEPARATOR.join(item["content"] for item in items if item["content"])),
+        identity=identity,
+    )
+
+
+def read_indexed(path: Path, execution_id: str) -> IndexedRun | tuple[int, int, int] | None:
+    """Parse one file for the index: an IndexedRun, its identity if unreadable, None if gone."""
+    for _ in range(3):  # a file replaced while we read it is read again
+        try:
+            with open(path, "rb") as handle:
+                before = os.fstat(handle.fileno())
+                raw = handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return None
+        identity = (before.st_ino, before.st_size, before.st_mtime_ns)
+        try:
+            after = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if (after.st_ino, after.st_size, after.st_mtime_ns) != identity:
+            continue
+        try:
+            return extract(parse_record(raw, execution_id), identity)
+        except InvalidRecord:
+            return identity
+    return identity
+
+
+class RunIndex:
+    """The SQLite index of one RunStore's folder (``.runs-index.sqlite3`` inside it)."""
+
+    def __init__(self, store: RunStore, rescan_seconds: float = 60.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.path = store.root / INDEX_NAME
+        self.lock_path = store.root / (INDEX_NAME + ".lock")
+        self.rescan_seconds = rescan_seconds
+        self._clock = clock
+        self._local = threading.local()
+
+    # ------------------------------------------------------------ connections
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, reopened after a fork or when the index file was replaced."""
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        try:
+            inode = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            inode = None
+        if conn is not None and (local.pid != os.getpid() or local.inode != inode or inode is None):
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            conn = None
+        if conn is None:
+            conn = self._open()
+            local.conn, local.pid, local.inode = conn, os.getpid(), os.stat(self.path).st_ino
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        self.store.ensure_root()
+        try:
+            conn = self._open_checked()
+        except sqlite3.DatabaseError as err:  # corrupt, or not a database at all: start afresh
+            log.warning("index %s unusable (%s); rebuilding it from the record files", self.path, err)
+            self._remove_files()
+            conn = self._open_checked()
+        return conn
+
+    def _open_checked(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self._write(conn, lambda c: c.execute("PRAGMA journal_mode = WAL"), begin=False)
+            conn.execute("PRAGMA synchronous = NORMAL")
+            if not self._schema_ok(conn):
+                self._write(conn, self._create_schema)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _schema_ok(conn: sqlite3.Connection) -> bool:
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError:  # no meta table yet
+            return False
+        return row is not None and row[0] == SCHEMA_VERSION
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        if self._schema_ok(conn):  # another process made it while we waited for the lock
+            return
+        tables = [row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            " AND name NOT LIKE 'run_text_%'")]
+        for table in tables:
+            conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+
+    def _remove_files(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.path}{suffix}")
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], Any], begin: bool = True) -> Any:
+        """Run *work* in one write transaction, retrying while another writer holds the lock."""
+        deadline = time.monotonic() + WRITE_DEADLINE_SECONDS
+        while True:
+            try:
+                if not begin:
+                    return work(conn)
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return result
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) and "busy" not in str(err) or time.monotonic() > deadline:
+                    raise StorageError("Run index unavailable", reason=str(err)) from err
+                time.sleep(0.05)
+
+    @contextlib.contextmanager
+    def _scan_lock(self) -> Iterator[None]:
+        """One scanning process at a time; others wait, then usually find nothing left to do."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    # ------------------------------------------------------------ keeping in step
+
+    def _meta(self, conn: sqlite3.Connection) -> dict[str, Any]:
+        return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+
+    def _dir_mtime(self) -> int | None:
+        try:
+            return os.stat(self.store.root).st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def _is_current(self, meta: dict[str, Any], dir_mtime: int | None, full: bool) -> bool:
+        due = full or self._clock() - float(meta["full_check_at"] or 0) >= self.rescan_seconds
+        return not due and not meta["dir_racy"] and meta["dir_mtime_ns"] == dir_mtime
+
+    def sync(self, full: bool = False) -> None:
+        """Bring the index in step with the folder (cheap when nothing changed).
+
+        :param full: stat every file now (what happens every ``rescan_seconds`` anyway).
+        :raises StorageError: if the index cannot be opened or written.
+        """
+        try:
+            conn = self._connection()
+            if self._is_current(self._meta(conn), self._dir_mtime(), full):
+                return
+            with self._scan_lock():
+                conn = self._connection()  # the index may have been rebuilt meanwhile
+                full = full or self._clock() - float(self._meta(conn)["full_check_at"] or 0) >= self.rescan_seconds
+                dir_mtime = self._dir_mtime()
+                if self._is_current(self._meta(conn), dir_mtime, full):
+                    return
+                self._scan(conn, full, dir_mtime)
+        except sqlite3.Error as err:
+            raise StorageError("Run index unavailable", reason=str(err)) from err
+
+    def rebuild(self) -> None:
+        """Throw the index away and build it again from the files (``runs reindex``)."""
+        with self._scan_lock():
+            self._local.conn = None
+            self._remove_files()
+        self.sync(full=True)
+
+    def _scan(self, conn: sqlite3.Connection, full: bool, dir_mtime: int | None) -> None:
+        scan_started = time.time_ns()
+        known: dict[str, tuple[int, int, int]] = {
+            row[0]: tuple(row[1:]) for row in conn.execute(
+                "SELECT execution_id, inode, size, mtime_ns FROM runs"
+                " UNION ALL SELECT execution_id, inode, size, mtime_ns FROM unreadable")}
+        if full:
+            present = {f.execution_id: (f.inode, f.size, f.mtime_ns) for f in self.store.list_files()}
+            stale = [i for i, ident in present.items() if known.get(i) != ident]
+        else:
+            inodes = self.store.list_inodes()
+            present = inodes
+            stale = [i for i, inode in inodes.items() if i not in known or known[i][0] != inode]
+        removed = [i for i in known if i not in present]
+        log.info("index sync (%s): %d new or changed, %d removed", "full" if full else "listing",
+                 len(stale), len(removed))
+        self._write(conn, lambda c: self._delete(c, removed))
+        for start in range(0, len(stale), BATCH):
+            batch = stale[start:start + BATCH]
+            parsed = [(i, read_indexed(self.store.path_for(i), i)) for i in batch]
+            self._write(conn, lambda c: self._store_batch(c, parsed))
+        racy = dir_mtime is None or scan_started - dir_mtime < RACY_NS
+
+        def finish(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE meta SET value = ? WHERE key = 'dir_mtime_ns'", (dir_mtime,))
+            c.execute("UPDATE meta SET value = ? WHERE key = 'dir_racy'", (int(racy),))
+            if full:
+                c.execute("UPDATE meta SET value = ? WHERE key = 'full_check_at'", (self._clock(),))
+
+        self._write(conn, finish)
+
+    @staticmethod
+    def _delete(conn: sqlite3.Connection, execution_ids: list[str]) -> None:
+        for execution_id in execution_ids:
+            conn.execute("DELETE FROM unreadable WHERE execution_id = ?", (execution_id,))
+            row = conn.execute("DELETE FROM runs WHERE execution_id = ? RETURNING id", (execution_id,)).fetchone()
+            if row:
+                conn.execute("DELETE FROM run_item_types WHERE run_id = ?", row)
+                conn.execute("DELETE FROM run_models WHERE run_id = ?", row)
+
+    def _store_batch(self, conn: sqlite3.Connection,
+                     parsed: list[tuple[str, IndexedRun | tuple[int, int, int] | None]]) -> None:
+        self._delete(conn, [execution_id for execution_id, _ in parsed])
+        for execution_id, result in parsed:
+            if isinstance(result, IndexedRun):
+                self._insert(conn, result)
+            elif result is not None:
+                conn.execute("INSERT INTO unreadable VALUES (?, ?, ?, ?)", (execution_id, *result))
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, run: IndexedRun) -> None:
+        run_id = conn.execute(_INSERT_RUN, (*run.summary, run.ts_key, *run.identity)).lastrowid
+        conn.executemany("INSERT INTO run_item_types VALUES (?, ?)", [(t, run_id) for t in run.item_types])
+        conn.executemany("INSERT INTO run_models VALUES (?, ?)", [(m, run_id) for m in run.models])
+        if run.text:
+            conn.execute("INSERT INTO run_text (rowid, content) VALUES (?, ?)", (run_id, run.text))
+
+    def note_saved(self, record: dict[str, Any], saved: SavedFile) -> bool:
+        """Write a just-published run through to an existing index (never creates one).
+
+        The recorded folder mtime moves on only if the index was in step with the folder
+        just before this save, so a change made by someone else is still found by listing.
+
+        :returns: True if the run was written through.
+        """
+        if not self.path.exists():
+            return False
+        conn = self._open_checked()
+        try:
+            run = extract(record, saved.identity)
+
+            def work(c: sqlite3.Connection) -> None:
+                meta = self._meta(c)
+                self._delete(c, [saved.execution_id])
+                self._insert(c, run)
+                if (saved.dir_mtime_before is not None and not meta["dir_racy"]
+                        and meta["dir_mtime_ns"] == saved.dir_mtime_before):
+                    c.execute("UPDATE meta SET value = ? WHERE key = 'dir_mtime_ns'", (saved.dir_mtime_after,))
+
+            self._write(conn, work)
+        finally:
+            conn.close()
+        return True
+
+    # ------------------------------------------------------------ reading
+
+    def query(self, query: RunQuery, user_scope: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """One page of run summaries in the query's order, and how many runs match in all."""
+        self.sync()
+        conn = self._connection()
+        where, params = self._where(query, user_scope)
+        total = conn.execute(f"SELECT COUNT(*) FROM runs r WHERE {where}", params).fetchone()[0]
+        # Page over the narrow index first, then fetch the few whole rows (cheap deep offsets).
+        rows = conn.execute(
+            f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM runs WHERE id IN ("
+            f"SELECT r.id FROM runs r WHERE {where} ORDER BY {query.order_sql()} LIMIT ? OFFSET ?)"
+            f" ORDER BY {query.order_sql()}",
+            [*params, query.limit if query.limit is not None else -1, query.offset]).fetchall()
+        return [dict(zip(SUMMARY_COLUMNS, row)) for row in rows], total
+
+    def count(self, query: RunQuery, user_scope: str | None = None) -> int:
+        """How many runs the query's filters select (ignoring its page)."""
+        self.sync()
+        where, params = self._where(query, user_scope)
+        return self._connection().execute(f"SELECT COUNT(*) FROM runs r WHERE {where}", params).fetchone()[0]
+
+    def iter_ids(self, query: RunQuery, user_scope: str | None = None) -> Iterator[str]:
+        """Every selected id in the query's order (its page applied), fetched in batches.
+
+        Uses a connection of its own, so a long export holds one consistent snapshot.
+        """
+        self.sync()
+        where, params = self._where(query, user_scope)
+        conn = self._open_checked()
+        try:
+            cursor = conn.execute(
+                f"SELECT r.execution_id FROM runs r WHERE {where} ORDER BY {query.order_sql()} LIMIT ? OFFSET ?",
+                [*params, query.limit if query.limit is not None else -1, query.offset])
+            while rows := cursor.fetchmany(BATCH):
+                for (execution_id,) in rows:
+                    yield execution_id
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _where(query: RunQuery, user_scope: str | None) -> tuple[str, list[Any]]:
+        where, params = query.filters.where()
+        if user_scope is not None:
+            where, params = f"({where}) AND r.user_id = ?", [*params, user_scope]
+        return where, params
+
+    def stats(self, user_scope: str | None = None) -> dict[str, Any]:
+        """The body of ``/api/runs/stats``, from the index."""
+        self.sync()
+        conn = self._connection()
+        scope, params = ("WHERE user_id = ?", [user_scope]) if user_scope is not None else ("", [])
+        by_config = dict(conn.execute(f"SELECT config_name, COUNT(*) FROM runs {scope} GROUP BY 1", params))
+        by_status = dict(conn.execute(f"SELECT status, COUNT(*) FROM runs {scope} GROUP BY 1", params))
+        size, first, last = conn.execute(
+            f"SELECT COALESCE(SUM(size), 0), (SELECT timestamp FROM runs {scope} ORDER BY ts_key LIMIT 1),"
+            f" (SELECT timestamp FROM runs {scope} ORDER BY ts_key DESC LIMIT 1) FROM runs {scope}",
+            params * 3).fetchone()
+        unreadable = size_unreadable = 0
+        if user_scope is None:  # an unreadable file has no owner: only unscoped stats count it
+            unreadable, size_unreadable = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM unreadable").fetchone()
+        return summarize_stats(
+            storage_dir=str(self.store.root), total_records=sum(by_config.values()),
+            total_size_bytes=size + size_unreadable, by_config=by_config, by_status=by_status,
+            first_timestamp=first, last_timestamp=last, unreadable_records=unreadable)

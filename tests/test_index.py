@@ -1,0 +1,183 @@
+"""RunIndex: never stale, rebuilt when lost, shared safely by several processes."""
+import json
+import multiprocessing
+import os
+import time
+
+import pytest
+
+from execution_history import ExecutionTracker, RunStore
+from execution_history.filters import RunFilters, RunQuery
+from execution_history.index import INDEX_NAME, RunIndex
+from execution_history.records import dump_record
+
+ALL = RunQuery(limit=None)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def index(store, clock):
+    return RunIndex(store, rescan_seconds=60, clock=clock)
+
+
+def ids_of(index, query=ALL):
+    return sorted(s["execution_id"] for s in index.query(query)[0])
+
+
+def record_run(store, config="dada", text="hello"):
+    with ExecutionTracker(config, store=store) as run:
+        run.log_user_input_text(text)
+    return run.execution_id
+
+
+def copy_as(store, source_id, new_id, **changes):
+    record = {**store.load(source_id), "execution_id": new_id, **changes}
+    temp = store.root.parent / "outside.json"
+    temp.write_bytes(dump_record(record))
+    os.replace(temp, store.path_for(new_id))  # a hand copy that arrives whole
+
+
+def test_index_answers_like_the_files(index, store, recorded_runs):
+    assert ids_of(index) == sorted(recorded_runs)
+    (store.root / "exec_20250101_000000_0000dead.json").write_text("{")
+    assert index.stats() == store.scan_stats()
+
+
+def test_file_copied_in_by_hand_shows_up_on_the_next_request(index, store, recorded_runs):
+    ids_of(index)
+    copy_as(store, recorded_runs[0], "exec_20250101_000000_00000001", config_name="handmade")
+    page, total = index.query(RunQuery(RunFilters(config_name="handmade")))
+    assert total == 1 and page[0]["execution_id"] == "exec_20250101_000000_00000001"
+
+
+def test_file_deleted_by_hand_disappears_on_the_next_request(index, store, recorded_runs):
+    ids_of(index)
+    store.path_for(recorded_runs[1]).unlink()
+    assert ids_of(index) == sorted(set(recorded_runs) - {recorded_runs[1]})
+    assert index.stats()["total_records"] == len(recorded_runs) - 1
+
+
+def test_file_replaced_by_rename_shows_its_new_content(index, store, recorded_runs):
+    ids_of(index)
+    copy_as(store, recorded_runs[0], recorded_runs[0], config_name="replaced")
+    assert index.query(RunQuery(RunFilters(config_name="replaced")))[1] == 1
+
+
+def test_file_replaced_by_garbage_becomes_unreadable(index, store, recorded_runs):
+    ids_of(index)
+    temp = store.root.parent / "garbage"
+    temp.write_text('{"truncated')
+    os.replace(temp, store.path_for(recorded_runs[0]))
+    assert recorded_runs[0] not in ids_of(index)
+    assert index.stats()["unreadable_records"] == 1
+
+
+def edit_in_place(path, old, new):
+    assert len(old) == len(new)
+    raw = path.read_bytes()
+    with open(path, "r+b") as handle:  # same inode, same size: the folder's mtime does not move
+        handle.write(raw.replace(old, new))
+
+
+def test_file_edited_in_place_shows_up_within_the_rescan_period(index, store, clock, recorded_runs):
+    ids_of(index)
+    edit_in_place(store.path_for(recorded_runs[0]), b'"stillepost"', b'"stillpost!"')
+    clock.now += 61
+    assert index.query(RunQuery(RunFilters(config_name="stillpost!")))[1] == 1
+
+
+def test_file_edited_in_place_shows_up_after_reindex(index, store, recorded_runs):
+    ids_of(index)
+    edit_in_place(store.path_for(recorded_runs[0]), b'"stillepost"', b'"stillpost!"')
+    index.rebuild()
+    assert index.query(RunQuery(RunFilters(config_name="stillpost!")))[1] == 1
+
+
+def test_deleted_index_is_rebuilt_and_loses_nothing(index, store, recorded_runs):
+    before = index.query(ALL)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(f"{index.path}{suffix}"):
+            os.unlink(f"{index.path}{suffix}")
+    assert index.query(ALL) == before
+    assert index.path.exists()
+
+
+def test_corrupt_index_is_rebuilt(store, clock, recorded_runs):
+    (store.root / INDEX_NAME).write_bytes(b"this is not a database" * 100)
+    assert ids_of(RunIndex(store, clock=clock)) == sorted(recorded_runs)
+
+
+def test_run_finalized_by_the_tracker_needs_no_listing(index, store, monkeypatch):
+    ids_of(index)
+    time.sleep(0.01)
+    listings = []
+    real = RunStore.list_inodes
+    monkeypatch.setattr(RunStore, "list_inodes", lambda self: listings.append(1) or real(self))
+    index._write(index._connection(), lambda c: c.execute("UPDATE meta SET value = 0 WHERE key = 'dir_racy'"))
+    new_id = record_run(store, "written-through")
+    assert new_id in ids_of(index)
+    assert listings == []
+
+
+def test_racy_folder_mtime_is_listed_again(index, store, monkeypatch):
+    record_run(store)
+    ids_of(index)  # the folder changed just now: racy
+    listings = []
+    real = RunStore.list_inodes
+    monkeypatch.setattr(RunStore, "list_inodes", lambda self: listings.append(1) or real(self))
+    ids_of(index)
+    assert listings == [1]
+
+
+def _write_runs(root, count, config):
+    store = RunStore(root)
+    for n in range(count):
+        with ExecutionTracker(config, store=store) as run:
+            run.log_user_input_text(f"run {n} of {config}")
+
+
+def _read_until(root, stop_file, results):
+    index = RunIndex(RunStore(root), rescan_seconds=0.5)
+    errors, reads = [], 0
+    while not os.path.exists(stop_file):
+        try:
+            index.query(RunQuery(RunFilters(q="run"), limit=5))
+            index.stats()
+            reads += 1
+        except Exception as err:  # noqa: BLE001 - collected and reported by the test
+            errors.append(repr(err))
+    results.put((reads, errors))
+
+
+def test_two_writers_and_two_readers_at_once(store, tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    stop = tmp_path / "stop"
+    results = ctx.Queue()
+    readers = [ctx.Process(target=_read_until, args=(str(store.root), str(stop), results)) for _ in range(2)]
+    writers = [ctx.Process(target=_write_runs, args=(str(store.root), 60, f"w{n}")) for n in range(2)]
+    for p in readers + writers:
+        p.start()
+    for p in writers:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    stop.touch()
+    outcomes = [results.get(timeout=60) for _ in readers]
+    for p in readers:
+        p.join(timeout=60)
+    assert all(errors == [] for _, errors in outcomes), outcomes
+    assert all(reads > 0 for reads, _ in outcomes)
+    index = RunIndex(store)
+    assert index.count(RunQuery(RunFilters(q="run"))) == 120
+    assert index.stats()["by_config"] == {"w0": 60, "w1": 60}
