@@ -1,6 +1,7 @@
 """RunIndex: a SQLite cache of what listing, filtering, sorting, counting and search need.
 
-The record files stay the source of truth; the index is rebuilt from them whenever it is
+The record files stay the source of truth; the index (``.index/runs.sqlite3`` in the data
+folder) is rebuilt from them whenever it is
 missing, corrupt or of another schema version, and is kept in step with them like this:
 
 - Every request calls :meth:`RunIndex.sync`. It compares the data folder's mtime with the
@@ -24,27 +25,34 @@ busy timeout, retried, so "database is locked" does not reach a client.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
+import multiprocessing
 import logging
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import InvalidRecord, StorageError
-from .filters import ITEM_SEPARATOR, RunQuery, fold_case, to_key
+from .filters import ITEM_SEPARATOR, RunQuery, fold_text, to_key
 from .records import parse_record, parse_timestamp
 from .storage import RunStore, SavedFile, summarize_stats
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
-INDEX_NAME = ".runs-index.sqlite3"
+SCHEMA_VERSION = "2"
+#: The index lives in a hidden subfolder of the data folder: SQLite creates and deletes its
+#: -wal/-shm files as connections come and go, which must not touch the data folder's mtime.
+INDEX_DIR = ".index"
+INDEX_NAME = "runs.sqlite3"
 #: A folder mtime younger than this when recorded may hide a change made in the same tick.
 RACY_NS = 2_000_000_000
 #: Runs parsed per write transaction while scanning (bounds memory and lock time).
@@ -82,14 +90,14 @@ CREATE TABLE run_item_types (item_type TEXT, run_id INTEGER, PRIMARY KEY (item_t
 CREATE TABLE run_models (model TEXT, run_id INTEGER, PRIMARY KEY (model, run_id)) WITHOUT ROWID;
 CREATE INDEX run_item_types_run ON run_item_types (run_id);
 CREATE INDEX run_models_run ON run_models (run_id);
-CREATE INDEX runs_ts ON runs (ts_key, execution_id);
-CREATE INDEX runs_config_ts ON runs (config_name, ts_key, execution_id);
-CREATE INDEX runs_config_id ON runs (config_name, execution_id);
-CREATE INDEX runs_status_ts ON runs (status, ts_key, execution_id);
-CREATE INDEX runs_user_ts ON runs (user_id, ts_key, execution_id);
+-- Each filter index ends with the other low-cardinality filter columns, so a combination
+-- of filters is counted and paged from the index alone, without visiting table rows.
+CREATE INDEX runs_ts ON runs (ts_key, execution_id, config_name, status, user_id, execution_mode, safety_level);
+CREATE INDEX runs_config_ts ON runs (config_name, ts_key, execution_id, status, user_id, execution_mode, safety_level);
+CREATE INDEX runs_status_ts ON runs (status, ts_key, execution_id, config_name, user_id, execution_mode, safety_level);
+CREATE INDEX runs_user_ts ON runs (user_id, ts_key, execution_id, config_name, status, execution_mode, safety_level);
 CREATE INDEX runs_session_ts ON runs (session_id, ts_key, execution_id);
-CREATE INDEX runs_mode_ts ON runs (execution_mode, ts_key, execution_id);
-CREATE INDEX runs_safety_ts ON runs (safety_level, ts_key, execution_id);
+CREATE INDEX runs_config_id ON runs (config_name, execution_id);
 CREATE INDEX runs_time ON runs (total_execution_time, execution_id);
 CREATE INDEX runs_items ON runs (items_count, execution_id);
 -- contentless: the text lives in the record files, the index keeps only its search terms
@@ -98,8 +106,13 @@ INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('dir_mtime_ns',
     ('dir_racy', 1), ('full_check_at', 0);
 """
 
-_INSERT_RUN = f"""INSERT INTO runs ({', '.join(SUMMARY_COLUMNS)}, ts_key, inode, size, mtime_ns)
-VALUES ({', '.join('?' * (len(SUMMARY_COLUMNS) + 4))})"""
+_INSERT_RUN = f"""INSERT INTO runs (id, {', '.join(SUMMARY_COLUMNS)}, ts_key, inode, size, mtime_ns)
+VALUES ({', '.join('?' * (len(SUMMARY_COLUMNS) + 5))})"""
+#: SQLite page cache per connection (KiB).
+CACHE_KIB = 8 * 1024
+#: Below this many files to read, a scan parses them itself; above, worker processes help.
+PARALLEL_MIN = 2000
+CHUNK = 250
 
 
 @dataclass(frozen=True)
@@ -124,7 +137,7 @@ def extract(record: dict[str, Any], identity: tuple[int, int, int]) -> IndexedRu
         ts_key=to_key(parse_timestamp(record["timestamp"])),
         item_types=frozenset(item["item_type"] for item in items),
         models=frozenset(item["model_used"] for item in items if item["model_used"] is not None),
-        text=fold_case(ITEM_SEPARATOR.join(item["content"] for item in items if item["content"])),
+        text=fold_text(ITEM_SEPARATOR.join(item["content"] for item in items if item["content"])),
         identity=identity,
     )
 
@@ -154,14 +167,54 @@ def read_indexed(path: Path, execution_id: str) -> IndexedRun | tuple[int, int, 
     return identity
 
 
+Parsed = tuple[str, "IndexedRun | tuple[int, int, int] | None"]
+
+
+def read_chunk(root: str, execution_ids: list[str]) -> list[Parsed]:
+    """Parse a chunk of files (runs in a worker process during large scans)."""
+    store = RunStore(root)
+    return [(i, read_indexed(store.path_for(i), i)) for i in execution_ids]
+
+
+def iter_parsed(store: RunStore, execution_ids: list[str]) -> Iterator[list[Parsed]]:
+    """Parsed files in chunks, in order; spread over worker processes when there are many.
+
+    Reading and parsing JSON is most of a cold build, and it is CPU-bound: with two
+    cores, two spawned workers parse while this process writes to SQLite. At most a few
+    chunks wait at once, so memory stays flat whatever the number of files.
+    """
+    chunks = [execution_ids[i:i + CHUNK] for i in range(0, len(execution_ids), CHUNK)]
+    workers = min(os.cpu_count() or 1, 4)
+    done = 0
+    if len(execution_ids) >= PARALLEL_MIN and workers > 1:
+        try:
+            # spawn, not fork: this may run in a threaded gunicorn worker
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                pending: collections.deque = collections.deque()
+                for chunk in chunks:
+                    pending.append(pool.submit(read_chunk, str(store.root), chunk))
+                    if len(pending) > 2 * workers:
+                        yield pending.popleft().result()
+                        done += 1
+                while pending:
+                    yield pending.popleft().result()
+                    done += 1
+        except (BrokenProcessPool, OSError, RuntimeError) as err:
+            # e.g. a __main__ that cannot be imported again by spawn: this process does the rest
+            log.warning("index: worker processes failed (%s); parsing in this process", err)
+    for chunk in chunks[done:]:
+        yield read_chunk(str(store.root), chunk)
+
+
 class RunIndex:
-    """The SQLite index of one RunStore's folder (``.runs-index.sqlite3`` inside it)."""
+    """The SQLite index of one RunStore's folder (``.index/runs.sqlite3`` inside it)."""
 
     def __init__(self, store: RunStore, rescan_seconds: float = 60.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
-        self.path = store.root / INDEX_NAME
-        self.lock_path = store.root / (INDEX_NAME + ".lock")
+        self.folder = store.root / INDEX_DIR
+        self.path = self.folder / INDEX_NAME
+        self.lock_path = self.folder / "scan.lock"
         self.rescan_seconds = rescan_seconds
         self._clock = clock
         self._local = threading.local()
@@ -186,7 +239,7 @@ class RunIndex:
         return conn
 
     def _open(self) -> sqlite3.Connection:
-        self.store.ensure_root()
+        self._ensure_folder()
         try:
             conn = self._open_checked()
         except sqlite3.DatabaseError as err:  # corrupt, or not a database at all: start afresh
@@ -202,6 +255,7 @@ class RunIndex:
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 self._write(conn, lambda c: c.execute("PRAGMA journal_mode = WAL"), begin=False)
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA cache_size = {-CACHE_KIB}")
             if not self._schema_ok(conn):
                 self._write(conn, self._create_schema)
         except BaseException:
@@ -234,9 +288,10 @@ class RunIndex:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{self.path}{suffix}")
 
-    @staticmethod
-    def _write(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], Any], begin: bool = True) -> Any:
+    def _write(self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], Any],
+               begin: bool = True) -> Any:
         """Run *work* in one write transaction, retrying while another writer holds the lock."""
+        self._local.writes = getattr(self._local, "writes", 0) + 1  # invalidates this thread's cache
         deadline = time.monotonic() + WRITE_DEADLINE_SECONDS
         while True:
             try:
@@ -255,9 +310,16 @@ class RunIndex:
                     raise StorageError("Run index unavailable", reason=str(err)) from err
                 time.sleep(0.05)
 
+    def _ensure_folder(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageError("Index folder cannot be created", reason=err.strerror) from err
+
     @contextlib.contextmanager
     def _scan_lock(self) -> Iterator[None]:
         """One scanning process at a time; others wait, then usually find nothing left to do."""
+        self._ensure_folder()
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -323,11 +385,16 @@ class RunIndex:
         removed = [i for i in known if i not in present]
         log.info("index sync (%s): %d new or changed, %d removed", "full" if full else "listing",
                  len(stale), len(removed))
-        self._write(conn, lambda c: self._delete(c, removed))
-        for start in range(0, len(stale), BATCH):
-            batch = stale[start:start + BATCH]
-            parsed = [(i, read_indexed(self.store.path_for(i), i)) for i in batch]
-            self._write(conn, lambda c: self._store_batch(c, parsed))
+        if removed:
+            self._write(conn, lambda c: self._delete(c, removed))
+        pending: list[Parsed] = []
+        for parsed in iter_parsed(self.store, stale):
+            pending += parsed
+            if len(pending) >= BATCH:
+                self._write(conn, lambda c: self._store_batch(c, pending))
+                pending = []
+        if pending:
+            self._write(conn, lambda c: self._store_batch(c, pending))
         racy = dir_mtime is None or scan_started - dir_mtime < RACY_NS
 
         def finish(c: sqlite3.Connection) -> None:
@@ -337,32 +404,45 @@ class RunIndex:
                 c.execute("UPDATE meta SET value = ? WHERE key = 'full_check_at'", (self._clock(),))
 
         self._write(conn, finish)
+        if len(stale) + len(removed) >= PARALLEL_MIN:  # table statistics, so the planner picks the narrow index
+            self._write(conn, lambda c: c.execute("ANALYZE"))
 
     @staticmethod
     def _delete(conn: sqlite3.Connection, execution_ids: list[str]) -> None:
-        for execution_id in execution_ids:
-            conn.execute("DELETE FROM unreadable WHERE execution_id = ?", (execution_id,))
-            row = conn.execute("DELETE FROM runs WHERE execution_id = ? RETURNING id", (execution_id,)).fetchone()
-            if row:
-                conn.execute("DELETE FROM run_item_types WHERE run_id = ?", row)
-                conn.execute("DELETE FROM run_models WHERE run_id = ?", row)
+        for start in range(0, len(execution_ids), CHUNK):
+            chunk = execution_ids[start:start + CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            conn.execute(f"DELETE FROM unreadable WHERE execution_id IN ({marks})", chunk)
+            run_ids = [row[0] for row in conn.execute(
+                f"DELETE FROM runs WHERE execution_id IN ({marks}) RETURNING id", chunk).fetchall()]
+            if run_ids:
+                marks = ", ".join("?" * len(run_ids))
+                conn.execute(f"DELETE FROM run_item_types WHERE run_id IN ({marks})", run_ids)
+                conn.execute(f"DELETE FROM run_models WHERE run_id IN ({marks})", run_ids)
 
-    def _store_batch(self, conn: sqlite3.Connection,
-                     parsed: list[tuple[str, IndexedRun | tuple[int, int, int] | None]]) -> None:
+    def _store_batch(self, conn: sqlite3.Connection, parsed: list[Parsed]) -> None:
+        """Index parsed files (unreadable ones as such), replacing what was indexed for them.
+
+        Replacing, because a writer may have written a run through since the scan began.
+        """
         self._delete(conn, [execution_id for execution_id, _ in parsed])
-        for execution_id, result in parsed:
-            if isinstance(result, IndexedRun):
-                self._insert(conn, result)
-            elif result is not None:
-                conn.execute("INSERT INTO unreadable VALUES (?, ?, ?, ?)", (execution_id, *result))
-
-    @staticmethod
-    def _insert(conn: sqlite3.Connection, run: IndexedRun) -> None:
-        run_id = conn.execute(_INSERT_RUN, (*run.summary, run.ts_key, *run.identity)).lastrowid
-        conn.executemany("INSERT INTO run_item_types VALUES (?, ?)", [(t, run_id) for t in run.item_types])
-        conn.executemany("INSERT INTO run_models VALUES (?, ?)", [(m, run_id) for m in run.models])
-        if run.text:
-            conn.execute("INSERT INTO run_text (rowid, content) VALUES (?, ?)", (run_id, run.text))
+        runs = [result for _, result in parsed if isinstance(result, IndexedRun)]
+        conn.executemany("INSERT INTO unreadable VALUES (?, ?, ?, ?)",
+                         [(i, *result) for i, result in parsed if isinstance(result, tuple)])
+        if not runs:
+            return
+        # ids handed out here, so every table is filled with one executemany
+        first = conn.execute("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'runs'), 0) + 1"
+                             ).fetchone()[0]
+        numbered = list(enumerate(runs, start=first))
+        conn.executemany(_INSERT_RUN, [(n, *run.summary, run.ts_key, *run.identity) for n, run in numbered])
+        # sorted: rows arrive in key order, so the WITHOUT ROWID trees fill page by page
+        conn.executemany("INSERT INTO run_item_types VALUES (?, ?)",
+                         sorted((t, n) for n, run in numbered for t in run.item_types))
+        conn.executemany("INSERT INTO run_models VALUES (?, ?)",
+                         sorted((m, n) for n, run in numbered for m in run.models))
+        conn.executemany("INSERT INTO run_text (rowid, content) VALUES (?, ?)",
+                         [(n, run.text) for n, run in numbered if run.text])
 
     def note_saved(self, record: dict[str, Any], saved: SavedFile) -> bool:
         """Write a just-published run through to an existing index (never creates one).
@@ -380,8 +460,7 @@ class RunIndex:
 
             def work(c: sqlite3.Connection) -> None:
                 meta = self._meta(c)
-                self._delete(c, [saved.execution_id])
-                self._insert(c, run)
+                self._store_batch(c, [(saved.execution_id, run)])
                 if (saved.dir_mtime_before is not None and not meta["dir_racy"]
                         and meta["dir_mtime_ns"] == saved.dir_mtime_before):
                     c.execute("UPDATE meta SET value = ? WHERE key = 'dir_mtime_ns'", (saved.dir_mtime_after,))
@@ -393,12 +472,26 @@ class RunIndex:
 
     # ------------------------------------------------------------ reading
 
+    def _cached(self, conn: sqlite3.Connection, key: tuple, compute: Callable[[], Any]) -> Any:
+        """*compute()*, remembered until the index changes (totals and stats repeat while paging).
+
+        ``PRAGMA data_version`` moves when another connection commits; this thread's own
+        writes are counted by ``_write``.
+        """
+        local = self._local
+        generation = (conn.execute("PRAGMA data_version").fetchone()[0], getattr(local, "writes", 0), id(conn))
+        if getattr(local, "generation", None) != generation or len(local.cache) > 256:
+            local.generation, local.cache = generation, {}
+        if key not in local.cache:
+            local.cache[key] = compute()
+        return local.cache[key]
+
     def query(self, query: RunQuery, user_scope: str | None = None) -> tuple[list[dict[str, Any]], int]:
         """One page of run summaries in the query's order, and how many runs match in all."""
         self.sync()
         conn = self._connection()
         where, params = self._where(query, user_scope)
-        total = conn.execute(f"SELECT COUNT(*) FROM runs r WHERE {where}", params).fetchone()[0]
+        total = self._count(conn, where, params)
         # Page over the narrow index first, then fetch the few whole rows (cheap deep offsets).
         rows = conn.execute(
             f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM runs WHERE id IN ("
@@ -410,8 +503,11 @@ class RunIndex:
     def count(self, query: RunQuery, user_scope: str | None = None) -> int:
         """How many runs the query's filters select (ignoring its page)."""
         self.sync()
-        where, params = self._where(query, user_scope)
-        return self._connection().execute(f"SELECT COUNT(*) FROM runs r WHERE {where}", params).fetchone()[0]
+        return self._count(self._connection(), *self._where(query, user_scope))
+
+    def _count(self, conn: sqlite3.Connection, where: str, params: list[Any]) -> int:
+        return self._cached(conn, ("count", where, *params), lambda: conn.execute(
+            f"SELECT COUNT(*) FROM runs r WHERE {where}", params).fetchone()[0])
 
     def iter_ids(self, query: RunQuery, user_scope: str | None = None) -> Iterator[str]:
         """Every selected id in the query's order (its page applied), fetched in batches.
@@ -442,6 +538,9 @@ class RunIndex:
         """The body of ``/api/runs/stats``, from the index."""
         self.sync()
         conn = self._connection()
+        return self._cached(conn, ("stats", user_scope), lambda: self._stats(conn, user_scope))
+
+    def _stats(self, conn: sqlite3.Connection, user_scope: str | None) -> dict[str, Any]:
         scope, params = ("WHERE user_id = ?", [user_scope]) if user_scope is not None else ("", [])
         by_config = dict(conn.execute(f"SELECT config_name, COUNT(*) FROM runs {scope} GROUP BY 1", params))
         by_status = dict(conn.execute(f"SELECT status, COUNT(*) FROM runs {scope} GROUP BY 1", params))

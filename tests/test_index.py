@@ -8,7 +8,7 @@ import pytest
 
 from execution_history import ExecutionTracker, RunStore
 from execution_history.filters import RunFilters, RunQuery
-from execution_history.index import INDEX_NAME, RunIndex
+from execution_history.index import RunIndex
 from execution_history.records import dump_record
 
 ALL = RunQuery(limit=None)
@@ -115,8 +115,10 @@ def test_deleted_index_is_rebuilt_and_loses_nothing(index, store, recorded_runs)
 
 
 def test_corrupt_index_is_rebuilt(store, clock, recorded_runs):
-    (store.root / INDEX_NAME).write_bytes(b"this is not a database" * 100)
-    assert ids_of(RunIndex(store, clock=clock)) == sorted(recorded_runs)
+    index = RunIndex(store, clock=clock)
+    index.folder.mkdir()
+    index.path.write_bytes(b"this is not a database" * 100)
+    assert ids_of(index) == sorted(recorded_runs)
 
 
 def test_run_finalized_by_the_tracker_needs_no_listing(index, store, monkeypatch):
@@ -157,7 +159,7 @@ def _read_until(root, stop_file, results):
             index.stats()
             reads += 1
         except Exception as err:  # noqa: BLE001 - collected and reported by the test
-            errors.append(repr(err))
+            errors.append(f"{err!r} {getattr(err, 'context', '')}")
     results.put((reads, errors))
 
 
@@ -181,3 +183,17 @@ def test_two_writers_and_two_readers_at_once(store, tmp_path):
     index = RunIndex(store)
     assert index.count(RunQuery(RunFilters(q="run"))) == 120
     assert index.stats()["by_config"] == {"w0": 60, "w1": 60}
+
+
+def test_large_scans_parse_in_worker_processes(store, recorded_runs, monkeypatch):
+    import execution_history.index as index_module
+
+    (store.root / "exec_20250101_000000_0000dead.json").write_text("{")
+    monkeypatch.setattr(index_module, "PARALLEL_MIN", 2)
+    monkeypatch.setattr(index_module, "CHUNK", 3)
+    ids = sorted(store.list_inodes())
+    chunks = list(index_module.iter_parsed(store, ids))
+    assert [i for chunk in chunks for i, _ in chunk] == ids
+    index = RunIndex(store)
+    assert ids_of(index) == sorted(recorded_runs)
+    assert index.stats() == store.scan_stats()

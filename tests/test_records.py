@@ -117,3 +117,11 @@ def test_dump_record_is_strict_json():
         dump_record(minimal_record(total_execution_time=float("nan")))
     raw = dump_record(minimal_record(config_name="日本 😀"))
     assert strict_loads(raw.decode("utf-8"))["config_name"] == "日本 😀"
+
+
+def test_older_files_with_nan_and_lone_surrogates_are_read_safely():
+    raw = json.dumps(minimal_record(total_execution_time=float("nan"))).replace('"x"', '"broken \\ud800"')
+    record = parse_record(raw.encode())
+    assert record["total_execution_time"] is None
+    assert record["items"][0]["content"] == "broken \ufffd"
+    json.dumps(record, allow_nan=False).encode("utf-8")  # strict and encodable
