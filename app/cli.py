@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import click
 from flask.cli import AppGroup
+from werkzeug.datastructures import MultiDict
 
 from execution_history.errors import ExecutionHistoryError
+from execution_history.exporters import export_selection, get_exporter
 
 from . import get_index, get_store
+from .params import EXPORT_OPTIONS, BulkExportLimitSchema, export_params, load_params, load_query
 
 runs = AppGroup("runs", help="Inspect and manage recorded pipeline runs.")
 
@@ -63,3 +67,40 @@ def reindex_command() -> None:
     stats = index.stats()
     click.echo(f"Indexed {stats['total_records']} runs ({stats['unreadable_records']} unreadable files) "
                f"in {time.monotonic() - started:.1f} s.")
+
+
+def _filter_options(command: Callable[..., None]) -> Callable[..., None]:
+    """One --option per bulk-export parameter (list filters, limit, offset, order, writer options)."""
+    schema = BulkExportLimitSchema()
+    for name in reversed([*schema.fields, *EXPORT_OPTIONS]):
+        field = schema.fields.get(name) or EXPORT_OPTIONS[name]
+        command = click.option(f"--{name.replace('_', '-')}", name, default=None,
+                               help=field.metadata.get("description"))(command)
+    return command
+
+
+@runs.command("export")
+@click.argument("execution_id", required=False)
+@click.option("--all", "export_all", is_flag=True, help="Export every run the filters select.")
+@click.option("--format", "fmt", required=True, help="json, jsonl, csv, xml, xlsx (excel).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              show_default=True, help="File to write; - for standard output.")
+@_filter_options
+def export_command(execution_id: str | None, export_all: bool, fmt: str, output: str, **params: str | None) -> None:
+    """Export one run (EXECUTION_ID) or, with --all, every run the filters select."""
+    if bool(execution_id) == export_all:
+        raise click.UsageError("Give either an EXECUTION_ID or --all.")
+    args = MultiDict({name: value for name, value in params.items() if value is not None})
+    try:
+        exporter = get_exporter(fmt)
+        if export_all:
+            query, options = load_query(export_params(exporter, bulk=True), args)
+            _, chunks = export_selection(exporter, get_index(), get_store(), query, options)
+        else:
+            options = load_params(export_params(exporter, bulk=False), args)
+            chunks = exporter.write([get_store().load(execution_id)], bulk=False, **options)
+        with click.open_file(output, "wb", atomic=output != "-") as sink:
+            for chunk in chunks:
+                sink.write(chunk)
+    except ExecutionHistoryError as err:
+        _fail(err)

@@ -33,7 +33,7 @@ def error_response(status: int, body: dict) -> Response:
 
 def handle_error(err: ExecutionHistoryError) -> Response:
     """Our own exceptions: their status, code and context."""
-    if err.status_code >= 500:
+    if err.status_code == 500:
         log.error("request %s failed: %s", g.get("request_id"), err.message, exc_info=err)
     return error_response(err.status_code, err.to_dict())
 

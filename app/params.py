@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from werkzeug.datastructures import MultiDict
 
 from execution_history.errors import InvalidParameter, UnknownParameter
+from execution_history.exporters import Exporter
+from execution_history.exporters.csv_writer import SHAPES
 from execution_history.filters import (DEFAULT_LIMIT, MAX_LIMIT, ORDER_BY, ORDERS, RunFilters, RunQuery,
                                        fts_query)
 from execution_history.records import STATUSES, is_valid_execution_id
@@ -88,17 +91,6 @@ class FilterParamsSchema(Schema):
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0), metadata={
         "description": "Runs to skip.", "allowed": "an integer >= 0"})
 
-    @post_load
-    def to_query(self, data: dict[str, Any], **kwargs: Any) -> RunQuery:
-        filters = RunFilters(
-            config_name=data.get("config"), date=data.get("date"), date_from=data.get("date_from"),
-            date_to=data.get("date_to"), user_id=data.get("user_id"), session_id=data.get("session_id"),
-            execution_mode=data.get("execution_mode"), safety_level=data.get("safety_level"),
-            status=data.get("status"), item_type=data.get("item_type"), model=data.get("model"),
-            q=data.get("q"), ids=data.get("ids"))
-        return RunQuery(filters=filters, order_by=data["order_by"], order=data["order"],
-                        limit=data.get("limit"), offset=data["offset"])
-
 
 class ListParamsSchema(FilterParamsSchema):
     """GET /api/runs: the filters plus a page of 1-100 runs."""
@@ -108,6 +100,49 @@ class ListParamsSchema(FilterParamsSchema):
 
 
 LIST_PARAMS = ListParamsSchema()
+
+
+class BulkExportLimitSchema(FilterParamsSchema):
+    """GET /api/runs/export/<format>: the list filters; without ``limit``, every match."""
+
+    limit = fields.Integer(load_default=None, validate=validate.Range(min=1), metadata={
+        "description": "At most this many runs (default: every match).", "allowed": "an integer >= 1"})
+
+
+#: Options of the writers, by name; each exporter lists the ones it takes.
+EXPORT_OPTIONS: dict[str, fields.Field] = {
+    "shape": fields.String(validate=validate.OneOf(SHAPES), metadata={
+        "description": "csv: one row per item (default for one run) or per run (default for bulk).",
+        "allowed": list(SHAPES)}),
+    "bom": fields.Boolean(load_default=False, metadata={
+        "description": "csv: start with a UTF-8 byte order mark (for Excel).", "allowed": "true or false"}),
+    "raw": fields.Boolean(load_default=False, metadata={
+        "description": "csv: do not neutralize formula-like cells (for scripts).", "allowed": "true or false"}),
+}
+
+
+@functools.cache
+def export_params(exporter: Exporter, bulk: bool) -> Schema:
+    """The parameter schema of an export route: filters (bulk) plus the format's options."""
+    options = {name: EXPORT_OPTIONS[name] for name in exporter.options}
+    if not bulk:
+        return Schema.from_dict(options, name=f"{exporter.name.title()}RunExportParams")()
+    return type(f"{exporter.name.title()}BulkExportParams", (BulkExportLimitSchema,), dict(options))()
+
+
+def load_query(schema: Schema, args: MultiDict[str, str]) -> tuple[RunQuery, dict[str, Any]]:
+    """Validate a list or bulk-export request: (the query, the writer options)."""
+    data = load_params(schema, args)
+    options = {name: data.pop(name) for name in list(data) if name in EXPORT_OPTIONS}
+    filters = RunFilters(
+        config_name=data.get("config"), date=data.get("date"), date_from=data.get("date_from"),
+        date_to=data.get("date_to"), user_id=data.get("user_id"), session_id=data.get("session_id"),
+        execution_mode=data.get("execution_mode"), safety_level=data.get("safety_level"),
+        status=data.get("status"), item_type=data.get("item_type"), model=data.get("model"),
+        q=data.get("q"), ids=data.get("ids"))
+    query = RunQuery(filters=filters, order_by=data["order_by"], order=data["order"],
+                     limit=data.get("limit"), offset=data["offset"])
+    return query, options
 
 
 def load_params(schema: Schema, args: MultiDict[str, str]) -> Any:

@@ -509,6 +509,15 @@ class RunIndex:
         return self._cached(conn, ("count", where, *params), lambda: conn.execute(
             f"SELECT COUNT(*) FROM runs r WHERE {where}", params).fetchone()[0])
 
+    def count_rows(self, query: RunQuery, user_scope: str | None = None) -> tuple[int, int]:
+        """Runs the query selects (its page applied) and their item rows (a run without items: one)."""
+        self.sync()
+        where, params = self._where(query, user_scope)
+        return tuple(self._connection().execute(
+            "SELECT COUNT(*), COALESCE(SUM(MAX(items_count, 1)), 0) FROM ("
+            f"SELECT items_count FROM runs r WHERE {where} ORDER BY {query.order_sql()} LIMIT ? OFFSET ?)",
+            [*params, query.limit if query.limit is not None else -1, query.offset]).fetchone())
+
     def iter_ids(self, query: RunQuery, user_scope: str | None = None) -> Iterator[str]:
         """Every selected id in the query's order (its page applied), fetched in batches.
 

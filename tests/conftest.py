@@ -116,7 +116,7 @@ class LiveServer:
     """gunicorn with the shipped config, on a free loopback port, serving *runs_dir*."""
 
     def __init__(self, runs_dir: Path, log_path: Path, extra_env: dict | None = None,
-                 extra_args: tuple = ()) -> None:
+                 extra_args: tuple = (), app: str = "wsgi:app") -> None:
         import os
         import subprocess
         import sys
@@ -128,7 +128,7 @@ class LiveServer:
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(PROJECT / "gunicorn.conf.py"),
-             "--bind", f"127.0.0.1:{self.port}", *extra_args, "wsgi:app"],
+             "--bind", f"127.0.0.1:{self.port}", *extra_args, app],
             cwd=PROJECT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_ready()
 

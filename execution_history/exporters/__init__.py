@@ -1,0 +1,83 @@
+"""The exporter registry: format name -> streaming writer, with aliases and planned formats."""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..filters import RunQuery
+    from ..index import RunIndex
+    from ..storage import RunStore
+
+from ..errors import ExportTooLarge, FormatNotImplemented, InvalidFormat
+from .csv_writer import write_csv
+from .info import ExportInfo
+from .json_writer import write_json, write_jsonl
+from .xlsx_writer import EXCEL_MAX_ROWS, write_xlsx
+from .xml_writer import write_xml
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """One export format: how it is served and the writer that produces it."""
+
+    name: str                                # "csv", the path segment
+    mimetype: str                            # "text/csv; charset=utf-8"
+    extension: str                           # ".csv"
+    write: Callable[..., Iterator[bytes]]    # write(records, *, bulk, info, **options)
+    options: tuple[str, ...] = ()            # query parameters the writer takes
+    max_rows: int | None = None              # item rows a sheet can hold, checked before streaming
+
+
+EXPORTERS: dict[str, Exporter] = {
+    "json": Exporter("json", "application/json; charset=utf-8", ".json", write_json),
+    "jsonl": Exporter("jsonl", "application/x-ndjson; charset=utf-8", ".jsonl", write_jsonl),
+    "csv": Exporter("csv", "text/csv; charset=utf-8", ".csv", write_csv, options=("shape", "bom", "raw")),
+    "xml": Exporter("xml", "application/xml; charset=utf-8", ".xml", write_xml),
+    "xlsx": Exporter("xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", ".xlsx",
+                     write_xlsx, max_rows=EXCEL_MAX_ROWS - 1),
+}
+ALIASES = {"excel": "xlsx"}
+__all__ = ["ALIASES", "EXPORTERS", "PLANNED", "ExportInfo", "Exporter", "export_selection", "get_exporter"]
+#: Formats announced but not built yet (501).
+PLANNED = {"pdf": "PDF", "docx": "DOCX"}
+
+
+def get_exporter(name: str) -> Exporter:
+    """The exporter for a format name (case-insensitive, aliases allowed).
+
+    :raises FormatNotImplemented: for a planned format (pdf, docx).
+    :raises InvalidFormat: for anything else.
+    """
+    key = name.lower()
+    key = ALIASES.get(key, key)
+    if key in EXPORTERS:
+        return EXPORTERS[key]
+    if key in PLANNED:
+        raise FormatNotImplemented(f"{PLANNED[key]} export not yet implemented", status="planned",
+                                   details="This format will be available in a future release")
+    raise InvalidFormat("Invalid export format", format=name[:100], supported_formats=[*EXPORTERS, *PLANNED],
+                        available_now=list(EXPORTERS))
+
+
+def export_selection(exporter: Exporter, index: RunIndex, store: RunStore, query: RunQuery,
+                     options: dict[str, Any], user_scope: str | None = None,
+                     now: dt.datetime | None = None) -> tuple[int, Iterator[bytes]]:
+    """(runs selected, the export's chunks) for every run *query* selects, in its order.
+
+    Shared by the bulk route and the CLI. Records are read one at a time as chunks are
+    taken, so memory stays flat whatever the selection.
+
+    :raises ExportTooLarge: if the format cannot hold the selection (before any chunk).
+    """
+    runs, item_rows = index.count_rows(query, user_scope)
+    if exporter.max_rows is not None and max(runs, item_rows) > exporter.max_rows:
+        raise ExportTooLarge(f"Export too large for {exporter.name}", format=exporter.name, runs=runs,
+                             item_rows=item_rows, max_rows=exporter.max_rows,
+                             hint="Narrow the filters, or export as csv or jsonl, which have no row limit")
+    info = ExportInfo(count=runs, filters=query.filters.to_wire(),
+                      exported_at=now or dt.datetime.now(dt.timezone.utc))
+    records = store.iter_records(index.iter_ids(query, user_scope))
+    return runs, exporter.write(records, bulk=True, info=info, **options)

@@ -1,0 +1,69 @@
+"""Record -> rows, shared by the tabular formats (CSV, XLSX): columns, values, safety rules."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+#: One row per run.
+RUN_COLUMNS = ("execution_id", "config_name", "timestamp", "finished_at", "status", "execution_mode",
+               "safety_level", "user_id", "session_id", "total_execution_time", "items_count",
+               "taxonomy_version")
+#: One row per item, the run's columns repeated.
+ITEM_COLUMNS = ("execution_id", "config_name", "run_timestamp", "status", "execution_mode", "safety_level",
+                "user_id", "session_id", "sequence_number", "stage", "stage_iteration", "loop_iteration",
+                "item_type", "item_timestamp", "model_used", "backend_used", "execution_time", "file_path",
+                "content", "metadata")
+#: Item columns that hold timestamps (XLSX turns them into dates).
+TIMESTAMP_COLUMNS = frozenset({"timestamp", "finished_at", "run_timestamp", "item_timestamp"})
+
+#: First characters that make a spreadsheet evaluate a cell (OWASP CSV injection), plus
+#: the quote itself, so that neutralizing stays reversible: strip one leading "'".
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def run_row(record: dict[str, Any]) -> tuple[Any, ...]:
+    """The values of a record's run row, in RUN_COLUMNS order (None for null)."""
+    return (record["execution_id"], record["config_name"], record["timestamp"], record["finished_at"],
+            record["status"], record["execution_mode"], record["safety_level"], record["user_id"],
+            record["session_id"], record["total_execution_time"], len(record["items"]),
+            record["taxonomy_version"])
+
+
+def iter_item_rows(record: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
+    """The values of a record's item rows, in ITEM_COLUMNS order; metadata as compact JSON.
+
+    A run without items still gets one row (its item columns empty), so that no run
+    vanishes from an items export.
+    """
+    head = (record["execution_id"], record["config_name"], record["timestamp"], record["status"],
+            record["execution_mode"], record["safety_level"], record["user_id"], record["session_id"])
+    if not record["items"]:
+        yield head + (None,) * (len(ITEM_COLUMNS) - len(head))
+    for item in record["items"]:
+        yield head + (item["sequence_number"], item["stage"], item["stage_iteration"], item["loop_iteration"],
+                      item["item_type"], item["timestamp"], item["model_used"], item["backend_used"],
+                      item["execution_time"], item["file_path"], item["content"], metadata_text(item["metadata"]))
+
+
+def metadata_text(metadata: dict[str, Any]) -> str:
+    """Item metadata as compact JSON text (non-ASCII kept as is)."""
+    return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
+
+
+def neutralize(value: str) -> str:
+    """Prefix ``'`` to text a spreadsheet would run as a formula (reverse: drop one leading ``'``)."""
+    return "'" + value if value.startswith(FORMULA_TRIGGERS) else value
+
+
+def truncate(value: str, limit: int) -> str:
+    """*value* cut to at most *limit* characters, ending with a visible marker when cut."""
+    if len(value) <= limit:
+        return value
+    # the marker's own length depends on the number it carries: find the fitting cut
+    cut = limit
+    while True:
+        marker = f"…[truncated {len(value) - cut} characters]"
+        if cut + len(marker) <= limit:
+            return value[:cut] + marker
+        cut = limit - len(marker)

@@ -1,0 +1,128 @@
+"""XLSX: sheets Runs, Items and About, written with openpyxl's write-only workbook.
+
+Cells get native types (numbers, dates as naive UTC, text always as text, never a
+formula). Characters Excel forbids in cells (C0 controls but tab, CR, LF) become their
+visible Unicode "control pictures" (U+0000 -> U+2400 ...), and text over Excel's 32,767
+characters is cut with a visible ``…[truncated N characters]``. The workbook is built
+in a temporary file (an XLSX is a zip, written at the end) and then streamed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.styles import Font
+from openpyxl.utils import get_column_letter
+
+from .. import __version__
+from ..taxonomy import TAXONOMY_VERSION
+from .cells import ITEM_COLUMNS, RUN_COLUMNS, TIMESTAMP_COLUMNS, iter_item_rows, run_row, truncate
+from .info import ExportInfo
+
+#: Rows per sheet Excel opens, the header included.
+EXCEL_MAX_ROWS = 1_048_576
+EXCEL_MAX_CELL = 32_767
+_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_DATE_FORMAT = "yyyy-mm-dd hh:mm:ss"
+_CHUNK = 256 * 1024
+#: Column widths (characters) by column name; others get 14.
+_WIDTHS = {"execution_id": 32, "config_name": 18, "timestamp": 20, "finished_at": 20, "run_timestamp": 20,
+           "item_timestamp": 20, "item_type": 22, "model_used": 18, "content": 80, "metadata": 50,
+           "file_path": 30, "user_id": 14, "session_id": 14}
+
+
+def excel_text(value: str) -> str:
+    """Text as Excel can hold it: forbidden characters made visible, length capped."""
+    return truncate(_FORBIDDEN.sub(lambda m: chr(0x2400 + ord(m.group())), value), EXCEL_MAX_CELL)
+
+
+def _excel_time(value: str) -> dt.datetime | str:
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if parsed.tzinfo is not None:  # Excel has no time zones: UTC, as the header says
+        parsed = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return parsed
+
+
+class _Sheet:
+    """A write-only sheet with a bold frozen header, widths, a filter and typed cells."""
+
+    def __init__(self, workbook: Workbook, title: str, columns: tuple[str, ...]) -> None:
+        self.sheet = workbook.create_sheet(title)
+        self.columns = columns
+        self.rows = 1
+        for number, name in enumerate(columns, start=1):
+            self.sheet.column_dimensions[get_column_letter(number)].width = _WIDTHS.get(name, 14)
+        self.sheet.freeze_panes = "A2"
+        header = []
+        for name in columns:
+            header_name = name + " (UTC)" if name in TIMESTAMP_COLUMNS else name
+            cell = WriteOnlyCell(self.sheet, value=header_name)
+            cell.font = Font(bold=True)
+            header.append(cell)
+        self.sheet.append(header)
+
+    def append(self, values: tuple[Any, ...]) -> None:
+        row = []
+        for name, value in zip(self.columns, values):
+            if isinstance(value, str):
+                if name in TIMESTAMP_COLUMNS:
+                    value = _excel_time(value)
+                if isinstance(value, str):
+                    cell = WriteOnlyCell(self.sheet, value=excel_text(value))
+                    cell.data_type = "s"  # text that looks like a formula stays text
+                    row.append(cell)
+                    continue
+                cell = WriteOnlyCell(self.sheet, value=value)
+                cell.number_format = _DATE_FORMAT
+                row.append(cell)
+            else:
+                row.append(value)
+        self.sheet.append(row)
+        self.rows += 1
+
+    def close(self) -> None:
+        last = get_column_letter(len(self.columns))
+        self.sheet.auto_filter.ref = f"A1:{last}{self.rows}"
+
+
+def write_xlsx(records: Iterable[dict[str, Any]], *, bulk: bool = False,
+               info: ExportInfo | None = None) -> Iterator[bytes]:
+    """The workbook, in chunks, once it is complete (the About sheet shows *info*)."""
+    info = info or ExportInfo()
+    workbook = Workbook(write_only=True)
+    runs = _Sheet(workbook, "Runs", RUN_COLUMNS)
+    items = _Sheet(workbook, "Items", ITEM_COLUMNS)
+    for record in records:
+        runs.append(run_row(record))
+        for row in iter_item_rows(record):
+            items.append(row)
+    runs.close()
+    items.close()
+    about = workbook.create_sheet("About")
+    about.column_dimensions["A"].width = 24
+    about.column_dimensions["B"].width = 60
+    for key, value in [("exported_at (UTC)", info.exported_at.astimezone(dt.timezone.utc).replace(tzinfo=None)),
+                       ("runs", runs.rows - 1), ("item rows", items.rows - 1),
+                       ("taxonomy_version", TAXONOMY_VERSION), ("app_version", __version__),
+                       *((f"filter: {k}", v) for k, v in info.filters.items() if v is not None)]:
+        label = WriteOnlyCell(about, value=key)
+        label.font = Font(bold=True)
+        cell = WriteOnlyCell(about, value=excel_text(str(value)) if not isinstance(value, (int, dt.datetime)) else value)
+        if isinstance(value, str):
+            cell.data_type = "s"
+        if isinstance(value, dt.datetime):
+            cell.number_format = _DATE_FORMAT
+        about.append([label, cell])
+    with tempfile.TemporaryFile() as spool:
+        workbook.save(spool)
+        spool.seek(0)
+        while chunk := spool.read(_CHUNK):
+            yield chunk
