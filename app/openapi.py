@@ -11,7 +11,9 @@ from marshmallow import INCLUDE, Schema, fields
 import execution_history
 from execution_history.records import STATUSES, RunItemSchema, RunRecordSchema
 
-from .params import DateOrDateTime, IdList, ListParamsSchema
+from execution_history.exporters import ALIASES, EXPORTERS, PLANNED
+
+from .params import EXPORT_OPTIONS, BulkExportLimitSchema, DateOrDateTime, IdList, ListParamsSchema
 
 
 class RunSummarySchema(Schema):
@@ -68,6 +70,15 @@ class ErrorSchema(Schema):
     request_id = fields.String(required=True)
 
 
+def _options(fmt: str) -> list[dict[str, Any]]:
+    """The writer options of a format as query parameters (only that format takes them)."""
+    return [{"in": "query", "name": name, "required": False,
+             "description": f"{EXPORT_OPTIONS[name].metadata['description']} Only for {fmt}.",
+             "schema": {"type": "boolean"} if isinstance(EXPORT_OPTIONS[name], fields.Boolean)
+             else {"type": "string", "enum": EXPORT_OPTIONS[name].metadata["allowed"]}}
+            for name in EXPORTERS[fmt].options]
+
+
 def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": "Error"}}}
 
@@ -103,6 +114,26 @@ def build_spec() -> dict[str, Any]:
     spec.path(path="/api/runs/{execution_id}", operations={"get": {
         "operationId": "get_run", "summary": "One whole record", "parameters": [run_id],
         "responses": {"200": _json("The record", "RunRecord"), "404": _error("No such run")}}})
+    formats = [*EXPORTERS, *ALIASES, *PLANNED]
+    fmt = {"in": "path", "name": "fmt", "required": True, "description": "Export format (case-insensitive)",
+           "schema": {"type": "string", "enum": formats}}
+    download = {"description": "The download (Content-Disposition: attachment)",
+                "content": {exporter.mimetype: {"schema": {"type": "string", "format": "binary"}}
+                            for exporter in EXPORTERS.values()}}
+    export_errors = {"400": _error("Unknown format or bad parameter, or EXPORT_TOO_LARGE"),
+                     "501": _error("A planned format (pdf, docx)")}
+    spec.path(path="/api/runs/{execution_id}/export/{fmt}", operations={"get": {
+        "operationId": "export_run", "summary": "One run as a download",
+        "parameters": [run_id, fmt, *_options("csv")],
+        "responses": {"200": download, "404": _error("No such run"), **export_errors}}})
+    spec.path(path="/api/runs/export/{fmt}", operations={"get": {
+        "operationId": "export_runs", "summary": "Every run the list filters select, streamed, in list order",
+        "parameters": [fmt, {"in": "query", "schema": BulkExportLimitSchema}, *_options("csv")],
+        "responses": {"200": {**download, "headers": {"X-Total-Count": {"schema": {"type": "integer"}}}},
+                      **export_errors}}})
+    spec.path(path="/api/schema/execution_record.xsd", operations={"get": {
+        "operationId": "get_xsd", "summary": "The XSD every XML export validates against",
+        "responses": {"200": {"description": "XML Schema", "content": {"application/xml": {"schema": {"type": "string"}}}}}}})
     spec.path(path="/api/openapi.json", operations={"get": {
         "operationId": "get_openapi", "summary": "This document",
         "responses": {"200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}}}}})

@@ -43,3 +43,12 @@ def test_records_match_their_schema(client, spec, recorded_runs):
     validator = response_validator(spec, "RunRecord")
     for execution_id in recorded_runs:
         validator.validate(client.get(f"/api/runs/{execution_id}").get_json())
+
+
+def test_every_api_route_is_documented(app, spec):
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith("/api/"):
+            path = rule.rule.replace("<path:execution_id>", "{execution_id}")
+            routes.add(path.replace("<execution_id>", "{execution_id}").replace("<fmt>", "{fmt}"))
+    assert routes == set(spec["paths"])

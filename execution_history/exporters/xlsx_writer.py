@@ -70,21 +70,18 @@ class _Sheet:
         self.sheet.append(header)
 
     def append(self, values: tuple[Any, ...]) -> None:
-        row = []
+        row: list[Any] = []
         for name, value in zip(self.columns, values):
-            if isinstance(value, str):
+            if type(value) is str:
                 if name in TIMESTAMP_COLUMNS:
-                    value = _excel_time(value)
-                if isinstance(value, str):
-                    cell = WriteOnlyCell(self.sheet, value=excel_text(value))
-                    cell.data_type = "s"  # text that looks like a formula stays text
-                    row.append(cell)
-                    continue
-                cell = WriteOnlyCell(self.sheet, value=value)
-                cell.number_format = _DATE_FORMAT
-                row.append(cell)
-            else:
-                row.append(value)
+                    value = _excel_time(value)  # openpyxl gives datetimes a date format itself
+                else:
+                    value = excel_text(value)
+                    if value.startswith("="):  # openpyxl would store a formula: force text
+                        cell = WriteOnlyCell(self.sheet, value=value)
+                        cell.data_type = "s"
+                        value = cell
+            row.append(value)
         self.sheet.append(row)
         self.rows += 1
 
