@@ -34,8 +34,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.after_request(_send_request_id)
     register_error_handlers(app)
 
-    from . import api, cli
+    from . import api, cli, pages
     app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
     app.cli.add_command(cli.runs)
     return app
 

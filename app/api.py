@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from execution_history.errors import InvalidRecord, RunNotFound
 
 from execution_history.exporters import get_exporter
 from execution_history.exporters.xml_writer import xsd_bytes
@@ -65,7 +64,4 @@ def get_xsd() -> Response:
 @bp.get("/runs/<path:execution_id>")
 def get_run(execution_id: str) -> Response:
     """One whole record."""
-    try:
-        return jsonify(get_store().load(execution_id))
-    except InvalidRecord:  # an unreadable file is counted in stats, never served
-        raise RunNotFound("Execution not found", execution_id=execution_id) from None
+    return jsonify(get_store().get(execution_id))

@@ -37,7 +37,7 @@ def stats_command() -> None:
 def show_command(execution_id: str) -> None:
     """Print one whole record as JSON."""
     try:
-        _echo_json(get_store().load(execution_id))
+        _echo_json(get_store().get(execution_id))
     except ExecutionHistoryError as err:
         _fail(err)
 
@@ -98,7 +98,7 @@ def export_command(execution_id: str | None, export_all: bool, fmt: str, output:
             _, chunks = export_selection(exporter, get_index(), get_store(), query, options)
         else:
             options = load_params(export_params(exporter, bulk=False), args)
-            chunks = exporter.write([get_store().load(execution_id)], bulk=False, **options)
+            chunks = exporter.write([get_store().get(execution_id)], bulk=False, **options)
         with click.open_file(output, "wb", atomic=output != "-") as sink:
             for chunk in chunks:
                 sink.write(chunk)

@@ -22,7 +22,7 @@ def export_run(exporter: Exporter, execution_id: str, options: dict[str, Any]) -
 
     :raises RunNotFound: for an unknown or malformed id (before any byte is sent).
     """
-    record = get_store().load(execution_id)
+    record = get_store().get(execution_id)
     chunks = exporter.write([record], bulk=False, info=ExportInfo(count=1), **options)
     return stream(chunks, exporter, execution_id)
 

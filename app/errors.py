@@ -1,9 +1,9 @@
-"""The one place errors become responses: JSON for /api, a page for people elsewhere."""
+"""The one place errors become responses: JSON for /api (and everything not a page), HTML for pages."""
 from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from execution_history.errors import ExecutionHistoryError
@@ -24,8 +24,27 @@ _HTTP_CODES = {
 }
 
 
+_TITLES = {400: "That request is not right", 401: "Please sign in", 403: "Not yours to see",
+           404: "Not found", 405: "Not allowed", 410: "Link expired", 500: "Something went wrong",
+           501: "Not available yet"}
+
+
+def _is_page_request() -> bool:
+    """People's pages get an HTML error; /api, static files and unknown paths stay JSON."""
+    endpoint = request.endpoint or ""
+    return endpoint.startswith("pages.") or (request.url_rule is None and not request.path.startswith("/api/")
+                                             and request.accept_mimetypes.accept_html)
+
+
 def error_response(status: int, body: dict) -> Response:
-    """A JSON error response carrying the request id."""
+    """An error response carrying the request id: JSON, or a page for a page request."""
+    if _is_page_request():
+        hint = body.get("allowed")
+        page = render_template(
+            "error.html", title=_TITLES.get(status, "Error"), request_id=g.get("request_id"),
+            message=body["error"] + (f" ({body['parameter']})" if "parameter" in body else ""),
+            hint=f"Allowed: {', '.join(hint) if isinstance(hint, list) else hint}" if hint else None)
+        return Response(page, status=status, content_type="text/html; charset=utf-8")
     response = jsonify({**body, "request_id": g.get("request_id")})
     response.status_code = status
     return response

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime as dt
 import fcntl
 import multiprocessing
 import logging
@@ -548,6 +549,23 @@ class RunIndex:
         self.sync()
         conn = self._connection()
         return self._cached(conn, ("stats", user_scope), lambda: self._stats(conn, user_scope))
+
+    def runs_per_day(self, days: int = 60, user_scope: str | None = None) -> list[tuple[str, int]]:
+        """(UTC day, runs started) for the last *days* days up to the newest run, oldest first."""
+        self.sync()
+        conn = self._connection()
+        scope, params = ("AND user_id = ?", [user_scope]) if user_scope is not None else ("", [])
+        newest = conn.execute(f"SELECT MAX(ts_key) FROM runs WHERE 1 {scope}", params).fetchone()[0]
+        if newest is None:
+            return []
+        day_us = 86_400_000_000
+        first_day = newest // day_us - days + 1
+        rows = dict(conn.execute(
+            f"SELECT ts_key / {day_us} AS day, COUNT(*) FROM runs WHERE ts_key >= ? {scope} GROUP BY day",
+            [first_day * day_us, *params]).fetchall())
+        epoch = dt.date(1970, 1, 1)
+        return [((epoch + dt.timedelta(days=d)).isoformat(), rows.get(d, 0))
+                for d in range(first_day, first_day + days)]
 
     def _stats(self, conn: sqlite3.Connection, user_scope: str | None) -> dict[str, Any]:
         scope, params = ("WHERE user_id = ?", [user_scope]) if user_scope is not None else ("", [])

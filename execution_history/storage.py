@@ -208,6 +208,16 @@ class RunStore:
         """
         return parse_record(self.read_bytes(execution_id), execution_id)
 
+    def get(self, execution_id: str) -> dict[str, Any]:
+        """One record to serve: an unreadable file is as good as missing.
+
+        :raises RunNotFound: if the id is malformed, no file exists or it is not a run record.
+        """
+        try:
+            return self.load(execution_id)
+        except InvalidRecord:  # counted in stats as unreadable, never served
+            raise RunNotFound("Execution not found", execution_id=execution_id) from None
+
     def iter_records(self, execution_ids: Iterable[str]) -> Iterator[dict[str, Any]]:
         """Records for *execution_ids* in that order; files gone or unreadable meanwhile are skipped."""
         for execution_id in execution_ids:

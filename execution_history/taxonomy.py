@@ -54,8 +54,10 @@ _TYPES = [
 #: name -> ItemType, in pipeline order.
 TAXONOMY: dict[str, ItemType] = {t.name: t for t in _TYPES}
 
-#: Stages an item may carry.
+#: Stages an item may carry, and what each stage is.
 STAGES = range(0, 5)
+STAGE_NAMES = {0: "Run", 1: "Input and safety check", 2: "Interception", 3: "Output preparation and safety check",
+               4: "Output"}
 
 
 def stage_of(item_type: str) -> int | None:

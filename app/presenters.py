@@ -1,0 +1,103 @@
+"""What the pages show, computed outside the views: timeline sections, chart geometry, links."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from werkzeug.datastructures import MultiDict
+
+from execution_history.exporters import EXPORTERS
+from execution_history.taxonomy import STAGE_NAMES
+
+#: Download buttons: (label, format, extra query parameters).
+DOWNLOADS = [("CSV", "csv", {}), ("CSV for Excel", "csv", {"bom": "true"}), ("XLSX", "xlsx", {}),
+             ("JSON", "json", {}), ("JSONL", "jsonl", {}), ("XML", "xml", {})]
+#: Text longer than this is folded on the run page.
+FOLD_AT = 600
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def visible_controls(text: str) -> str:
+    """Control characters as their visible Unicode pictures (U+0000 -> ␀), so they show."""
+    return _CONTROLS.sub(lambda m: "\u2421" if m.group() == "\x7f" else chr(0x2400 + ord(m.group())), text)
+
+
+def query_string(args: MultiDict[str, str], **changes: Any) -> str:
+    """The page's query string with *changes* applied (None removes), empty values dropped."""
+    kept = {k: v for k, v in args.items() if v != "" and k not in changes}
+    kept.update({k: v for k, v in changes.items() if v is not None})
+    return urlencode(kept)
+
+
+def download_links(base: str, args: MultiDict[str, str] | None = None) -> list[dict[str, str]]:
+    """Links for the download buttons; a bulk *base* keeps the filters (never the page)."""
+    kept = {k: v for k, v in (args or {}).items() if v != "" and k not in ("limit", "offset")}
+    links = []
+    for label, fmt, extra in DOWNLOADS:
+        query = urlencode({**kept, **extra})
+        links.append({"label": label, "format": fmt, "extension": EXPORTERS[fmt].extension,
+                      "url": f"{base}/{fmt}" + (f"?{query}" if query else "")})
+    return links
+
+
+@dataclass
+class Section:
+    """A stretch of the timeline: one stage, or one iteration of the output loop."""
+
+    title: str
+    stage: int
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+
+def timeline(record: dict[str, Any]) -> list[Section]:
+    """The items in order, grouped into sections: by stage, and by loop for stages 3-4."""
+    sections: list[Section] = []
+    key = None
+    for item in record["items"]:
+        stage, loop = item["stage"], item["loop_iteration"]
+        in_loop = stage in (3, 4) and loop is not None
+        item_key = ("loop", loop) if in_loop else ("stage", stage)
+        if item_key != key:
+            title = f"Output loop {loop}" if in_loop else f"Stage {stage}: {STAGE_NAMES.get(stage, 'Other')}"
+            sections.append(Section(title, stage))
+            key = item_key
+        sections[-1].items.append(item)
+    return sections
+
+
+def item_view(item: dict[str, Any]) -> dict[str, Any]:
+    """An item as the run page shows it: label, folded text, pretty metadata."""
+    content = item["content"]
+    label = item["item_type"].replace("_", " ")
+    return {
+        **item,
+        "label": label,
+        "text": visible_controls(content) if content is not None else None,
+        "folded": content is not None and len(content) > FOLD_AT,
+        "preview": visible_controls(content[:300]) if content else None,
+        "metadata_text": json.dumps(item["metadata"], ensure_ascii=False, indent=2) if item["metadata"] else None,
+    }
+
+
+@dataclass
+class Bar:
+    """One day of the runs-per-day chart."""
+
+    day: str
+    count: int
+    x: float
+    y: float
+    height: float
+
+
+def day_bars(days: list[tuple[str, int]], width: float = 720, height: float = 160) -> list[Bar]:
+    """Bars of an inline SVG chart (server-side geometry; the template draws them)."""
+    if not days:
+        return []
+    top = max(count for _, count in days) or 1
+    step = width / len(days)
+    return [Bar(day, count, x=round(i * step, 2), y=round(height - count / top * height, 2),
+                height=round(count / top * height, 2)) for i, (day, count) in enumerate(days)]
