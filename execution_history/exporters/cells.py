@@ -1,9 +1,10 @@
 """Record -> rows, shared by the tabular formats (CSV, XLSX): columns, values, safety rules."""
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
+
+import orjson
 
 #: One row per run.
 RUN_COLUMNS = ("execution_id", "config_name", "timestamp", "finished_at", "status", "execution_mode",
@@ -48,7 +49,7 @@ def iter_item_rows(record: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
 
 def metadata_text(metadata: dict[str, Any]) -> str:
     """Item metadata as compact JSON text (non-ASCII kept as is)."""
-    return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
+    return orjson.dumps(metadata).decode("utf-8")
 
 
 def neutralize(value: str) -> str:

@@ -14,14 +14,6 @@ SHAPES = ("items", "runs")
 _FLUSH_BYTES = 64 * 1024
 
 
-def _cell(value: Any, raw: bool) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value if raw else neutralize(value)
-    return value
-
-
 def write_csv(records: Iterable[dict[str, Any]], *, bulk: bool = False, info: ExportInfo | None = None,
               shape: str | None = None, bom: bool = False, raw: bool = False) -> Iterator[bytes]:
     """Rows of the records: ``shape="items"`` (default for one run) or ``"runs"`` (default for bulk).
@@ -43,7 +35,8 @@ def _rows(records: Iterable[dict[str, Any]], shape: str, bom: bool, raw: bool) -
     prefix = "\ufeff" if bom else ""
     for record in records:
         rows = iter_item_rows(record) if shape == "items" else (run_row(record),)
-        writer.writerows([_cell(v, raw) for v in row] for row in rows)
+        # csv writes None as an empty cell; only text may need neutralizing
+        writer.writerows(rows if raw else ([neutralize(v) if type(v) is str else v for v in row] for row in rows))
         if buffer.tell() >= _FLUSH_BYTES:
             yield (prefix + buffer.getvalue()).encode("utf-8")
             prefix = ""
