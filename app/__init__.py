@@ -1,40 +1,65 @@
-"""The Flask app factory: config layers, the run store, blueprints, error handlers, request ids."""
+"""The Flask app factory: config layers, store/index, access control, blueprints, handlers, request ids."""
 from __future__ import annotations
 
 import re
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
 from execution_history import RunStore, resolve_data_dir
+from execution_history.audit import AuditLog
 from execution_history.index import RunIndex
 
 from .config import load_config
 from .errors import register_error_handlers
+from .links import LinkSigner
 
 _CLIENT_REQUEST_ID = re.compile(r"\A[A-Za-z0-9._-]{1,128}\Z")
+#: On every response. Pages load their script and style from /static only (no inline code).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then RUN_HISTORY_* from the environment, then *config*."""
+    from . import api, audit_hooks, auth, cli, pages
+
     app = Flask(__name__)
     app.config.update(load_config(config))
     app.json.sort_keys = False  # keep the contract's key order
     app.json.ensure_ascii = False
 
-    store = RunStore(resolve_data_dir(app.config["RUN_HISTORY_DIR"]))
+    data_dir = resolve_data_dir(app.config["RUN_HISTORY_DIR"])
+    store = RunStore(data_dir)
     store.sweep_temp_files()
-    # No SQLite connection is opened here: gunicorn may fork after this (preload_app).
-    index = RunIndex(store, rescan_seconds=app.config["RUN_HISTORY_RESCAN_SECONDS"])
-    app.extensions["run_history"] = {"store": store, "index": index}
+    secret = auth.load_secret_key(app.config["RUN_HISTORY_SECRET_KEY"], store.root)
+    app.config.update(SECRET_KEY=secret, SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SECURE=True,
+                      SESSION_COOKIE_SAMESITE="Lax", MAX_CONTENT_LENGTH=64 * 1024, MAX_FORM_MEMORY_SIZE=16 * 1024)
+    tokens_file = app.config["RUN_HISTORY_TOKENS"]
+    audit_path = app.config["RUN_HISTORY_AUDIT_LOG"] or store.root.parent / "audit.log"
+    app.extensions["run_history"] = {
+        "store": store,
+        # No SQLite connection is opened here: gunicorn may fork after this (preload_app).
+        "index": RunIndex(store, rescan_seconds=app.config["RUN_HISTORY_RESCAN_SECONDS"]),
+        "tokens": auth.TokenStore(Path(tokens_file)) if tokens_file else None,
+        "links": LinkSigner(secret, app.config["RUN_HISTORY_LINK_TTL"]),
+        "audit": AuditLog(audit_path),
+    }
 
     app.before_request(_assign_request_id)
-    app.after_request(_send_request_id)
+    app.before_request(auth.authenticate_api)
+    app.after_request(audit_hooks.finish)
+    app.after_request(_send_common_headers)
     register_error_handlers(app)
 
-    from . import api, cli, pages
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.cli.add_command(cli.runs)
@@ -51,13 +76,20 @@ def get_index() -> RunIndex:
     return current_app.extensions["run_history"]["index"]
 
 
+def get_links() -> LinkSigner:
+    """The current app's link signer."""
+    return current_app.extensions["run_history"]["links"]
+
+
 def _assign_request_id() -> None:
     sent = request.headers.get("X-Request-ID", "")
     g.request_id = sent if _CLIENT_REQUEST_ID.match(sent) else uuid.uuid4().hex
 
 
-def _send_request_id(response: Response) -> Response:
+def _send_common_headers(response: Response) -> Response:
     if "request_id" not in g:  # a request that failed before before_request ran
         _assign_request_id()
     response.headers["X-Request-ID"] = g.request_id
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
     return response

@@ -1,25 +1,27 @@
 """`bp` for /api/runs: thin views that parse, call the core and respond."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
-
+from flask import Blueprint, Response, g, jsonify, request, url_for
+from werkzeug.datastructures import MultiDict
 
 from execution_history.exporters import get_exporter
 from execution_history.exporters.xml_writer import xsd_bytes
 
-from . import downloads, get_index, get_store
+from . import audit_hooks, downloads, get_index, get_links, get_store
+from .auth import Principal, load_visible, principal
+from .links import link_for_request
 from .listing import link_header, list_body
 from .openapi import build_spec
-from .params import LIST_PARAMS, export_params, load_params, load_query
+from .params import LIST_PARAMS, LINK_PARAMS, export_params, load_params, load_query
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 
 @bp.get("/runs")
 def list_runs() -> Response:
-    """Filtered, sorted, paginated run summaries."""
+    """Filtered, sorted, paginated run summaries (a researcher's own runs only)."""
     query, _ = load_query(LIST_PARAMS, request.args)
-    executions, total = get_index().query(query)
+    executions, total = get_index().query(query, principal().scope)
     response = jsonify(list_body(query, executions, total))
     response.headers["X-Total-Count"] = str(total)
     if links := link_header(request.base_url, request.args, query, total):
@@ -30,18 +32,13 @@ def list_runs() -> Response:
 @bp.get("/runs/stats")
 def get_stats() -> Response:
     """Counts by config and status, storage size, first/last run, unreadable files."""
-    return jsonify(get_index().stats())
-
-
-@bp.get("/openapi.json")
-def get_openapi() -> Response:
-    """The OpenAPI 3 description of this API."""
-    return jsonify(build_spec())
+    return jsonify(get_index().stats(principal().scope))
 
 
 @bp.get("/runs/export/<fmt>")
 def export_runs(fmt: str) -> Response:
     """Every run the list filters select, as one streamed download."""
+    audit_hooks.begin("export", filters=request.args.to_dict(), format=fmt.lower())
     exporter = get_exporter(fmt)
     query, options = load_query(export_params(exporter, bulk=True), request.args)
     return downloads.export_runs(exporter, query, options)
@@ -50,9 +47,50 @@ def export_runs(fmt: str) -> Response:
 @bp.get("/runs/<execution_id>/export/<fmt>")
 def export_run(execution_id: str, fmt: str) -> Response:
     """One run as a download."""
+    audit_hooks.begin("export", execution_id=execution_id, format=fmt.lower())
     exporter = get_exporter(fmt)
     options = load_params(export_params(exporter, bulk=False), request.args)
     return downloads.export_run(exporter, execution_id, options)
+
+
+@bp.get("/runs/export/<fmt>/link")
+def link_runs(fmt: str) -> Response:
+    """A temporary URL that downloads this selection without a token."""
+    audit_hooks.begin("link_created", filters=request.args.to_dict(), format=fmt.lower())
+    exporter = get_exporter(fmt)
+    load_query(export_params(exporter, bulk=True), request.args)  # a bad link is refused now, not later
+    return _link_response("bulk", exporter.name, None)
+
+
+@bp.get("/runs/<execution_id>/export/<fmt>/link")
+def link_run(execution_id: str, fmt: str) -> Response:
+    """A temporary URL that downloads this run without a token."""
+    audit_hooks.begin("link_created", execution_id=execution_id, format=fmt.lower())
+    exporter = get_exporter(fmt)
+    load_params(export_params(exporter, bulk=False), request.args)
+    load_visible(get_store(), execution_id)
+    return _link_response("run", exporter.name, execution_id)
+
+
+def _link_response(kind: str, fmt: str, execution_id: str | None) -> Response:
+    token, expires_at = link_for_request(kind, fmt, execution_id)
+    return jsonify({"url": url_for("api.download_link", link=token, _external=True), "expires_at": expires_at})
+
+
+@bp.get("/download")
+def download_link() -> Response:
+    """A signed link's download: no token needed, the creator's scope, never more."""
+    link = load_params(LINK_PARAMS, request.args)["link"]
+    payload = get_links().verify(link)
+    g.principal = Principal(payload["u"], payload["r"])
+    args = MultiDict(payload["a"])
+    exporter = get_exporter(payload["f"])
+    if payload["k"] == "run":
+        audit_hooks.begin("link_used", execution_id=payload["id"], format=exporter.name)
+        return downloads.export_run(exporter, payload["id"], load_params(export_params(exporter, False), args))
+    audit_hooks.begin("link_used", filters=args.to_dict(), format=exporter.name)
+    query, options = load_query(export_params(exporter, bulk=True), args)
+    return downloads.export_runs(exporter, query, options)
 
 
 @bp.get("/schema/execution_record.xsd")
@@ -61,7 +99,13 @@ def get_xsd() -> Response:
     return Response(xsd_bytes(), content_type="application/xml; charset=utf-8")
 
 
+@bp.get("/openapi.json")
+def get_openapi() -> Response:
+    """The OpenAPI 3 description of this API."""
+    return jsonify(build_spec())
+
+
 @bp.get("/runs/<path:execution_id>")
 def get_run(execution_id: str) -> Response:
-    """One whole record."""
-    return jsonify(get_store().get(execution_id))
+    """One whole record (403 for another user's run)."""
+    return jsonify(load_visible(get_store(), execution_id))

@@ -1,11 +1,13 @@
 """`flask runs ...` commands, calling the same core functions as the views."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Callable
 
 import click
+from flask import current_app
 from flask.cli import AppGroup
 from werkzeug.datastructures import MultiDict
 
@@ -13,6 +15,7 @@ from execution_history.errors import ExecutionHistoryError
 from execution_history.exporters import export_selection, get_exporter
 
 from . import get_index, get_store
+from .auth import ROLES, TokenStore, tokens
 from .params import EXPORT_OPTIONS, BulkExportLimitSchema, export_params, load_params, load_query
 
 runs = AppGroup("runs", help="Inspect and manage recorded pipeline runs.")
@@ -104,3 +107,55 @@ def export_command(execution_id: str | None, export_all: bool, fmt: str, output:
                 sink.write(chunk)
     except ExecutionHistoryError as err:
         _fail(err)
+
+
+token = AppGroup("token", help="Access tokens (RUN_HISTORY_TOKENS must name the tokens file).")
+runs.add_command(token)
+
+
+def _token_store() -> TokenStore:
+    store = tokens()
+    if store is None:
+        raise click.ClickException("Set RUN_HISTORY_TOKENS to the tokens file first (e.g. exports/tokens.json).")
+    return store
+
+
+@token.command("create")
+@click.argument("user")
+@click.option("--role", type=click.Choice(ROLES), required=True, help="admin sees every run; researcher only theirs.")
+def token_create_command(user: str, role: str) -> None:
+    """Add a token for USER and print it, once, alone on the last line (only its hash is kept)."""
+    store = _token_store()
+    created = store.create(user, role)
+    click.echo(f"Token for {user} ({role}) added to {store.path}. It is shown only now:", err=True)
+    click.echo(created)
+
+
+@token.command("list")
+def token_list_command() -> None:
+    """Users and roles that hold tokens (never the tokens)."""
+    _echo_json(_token_store().users())
+
+
+@token.command("revoke")
+@click.argument("user")
+def token_revoke_command(user: str) -> None:
+    """Remove every token of USER."""
+    click.echo(f"Revoked {_token_store().revoke(user)} token(s) of {user}.")
+
+
+@runs.command("audit")
+@click.option("--user", default=None, help="Only this user's lines.")
+@click.option("--since", default=None, help="Only lines at or after this date or ISO datetime (UTC if no offset).")
+def audit_command(user: str | None, since: str | None) -> None:
+    """Print the audit trail (JSON lines) of exports, link creations and link uses."""
+    when = None
+    if since:
+        try:
+            when = dt.datetime.fromisoformat(since)
+        except ValueError:
+            raise click.BadParameter("a date (YYYY-MM-DD) or ISO datetime", param_hint="--since") from None
+        when = when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    log = current_app.extensions["run_history"]["audit"]
+    for entry in log.iter_entries(user=user, since=when):
+        click.echo(json.dumps(entry, ensure_ascii=False))

@@ -13,6 +13,8 @@ from execution_history.exporters import Exporter, ExportInfo, export_selection
 from execution_history.filters import RunQuery
 
 from . import get_index, get_store
+from .audit_hooks import Counted, stream_audited
+from .auth import load_visible, principal
 
 log = logging.getLogger(__name__)
 
@@ -21,28 +23,32 @@ def export_run(exporter: Exporter, execution_id: str, options: dict[str, Any]) -
     """One run as a download named after its id.
 
     :raises RunNotFound: for an unknown or malformed id (before any byte is sent).
+    :raises Forbidden: for another user's run.
     """
-    record = get_store().get(execution_id)
-    chunks = exporter.write([record], bulk=False, info=ExportInfo(count=1), **options)
-    return stream(chunks, exporter, execution_id)
+    rows = Counted([load_visible(get_store(), execution_id)])
+    chunks = exporter.write(rows, bulk=False, info=ExportInfo(count=1), **options)
+    return stream(chunks, exporter, execution_id, rows)
 
 
-def export_runs(exporter: Exporter, query: RunQuery, options: dict[str, Any],
-                user_scope: str | None = None) -> Response:
-    """Every run *query* selects, in its order, as one download (X-Total-Count: the runs).
+def export_runs(exporter: Exporter, query: RunQuery, options: dict[str, Any]) -> Response:
+    """Every run *query* selects that the principal may see, in order, as one download
+    (X-Total-Count: the runs).
 
     :raises ExportTooLarge: if the format cannot hold the selection (before any byte is sent).
     """
     now = dt.datetime.now(dt.timezone.utc)
-    runs, chunks = export_selection(exporter, get_index(), get_store(), query, options, user_scope, now)
-    response = stream(chunks, exporter, f"runs_{now:%Y%m%d_%H%M%S}")
+    rows = Counted()
+    runs, chunks = export_selection(exporter, get_index(), get_store(), query, options, principal().scope, now,
+                                    tap=rows.tap)
+    response = stream(chunks, exporter, f"runs_{now:%Y%m%d_%H%M%S}", rows)
     response.headers["X-Total-Count"] = str(runs)
     return response
 
 
-def stream(chunks: Iterable[bytes], exporter: Exporter, name: str) -> Response:
+def stream(chunks: Iterable[bytes], exporter: Exporter, name: str, rows: Counted | None = None) -> Response:
     """A streamed attachment. *name* is an id or a time stamp, never a request string."""
-    response = Response(_cut_on_error(chunks, g.request_id), mimetype=None,
+    body = stream_audited(_cut_on_error(chunks, g.request_id), rows)
+    response = Response(body, mimetype=None,
                         content_type=exporter.mimetype, direct_passthrough=True)
     response.headers["Content-Disposition"] = content_disposition(name + exporter.extension)
     response.headers["Cache-Control"] = "no-store"

@@ -54,7 +54,9 @@ def handle_error(err: ExecutionHistoryError) -> Response:
     """Our own exceptions: their status, code and context."""
     if err.status_code == 500:
         log.error("request %s failed: %s", g.get("request_id"), err.message, exc_info=err)
-    return error_response(err.status_code, err.to_dict())
+    response = error_response(err.status_code, err.to_dict())
+    response.headers.update(err.headers)
+    return response
 
 
 def handle_http_exception(err: HTTPException) -> Response:

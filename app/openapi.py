@@ -13,7 +13,7 @@ from execution_history.records import STATUSES, RunItemSchema, RunRecordSchema
 
 from execution_history.exporters import ALIASES, EXPORTERS, PLANNED
 
-from .params import EXPORT_OPTIONS, BulkExportLimitSchema, DateOrDateTime, IdList, ListParamsSchema
+from .params import EXPORT_OPTIONS, LINK_PARAMS, BulkExportLimitSchema, DateOrDateTime, IdList, ListParamsSchema
 
 
 class RunSummarySchema(Schema):
@@ -59,6 +59,13 @@ class StatsSchema(Schema):
     unreadable_records = fields.Integer(required=True)
 
 
+class LinkSchema(Schema):
+    """A temporary download link."""
+
+    url = fields.String(required=True, metadata={"format": "uri"})
+    expires_at = fields.String(required=True, metadata={"format": "date-time"})
+
+
 class ErrorSchema(Schema):
     """Every error; more context keys (parameter, allowed, execution_id, ...) may follow."""
 
@@ -93,11 +100,15 @@ def build_spec() -> dict[str, Any]:
     plugin = MarshmallowPlugin()
     spec = APISpec(title="Run history", version=execution_history.__version__, openapi_version="3.0.3",
                    plugins=[plugin], info={"description": "Records of AI pipeline runs: list, fetch, export."})
+    spec.components.security_scheme("bearer", {
+        "type": "http", "scheme": "bearer",
+        "description": "Needed on every /api route when RUN_HISTORY_TOKENS is set (access control on)"})
+    spec.options["security"] = [{"bearer": []}]
     plugin.map_to_openapi_type(DateOrDateTime, "string", None)
     plugin.map_to_openapi_type(IdList, "string", None)
     for name, schema in [("RunItem", RunItemSchema), ("RunRecord", RunRecordSchema),
                          ("RunSummary", RunSummarySchema), ("RunList", RunListSchema),
-                         ("Stats", StatsSchema), ("Error", ErrorSchema)]:
+                         ("Stats", StatsSchema), ("Link", LinkSchema), ("Error", ErrorSchema)]:
         spec.components.schema(name, schema=schema)
     run_id = {"in": "path", "name": "execution_id", "required": True,
               "schema": {"type": "string", "pattern": execution_history.records.EXECUTION_ID_PATTERN}}
@@ -131,6 +142,19 @@ def build_spec() -> dict[str, Any]:
         "parameters": [fmt, {"in": "query", "schema": BulkExportLimitSchema}, *_options("csv")],
         "responses": {"200": {**download, "headers": {"X-Total-Count": {"schema": {"type": "integer"}}}},
                       **export_errors}}})
+    link = {"200": _json("A temporary download URL", "Link"), "400": _error("Bad format or parameter"),
+            "401": _error("No valid bearer token"), "501": _error("A planned format")}
+    spec.path(path="/api/runs/{execution_id}/export/{fmt}/link", operations={"get": {
+        "operationId": "link_run", "summary": "A signed URL that downloads this run without a token until it expires",
+        "parameters": [run_id, fmt, *_options("csv")],
+        "responses": {**link, "403": _error("Another user's run"), "404": _error("No such run")}}})
+    spec.path(path="/api/runs/export/{fmt}/link", operations={"get": {
+        "operationId": "link_runs", "summary": "A signed URL that downloads this selection without a token",
+        "parameters": [fmt, {"in": "query", "schema": BulkExportLimitSchema}, *_options("csv")], "responses": link}})
+    spec.path(path="/api/download", operations={"get": {
+        "operationId": "download_link", "summary": "Download through a signed link (no token; the creator's scope)",
+        "parameters": [{"in": "query", "schema": LINK_PARAMS}], "security": [],
+        "responses": {"200": download, "403": _error("A tampered link"), "410": _error("An expired link")}}})
     spec.path(path="/api/schema/execution_record.xsd", operations={"get": {
         "operationId": "get_xsd", "summary": "The XSD every XML export validates against",
         "responses": {"200": {"description": "XML Schema", "content": {"application/xml": {"schema": {"type": "string"}}}}}}})

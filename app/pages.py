@@ -1,14 +1,22 @@
-"""`bp` for the browser pages: run browser, run detail, stats (templates/ beside it)."""
+"""`bp` for the browser pages: run browser, run detail, stats, sign-in (templates/ beside it)."""
 from __future__ import annotations
 
-from flask import Blueprint, render_template, request
+import hmac
+import secrets
 
+from flask import Blueprint, Response, g, redirect, render_template, request, session, url_for
+from werkzeug.wrappers import Response as BaseResponse
+
+from execution_history.errors import Forbidden
+from execution_history.exporters import get_exporter
 from execution_history.filters import ORDER_BY
 from execution_history.records import STATUSES
 from execution_history.taxonomy import TAXONOMY
 
-from . import get_index, get_store
-from .params import LIST_PARAMS, load_query
+from . import audit_hooks, get_index, get_store
+from .auth import Principal, hash_token, load_visible, principal, tokens
+from .links import link_for_request
+from .params import LIST_PARAMS, export_params, load_params, load_query
 from .presenters import day_bars, download_links, item_view, query_string, timeline, visible_controls
 
 bp = Blueprint("pages", __name__)
@@ -22,7 +30,69 @@ def visible(text: str | None) -> str:
 
 @bp.app_context_processor
 def helpers() -> dict:
-    return {"query_string": query_string}
+    return {"query_string": query_string, "principal": principal(), "auth_on": tokens() is not None,
+            "csrf_token": _csrf_token}
+
+
+@bp.before_request
+def require_sign_in() -> BaseResponse | None:
+    """With access control on, pages need a sign-in (a session made from a token)."""
+    store = tokens()
+    if store is None or request.endpoint in ("pages.login", "pages.static"):
+        return None
+    digest = session.get("token_sha256")
+    if not digest or not store.has_hash(digest):  # signed out, or the token was revoked since
+        session.clear()
+        return redirect(url_for("pages.login", next=request.full_path.rstrip("?")))
+    g.principal = Principal(session["user"], session["role"])
+    return None
+
+
+def _csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(24)
+    return session["csrf"]
+
+
+def _check_csrf() -> None:
+    sent = request.form.get("csrf", "")
+    if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
+        raise Forbidden("The form expired or did not come from this site; please try again")
+
+
+def _safe_next(target: str | None) -> str:
+    # only a path on this site: never "//elsewhere" or "https://elsewhere"
+    return target if target and target.startswith("/") and not target.startswith("//") else url_for("pages.browse_runs")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> BaseResponse | str:
+    """Sign in with a token; it is kept (hashed) in a secure, HttpOnly session cookie."""
+    store = tokens()
+    if store is None:
+        return redirect(url_for("pages.browse_runs"))
+    error = None
+    if request.method == "POST":
+        _check_csrf()
+        found = store.authenticate(request.form.get("token", "").strip())
+        if found is not None:
+            session.clear()
+            session.update(user=found.user, role=found.role, token_sha256=hash_token(request.form["token"].strip()))
+            return redirect(_safe_next(request.args.get("next")))
+        error = "That token is not valid."
+    return render_template("login.html", error=error), 401 if error else 200
+
+
+@bp.post("/logout")
+def logout() -> BaseResponse:
+    _check_csrf()
+    session.clear()
+    return redirect(url_for("pages.login"))
+
+
+def _download_base(api_base: str, page_base: str) -> str:
+    # auth off: the buttons are plain links to the export routes; on: through a page that makes a link
+    return api_base if tokens() is None else page_base
 
 
 @bp.get("/")
@@ -30,23 +100,50 @@ def browse_runs() -> str:
     """The run browser: the list API's filters as a form, a sortable table, pages, downloads."""
     query, _ = load_query(LIST_PARAMS, request.args)
     index = get_index()
-    executions, total = index.query(query)
+    scope = principal().scope
+    executions, total = index.query(query, scope)
+    base = _download_base("/api/runs/export", "/download/runs")
     return render_template("index.html", query=query, executions=executions, total=total,
-                           args=request.args, stats=index.stats(), statuses=STATUSES, item_types=TAXONOMY,
-                           sortable=ORDER_BY, downloads=download_links("/api/runs/export", request.args))
+                           args=request.args, stats=index.stats(scope), statuses=STATUSES, item_types=TAXONOMY,
+                           sortable=ORDER_BY, downloads=download_links(base, request.args))
 
 
 @bp.get("/runs/<execution_id>")
 def show_run(execution_id: str) -> str:
     """One run: metadata, its items as a timeline, downloads."""
-    record = get_store().get(execution_id)
+    record = load_visible(get_store(), execution_id)
     sections = [(section, [item_view(item) for item in section.items]) for section in timeline(record)]
-    return render_template("run.html", record=record, sections=sections,
-                           downloads=download_links(f"/api/runs/{execution_id}/export"))
+    base = _download_base(f"/api/runs/{execution_id}/export", f"/download/run/{execution_id}")
+    return render_template("run.html", record=record, sections=sections, downloads=download_links(base))
 
 
 @bp.get("/stats")
 def show_stats() -> str:
     """Counts by config and status, runs per day, storage size."""
     index = get_index()
-    return render_template("stats.html", stats=index.stats(), bars=day_bars(index.runs_per_day()))
+    scope = principal().scope
+    return render_template("stats.html", stats=index.stats(scope), bars=day_bars(index.runs_per_day(user_scope=scope)))
+
+
+@bp.get("/download/runs/<fmt>")
+def download_runs(fmt: str) -> Response:
+    """A download button with access control on: make a signed link for the signed-in user, go there."""
+    audit_hooks.begin("link_created", filters=request.args.to_dict(), format=fmt.lower())
+    exporter = get_exporter(fmt)
+    load_query(export_params(exporter, bulk=True), request.args)
+    return _redirect_to_link("bulk", exporter.name, None)
+
+
+@bp.get("/download/run/<execution_id>/<fmt>")
+def download_run(execution_id: str, fmt: str) -> Response:
+    """One run's download button with access control on."""
+    audit_hooks.begin("link_created", execution_id=execution_id, format=fmt.lower())
+    exporter = get_exporter(fmt)
+    load_params(export_params(exporter, bulk=False), request.args)
+    load_visible(get_store(), execution_id)
+    return _redirect_to_link("run", exporter.name, execution_id)
+
+
+def _redirect_to_link(kind: str, fmt: str, execution_id: str | None) -> Response:
+    token, _ = link_for_request(kind, fmt, execution_id)
+    return redirect(url_for("api.download_link", link=token), code=303)

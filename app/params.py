@@ -101,6 +101,11 @@ class ListParamsSchema(FilterParamsSchema):
 
 LIST_PARAMS = ListParamsSchema()
 
+#: GET /api/download: the signed link alone.
+LINK_PARAMS = Schema.from_dict({"link": fields.String(required=True, validate=validate.Length(max=8192), metadata={
+    "description": "The signed link from an export's /link route.", "allowed": "a link token"})},
+    name="DownloadLinkParams")()
+
 
 class BulkExportLimitSchema(FilterParamsSchema):
     """GET /api/runs/export/<format>: the list filters; without ``limit``, every match."""

@@ -9,6 +9,8 @@ class ExecutionHistoryError(Exception):
 
     status_code = 500
     code = "INTERNAL_ERROR"
+    #: Extra response headers (401's WWW-Authenticate).
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str = "Internal server error", **context: Any) -> None:
         super().__init__(message)
@@ -47,18 +49,33 @@ class ExportTooLarge(ExecutionHistoryError):
     code = "EXPORT_TOO_LARGE"
 
 
+class Unauthorized(ExecutionHistoryError):
+    """No valid bearer token (access control is on)."""
+
+    status_code = 401
+    code = "UNAUTHORIZED"
+    headers = {"WWW-Authenticate": 'Bearer realm="run-history"'}
+
+
+class Forbidden(ExecutionHistoryError):
+    """Authenticated, but not allowed: another user's run, a tampered link, a bad CSRF token."""
+
+    status_code = 403
+    code = "FORBIDDEN"
+
+
+class LinkExpired(ExecutionHistoryError):
+    """A download link whose time is up."""
+
+    status_code = 410
+    code = "LINK_EXPIRED"
+
+
 class RunNotFound(ExecutionHistoryError):
     """No readable run with that id (malformed ids included: they never become paths)."""
 
     status_code = 404
     code = "NOT_FOUND"
-
-
-class MethodNotAllowed(ExecutionHistoryError):
-    """The route exists but not for this HTTP method."""
-
-    status_code = 405
-    code = "METHOD_NOT_ALLOWED"
 
 
 class FormatNotImplemented(ExecutionHistoryError):

@@ -134,6 +134,7 @@ class LiveServer:
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
         import time
+        import urllib.error
         import urllib.request
 
         deadline = time.monotonic() + timeout
@@ -143,6 +144,8 @@ class LiveServer:
             try:
                 with urllib.request.urlopen(f"{self.url}/api/runs/stats", timeout=2):
                     return
+            except urllib.error.HTTPError:  # answering (401 with access control on) is ready
+                return
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"gunicorn not ready: {self.log_path.read_text()[-2000:]}")

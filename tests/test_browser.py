@@ -262,3 +262,38 @@ def test_empty_store_says_how_to_record_a_run(tmp_path, page):
         screenshot(page, "empty")
     finally:
         server.stop()
+
+
+def test_signed_in_researcher_browses_and_downloads_own_runs(tmp_path, page):
+    from app.auth import TokenStore
+
+    store = RunStore(tmp_path / "runs")
+    mine = []
+    for n, user in enumerate(["alice", "bob", "alice"]):
+        with ExecutionTracker("cfg", user_id=user, store=store) as run:
+            run.log_user_input_text(f"text {n}")
+        if user == "alice":
+            mine.append(run.execution_id)
+    tokens = TokenStore(tmp_path / "tokens.json")
+    token = tokens.create("alice", "researcher")
+    server = LiveServer(store.root, tmp_path / "gunicorn.log", extra_env={"RUN_HISTORY_TOKENS": str(tokens.path)})
+    try:
+        page.goto(server.url + "/stats")
+        page.fill("#token", "not the token")
+        page.click("button[type=submit]")
+        expect(page.locator("[role=alert]")).to_contain_text("not valid")
+        page.fill("#token", token)
+        page.click("button[type=submit]")
+        page.wait_for_url(lambda url: url.endswith("/stats"))
+        page.goto(server.url + "/")
+        assert sorted(table_column(page, 1)) == sorted(mine)
+        screenshot(page, "runs-signed-in")
+        with page.expect_download() as info:
+            page.click(".downloads a[data-format=jsonl]")
+        data = Path(info.value.path()).read_bytes()
+        assert sorted(json.loads(line)["execution_id"] for line in data.splitlines()) == sorted(mine)
+        page.click(".signout button")
+        page.goto(server.url + "/")
+        assert "/login" in page.url
+    finally:
+        server.stop()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -64,11 +64,14 @@ def get_exporter(name: str) -> Exporter:
 
 def export_selection(exporter: Exporter, index: RunIndex, store: RunStore, query: RunQuery,
                      options: dict[str, Any], user_scope: str | None = None,
-                     now: dt.datetime | None = None) -> tuple[int, Iterator[bytes]]:
+                     now: dt.datetime | None = None,
+                     tap: Callable[[Iterable[dict[str, Any]]], Iterable[dict[str, Any]]] = iter,
+                     ) -> tuple[int, Iterator[bytes]]:
     """(runs selected, the export's chunks) for every run *query* selects, in its order.
 
     Shared by the bulk route and the CLI. Records are read one at a time as chunks are
-    taken, so memory stays flat whatever the selection.
+    taken, so memory stays flat whatever the selection. *tap* wraps the records on
+    their way to the writer (the audit trail counts them).
 
     :raises ExportTooLarge: if the format cannot hold the selection (before any chunk).
     """
@@ -79,5 +82,5 @@ def export_selection(exporter: Exporter, index: RunIndex, store: RunStore, query
                              hint="Narrow the filters, or export as csv or jsonl, which have no row limit")
     info = ExportInfo(count=runs, filters=query.filters.to_wire(),
                       exported_at=now or dt.datetime.now(dt.timezone.utc))
-    records = store.iter_records(index.iter_ids(query, user_scope))
+    records = tap(store.iter_records(index.iter_ids(query, user_scope)))
     return runs, exporter.write(records, bulk=True, info=info, **options)

@@ -1,0 +1,61 @@
+"""Temporary download links: the export request and its creator's scope, signed with the app's secret."""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from typing import Any
+
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
+
+from execution_history.errors import Forbidden, LinkExpired
+
+from .auth import Principal
+
+SALT = "run-history.download-link"
+
+
+class LinkSigner:
+    """Makes and checks link tokens. *clock* is injectable (tests move time, never sleep)."""
+
+    def __init__(self, secret: str, ttl_seconds: int, clock: Callable[[], float] = time.time) -> None:
+        self.ttl = ttl_seconds
+        self.clock = clock
+        signer = self
+
+        class _ClockedSigner(TimestampSigner):
+            def get_timestamp(self) -> int:
+                return int(signer.clock())
+
+        self._serializer = URLSafeTimedSerializer(secret, salt=SALT, signer=_ClockedSigner)
+
+    def create(self, creator: Principal, kind: str, fmt: str, args: list[tuple[str, str]],
+               execution_id: str | None = None) -> tuple[str, str]:
+        """(token, expires_at ISO) for an export of *kind* ``run`` or ``bulk``."""
+        payload = {"u": creator.user, "r": creator.role, "k": kind, "f": fmt, "a": args, "id": execution_id}
+        token = self._serializer.dumps(payload)
+        expires = dt.datetime.fromtimestamp(int(self.clock()) + self.ttl, dt.timezone.utc)
+        return token, expires.isoformat()
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """The payload of a valid link.
+
+        :raises LinkExpired: past its time (410).
+        :raises Forbidden: tampered with, or not a link at all (403).
+        """
+        try:
+            return self._serializer.loads(token, max_age=self.ttl)
+        except SignatureExpired:
+            raise LinkExpired("This download link has expired; ask for a new one") from None
+        except BadSignature:
+            raise Forbidden("This download link is not valid") from None
+
+
+def link_for_request(kind: str, fmt: str, execution_id: str | None = None) -> tuple[str, str]:
+    """(token, expires_at) for the current request's parameters, in the current principal's scope."""
+    from flask import current_app, request
+
+    from .auth import principal
+
+    signer: LinkSigner = current_app.extensions["run_history"]["links"]
+    return signer.create(principal(), kind, fmt, list(request.args.items(multi=True)), execution_id)
