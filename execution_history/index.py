@@ -312,6 +312,7 @@ class RunIndex:
                 time.sleep(0.05)
 
     def _ensure_folder(self) -> None:
+        self.store.ensure_root()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -514,10 +515,13 @@ class RunIndex:
         """Runs the query selects (its page applied) and their item rows (a run without items: one)."""
         self.sync()
         where, params = self._where(query, user_scope)
+        if query.limit is None and query.offset == 0:  # every match: no need to order them
+            sql, args = f"SELECT items_count FROM runs r WHERE {where}", params
+        else:
+            sql = f"SELECT items_count FROM runs r WHERE {where} ORDER BY {query.order_sql()} LIMIT ? OFFSET ?"
+            args = [*params, query.limit if query.limit is not None else -1, query.offset]
         return tuple(self._connection().execute(
-            "SELECT COUNT(*), COALESCE(SUM(MAX(items_count, 1)), 0) FROM ("
-            f"SELECT items_count FROM runs r WHERE {where} ORDER BY {query.order_sql()} LIMIT ? OFFSET ?)",
-            [*params, query.limit if query.limit is not None else -1, query.offset]).fetchone())
+            f"SELECT COUNT(*), COALESCE(SUM(MAX(items_count, 1)), 0) FROM ({sql})", args).fetchone())
 
     def iter_ids(self, query: RunQuery, user_scope: str | None = None) -> Iterator[str]:
         """Every selected id in the query's order (its page applied), fetched in batches.

@@ -22,6 +22,8 @@ RECORD_SUFFIX = ".json"
 #: ``exec_*.json`` only). The writer's pid is part of the name so sweeping can tell orphans.
 TEMP_PREFIX = ".tmp-"
 TEMP_SUFFIX = ".tmp"
+#: Journals of runs in progress live in this subfolder (see journal.py).
+JOURNAL_DIR = ".journal"
 #: A temp file whose writer is gone, or that is older than this, is an orphan.
 ORPHAN_AGE_SECONDS = 3600.0
 
@@ -74,12 +76,14 @@ class RunStore:
         return self.root / f"{execution_id}{RECORD_SUFFIX}"
 
     def ensure_root(self) -> None:
-        """Create the data folder if it is missing.
+        """Create the data folder, and its journal folder, if they are missing.
+
+        (Both at once, so the data folder's mtime settles before the index relies on it.)
 
         :raises StorageError: if it cannot be created.
         """
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / JOURNAL_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise StorageError("Data folder cannot be created", reason=err.strerror) from err
 

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .errors import RunAlreadyExists
+from .errors import RunAlreadyExists, StorageError
 from .records import (DEFAULT_SESSION_ID, DEFAULT_USER_ID, TRACKER_STATUSES, format_timestamp,
                       make_json_safe, make_text, new_execution_id, utc_now)
 from .index import RunIndex
+from .journal import Journal
 from .storage import RunStore, SavedFile, resolve_data_dir
 from .taxonomy import STAGES, TAXONOMY, TAXONOMY_VERSION, ItemType
 
@@ -67,6 +68,14 @@ class ExecutionTracker:
         self.store = store or RunStore(data_dir if data_dir is not None else resolve_data_dir())
         self._header = (self._make_header(config_name, execution_mode, safety_level, user_id, session_id)
                         or self._make_header("unknown", None, None, None, None))
+        self._journal = self._open_journal()
+
+    @_failsafe()
+    def _open_journal(self) -> Journal:
+        # Items are durable from here on: a crash leaves a journal that recovery turns into a record.
+        return Journal(self.store, {"execution_id": self.execution_id, **self._header,
+                                    "timestamp": format_timestamp(self._started),
+                                    "taxonomy_version": TAXONOMY_VERSION})
 
     @_failsafe()
     def _make_header(self, config_name: Any, execution_mode: Any, safety_level: Any,
@@ -143,7 +152,16 @@ class ExecutionTracker:
                 return None
             item["sequence_number"] = len(self._items) + 1
             self._items.append(item)
+            self._journal_write(Journal.append_item, item)
             return item["sequence_number"]
+
+    def _journal_write(self, write: Callable[..., None], *args: Any) -> None:
+        if self._journal is None:
+            return
+        try:
+            write(self._journal, *args)
+        except Exception:  # noqa: BLE001 - the item is still kept in memory
+            log.exception("execution tracker %s: journal write failed", self.execution_id)
 
     def _stage(self, stage: Any, entry: ItemType | None) -> int:
         if isinstance(stage, int) and not isinstance(stage, bool) and stage in STAGES:
@@ -177,7 +195,10 @@ class ExecutionTracker:
                 log.error("execution tracker %s: status %r is not one of %s; stored as failed",
                           self.execution_id, status, ", ".join(TRACKER_STATUSES))
                 status = "failed"
-            self._publish(self._record(status))
+            record = self._record(status)
+            self._journal_write(Journal.note_finalize, status, record["finished_at"])
+            published = self._publish(record)
+            self._journal_write(Journal.close, published)  # a journal not published stays for recovery
             return self.execution_id
 
     def _record(self, status: str) -> dict[str, Any]:
@@ -198,19 +219,24 @@ class ExecutionTracker:
             "items": self._items,
         }
 
-    def _publish(self, record: dict[str, Any]) -> None:
+    def _publish(self, record: dict[str, Any]) -> bool:
+        """Save the record; False (logged) if it could not be: the journal then keeps the run."""
         for _ in range(_PUBLISH_ATTEMPTS):
             try:
                 saved = self.store.save(record)
+            except (StorageError, ValueError) as err:
+                log.error("execution tracker %s: run not saved (%s); its journal keeps it for recovery",
+                          self.execution_id, getattr(err, "context", {}).get("reason") or err)
+                return False
             except RunAlreadyExists:
                 new_id = new_execution_id(self._started)
                 log.warning("execution tracker %s: id already taken, stored as %s", self.execution_id, new_id)
                 self.execution_id = record["execution_id"] = new_id
                 continue
             self._write_through(record, saved)
-            return
+            return True
         log.error("execution tracker %s: no free id found, run not stored", self.execution_id)
-
+        return False
 
     def _write_through(self, record: dict[str, Any], saved: SavedFile) -> None:
         # Only a speed-up (the index finds the file by itself), so a failure is not an error.

@@ -23,7 +23,7 @@ def test_save_publishes_a_readable_file_and_never_overwrites(store):
     with pytest.raises(RunAlreadyExists):
         store.save(minimal_record(config_name="intruder"))
     assert store.load(record["execution_id"])["config_name"] == "dada"
-    assert [p.name for p in store.root.iterdir()] == [path.name]
+    assert [p.name for p in store.root.iterdir() if p.is_file()] == [path.name]
 
 
 def test_save_is_readable_under_a_restrictive_umask(store):
@@ -46,11 +46,11 @@ def test_writer_killed_before_publishing_leaves_nothing_visible(store):
     proc.start()
     proc.join(timeout=30)
     assert proc.exitcode == -signal.SIGKILL
-    leftovers = [p.name for p in store.root.iterdir()]
+    leftovers = [p.name for p in store.root.iterdir() if p.is_file()]
     assert len(leftovers) == 1 and leftovers[0].startswith(TEMP_PREFIX)
     assert store.list_files() == [] and store.scan_stats()["unreadable_records"] == 0
     assert store.sweep_temp_files() == 1
-    assert list(store.root.iterdir()) == []
+    assert [p for p in store.root.iterdir() if p.is_file()] == []
 
 
 def test_sweep_keeps_a_live_writers_fresh_temp_file_and_removes_old_ones(store):

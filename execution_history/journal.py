@@ -1,0 +1,232 @@
+"""Journals: the append-only file of a run in progress, and recovering runs whose process died.
+
+A tracker writes ``<data dir>/.journal/<execution_id>.jsonl``: a header line, then one
+line per item, each with a single ``write`` to an ``O_APPEND`` descriptor (no user-space
+buffer: a SIGKILL loses at most the line being written), and a ``finalize`` line with
+the status it is about to save. It holds an exclusive ``flock`` on the file while it
+lives; the kernel drops the lock when the process dies, however it dies. So a journal
+whose lock can be taken belongs to a dead process, and :func:`recover` turns it into a
+record: the status its finalize line asked for, else ``interrupted`` with ``finished_at``
+the time of the last item; a torn last line is dropped, never the whole run.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidRecord, RunAlreadyExists, StorageError
+from .records import check_record, format_timestamp, is_valid_execution_id, parse_timestamp
+from .storage import JOURNAL_DIR, RunStore
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".jsonl"
+
+
+def journal_dir(store: RunStore) -> Path:
+    return store.root / JOURNAL_DIR
+
+
+def journal_path(store: RunStore, execution_id: str) -> Path:
+    """The journal of a run (the id is validated first, like every path from an id)."""
+    store.path_for(execution_id)
+    return journal_dir(store) / f"{execution_id}{SUFFIX}"
+
+
+class Journal:
+    """The writing side, owned by one tracker."""
+
+    def __init__(self, store: RunStore, header: dict[str, Any]) -> None:
+        """Create the journal and lock it.
+
+        :raises OSError: if it cannot be created (the tracker logs it and carries on in memory).
+        """
+        self.path = journal_path(store, header["execution_id"])
+        store.ensure_root()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._write({"header": header, "pid": os.getpid()})
+        except BaseException:
+            self.close(remove=True)
+            raise
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        line = (json.dumps(entry, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        view = memoryview(line)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def append_item(self, item: dict[str, Any]) -> None:
+        self._write({"item": item})
+
+    def note_finalize(self, status: str, finished_at: str) -> None:
+        """Record the status being saved, so a failed save is recovered with it."""
+        self._write({"finalize": {"status": status, "finished_at": finished_at}})
+
+    def close(self, remove: bool) -> None:
+        """Release the lock; *remove* once the record is safely published."""
+        if self._fd < 0:
+            return
+        if remove:
+            self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = -1
+
+
+@dataclass
+class JournalState:
+    """What a journal holds: the run so far."""
+
+    header: dict[str, Any]
+    items: list[dict[str, Any]]
+    finalize: dict[str, Any] | None
+    torn_lines: int
+
+
+def read_journal(path: Path) -> JournalState:
+    """Parse a journal, dropping lines that do not parse (a torn last line).
+
+    :raises InvalidRecord: if it has no readable header.
+    """
+    header = None
+    items: list[dict[str, Any]] = []
+    finalize = None
+    torn = 0
+    with open(path, "rb") as handle:
+        for raw in handle:
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                torn += 1
+                continue
+            if not isinstance(entry, dict):
+                torn += 1
+            elif "header" in entry:
+                header = entry["header"]
+            elif "item" in entry:
+                items.append(entry["item"])
+            elif "finalize" in entry:
+                finalize = entry["finalize"]
+    if not isinstance(header, dict) or not is_valid_execution_id(header.get("execution_id")):
+        raise InvalidRecord("journal without a readable header")
+    return JournalState(header, items, finalize, torn)
+
+
+def build_record(state: JournalState, status: str | None = None) -> dict[str, Any]:
+    """The record a journal stands for: *status* (default: its finalize line's, else interrupted)."""
+    header = state.header
+    finalize = state.finalize or {}
+    finished = finalize.get("finished_at") or (state.items[-1]["timestamp"] if state.items else header["timestamp"])
+    status = status or finalize.get("status") or "interrupted"
+    seconds = (parse_timestamp(finished) - parse_timestamp(header["timestamp"])).total_seconds()
+    record = {
+        "execution_id": header["execution_id"], "config_name": header["config_name"],
+        "timestamp": header["timestamp"], "finished_at": None if status == "running" else finished,
+        "status": status, "execution_mode": header.get("execution_mode"),
+        "safety_level": header.get("safety_level"), "user_id": header.get("user_id"),
+        "session_id": header.get("session_id"),
+        "total_execution_time": None if status == "running" else round(max(seconds, 0.0), 6),
+        "taxonomy_version": header.get("taxonomy_version"), "items": state.items,
+    }
+    return check_record(record)
+
+
+def _is_locked(path: Path) -> bool | None:
+    """True if a live tracker holds the journal; None if it is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases our lock if we got it
+    return False
+
+
+def iter_journals(store: RunStore) -> Iterator[Path]:
+    try:
+        entries = list(os.scandir(journal_dir(store)))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.endswith(SUFFIX) and is_valid_execution_id(entry.name[: -len(SUFFIX)]):
+            yield Path(entry.path)
+
+
+def load_running(store: RunStore, execution_id: str) -> dict[str, Any] | None:
+    """The record so far of a run in progress (status ``running``), or None."""
+    path = journal_path(store, execution_id)
+    if _is_locked(path) is not True:
+        return None
+    try:
+        return build_record(read_journal(path), status="running")
+    except (OSError, InvalidRecord):
+        return None
+
+
+def recover(store: RunStore) -> list[str]:
+    """Turn the journals of dead processes into records; returns the ids recovered.
+
+    Idempotent and safe to run from several processes at once (each journal is locked
+    while it is recovered; a record already published is not written again).
+    """
+    recovered = []
+    for path in iter_journals(store):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its tracker is alive
+            if not path.exists():  # another process finished it while we waited
+                continue
+            try:
+                state = read_journal(path)
+                record = build_record(state)
+            except (OSError, InvalidRecord) as err:
+                log.error("journal %s cannot be recovered (%s); left in place", path.name, err)
+                continue
+            try:
+                store.save(record)
+                recovered.append(record["execution_id"])
+                log.warning("recovered run %s as %s with %d items (%d torn lines dropped)",
+                            record["execution_id"], record["status"], len(record["items"]), state.torn_lines)
+            except RunAlreadyExists:
+                pass  # published before the process died: the journal is just left over
+            except StorageError as err:
+                log.error("run %s could not be recovered now (%s); the journal stays", record["execution_id"], err)
+                continue
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+    return recovered
+
+
+def running_summaries(store: RunStore) -> Iterator[tuple[Path, os.stat_result]]:
+    """(journal, stat) of every journal a live tracker holds."""
+    for path in iter_journals(store):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if _is_locked(path):
+            yield path, st
+
+
+def activity_time(st: os.stat_result) -> str:
+    """A journal's last write as an ISO UTC timestamp."""
+    return format_timestamp(dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc))
