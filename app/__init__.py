@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
-from execution_history import RunStore, resolve_data_dir
+from execution_history import RunStore, journal, resolve_data_dir
 from execution_history.audit import AuditLog
 from execution_history.index import RunIndex
 
@@ -40,6 +40,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     data_dir = resolve_data_dir(app.config["RUN_HISTORY_DIR"])
     store = RunStore(data_dir)
     store.sweep_temp_files()
+    journal.recover(store)  # runs whose pipeline died while no app was running
     secret = auth.load_secret_key(app.config["RUN_HISTORY_SECRET_KEY"], store.root)
     app.config.update(SECRET_KEY=secret, SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SECURE=True,
                       SESSION_COOKIE_SAMESITE="Lax", MAX_CONTENT_LENGTH=64 * 1024, MAX_FORM_MEMORY_SIZE=16 * 1024)
@@ -48,7 +49,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["run_history"] = {
         "store": store,
         # No SQLite connection is opened here: gunicorn may fork after this (preload_app).
-        "index": RunIndex(store, rescan_seconds=app.config["RUN_HISTORY_RESCAN_SECONDS"]),
+        "index": RunIndex(store, rescan_seconds=app.config["RUN_HISTORY_RESCAN_SECONDS"],
+                          stale_after=app.config["RUN_HISTORY_STALE_AFTER"]),
         "tokens": auth.TokenStore(Path(tokens_file)) if tokens_file else None,
         "links": LinkSigner(secret, app.config["RUN_HISTORY_LINK_TTL"]),
         "audit": AuditLog(audit_path),

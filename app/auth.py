@@ -19,7 +19,8 @@ from typing import Any
 
 from flask import current_app, g, request
 
-from execution_history.errors import Forbidden, Unauthorized
+from execution_history import journal
+from execution_history.errors import Forbidden, RunNotFound, Unauthorized
 from execution_history.storage import RunStore
 
 ROLES = ("admin", "researcher")
@@ -172,5 +173,12 @@ def visible_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_visible(store: RunStore, execution_id: str) -> dict[str, Any]:
-    """A record the current principal may see: 404 if missing, 403 if another user's."""
-    return visible_record(store.get(execution_id))
+    """A record the current principal may see (a run in progress: its record so far, status
+    ``running``): 404 if missing, 403 if another user's."""
+    try:
+        return visible_record(store.get(execution_id))
+    except RunNotFound:
+        running = journal.load_running(store, execution_id)
+        if running is None:
+            raise
+        return visible_record(running)

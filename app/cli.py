@@ -11,6 +11,7 @@ from flask import current_app
 from flask.cli import AppGroup
 from werkzeug.datastructures import MultiDict
 
+from execution_history import journal
 from execution_history.errors import ExecutionHistoryError
 from execution_history.exporters import export_selection, get_exporter
 
@@ -159,3 +160,10 @@ def audit_command(user: str | None, since: str | None) -> None:
     log = current_app.extensions["run_history"]["audit"]
     for entry in log.iter_entries(user=user, since=when):
         click.echo(json.dumps(entry, ensure_ascii=False))
+
+
+@runs.command("recover")
+def recover_command() -> None:
+    """Turn journals of pipeline processes that died into records (status interrupted)."""
+    recovered = journal.recover(get_store())
+    click.echo(f"Recovered {len(recovered)} run(s)." + "".join(f"\n{i}" for i in recovered))

@@ -14,7 +14,7 @@ from execution_history.filters import RunQuery
 
 from . import get_index, get_store
 from .audit_hooks import Counted, stream_audited
-from .auth import load_visible, principal
+from .auth import principal, visible_record
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def export_run(exporter: Exporter, execution_id: str, options: dict[str, Any]) -
     :raises RunNotFound: for an unknown or malformed id (before any byte is sent).
     :raises Forbidden: for another user's run.
     """
-    rows = Counted([load_visible(get_store(), execution_id)])
+    rows = Counted([visible_record(get_store().get(execution_id))])  # finished runs only
     chunks = exporter.write(rows, bulk=False, info=ExportInfo(count=1), **options)
     return stream(chunks, exporter, execution_id, rows)
 

@@ -30,6 +30,10 @@ class RunSummarySchema(Schema):
     user_id = fields.String(allow_none=True, required=True)
     session_id = fields.String(allow_none=True, required=True)
     taxonomy_version = fields.String(allow_none=True, required=True)
+    last_activity_at = fields.String(allow_none=True, required=True, metadata={
+        "format": "date-time", "description": "Runs in progress: when their last item was logged; else null"})
+    stale = fields.Boolean(required=True, metadata={
+        "description": "A run in progress with nothing logged for RUN_HISTORY_STALE_AFTER seconds"})
 
 
 class RunListSchema(Schema):

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import journal
 from .errors import InvalidRecord, StorageError
 from .filters import ITEM_SEPARATOR, RunQuery, fold_text, to_key
 from .records import parse_record, parse_timestamp
@@ -49,7 +50,7 @@ from .storage import RunStore, SavedFile, summarize_stats
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 #: The index lives in a hidden subfolder of the data folder: SQLite creates and deletes its
 #: -wal/-shm files as connections come and go, which must not touch the data folder's mtime.
 INDEX_DIR = ".index"
@@ -64,7 +65,11 @@ WRITE_DEADLINE_SECONDS = 300.0
 
 #: Summary columns in the order the list API answers them.
 SUMMARY_COLUMNS = ("execution_id", "config_name", "timestamp", "status", "execution_mode", "safety_level",
-                   "total_execution_time", "items_count", "user_id", "session_id", "taxonomy_version")
+                   "total_execution_time", "items_count", "user_id", "session_id", "taxonomy_version",
+                   "last_activity_at")
+#: Rows from record files; the others are runs in progress, from their journals.
+FILE = "file"
+JOURNAL = "journal"
 
 _SCHEMA = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -82,6 +87,8 @@ CREATE TABLE runs (
     total_execution_time REAL,
     items_count INTEGER NOT NULL,
     taxonomy_version TEXT,
+    last_activity_at TEXT,        -- runs in progress: their journal's last write
+    source TEXT NOT NULL,         -- 'file' (a record file) or 'journal' (a run in progress)
     inode INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL
 );
 CREATE TABLE unreadable (
@@ -107,8 +114,8 @@ INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('dir_mtime_ns',
     ('dir_racy', 1), ('full_check_at', 0);
 """
 
-_INSERT_RUN = f"""INSERT INTO runs (id, {', '.join(SUMMARY_COLUMNS)}, ts_key, inode, size, mtime_ns)
-VALUES ({', '.join('?' * (len(SUMMARY_COLUMNS) + 5))})"""
+_INSERT_RUN = f"""INSERT INTO runs (id, {', '.join(SUMMARY_COLUMNS)}, ts_key, source, inode, size, mtime_ns)
+VALUES ({', '.join('?' * (len(SUMMARY_COLUMNS) + 6))})"""
 #: SQLite page cache per connection (KiB).
 CACHE_KIB = 8 * 1024
 #: Below this many files to read, a scan parses them itself; above, worker processes help.
@@ -122,23 +129,28 @@ class IndexedRun:
 
     summary: tuple[Any, ...]        # SUMMARY_COLUMNS
     ts_key: int
+    source: str
     item_types: frozenset[str]
     models: frozenset[str]
     text: str
     identity: tuple[int, int, int]  # inode, size, mtime_ns
 
 
-def extract(record: dict[str, Any], identity: tuple[int, int, int]) -> IndexedRun:
-    """Reduce a checked record to what the index keeps."""
+def extract(record: dict[str, Any], identity: tuple[int, int, int], last_activity_at: str | None = None) -> IndexedRun:
+    """Reduce a checked record to what the index keeps (*last_activity_at*: a run in progress)."""
     items = record["items"]
+    in_progress = last_activity_at is not None
     return IndexedRun(
         summary=(record["execution_id"], record["config_name"], record["timestamp"], record["status"],
                  record["execution_mode"], record["safety_level"], record["total_execution_time"],
-                 len(items), record["user_id"], record["session_id"], record["taxonomy_version"]),
+                 len(items), record["user_id"], record["session_id"], record["taxonomy_version"],
+                 last_activity_at),
         ts_key=to_key(parse_timestamp(record["timestamp"])),
+        source=JOURNAL if in_progress else FILE,
         item_types=frozenset(item["item_type"] for item in items),
         models=frozenset(item["model_used"] for item in items if item["model_used"] is not None),
-        text=fold_text(ITEM_SEPARATOR.join(item["content"] for item in items if item["content"])),
+        # runs in progress are not searched by text: a contentless FTS row cannot be updated
+        text="" if in_progress else fold_text(ITEM_SEPARATOR.join(item["content"] for item in items if item["content"])),
         identity=identity,
     )
 
@@ -210,9 +222,10 @@ def iter_parsed(store: RunStore, execution_ids: list[str]) -> Iterator[list[Pars
 class RunIndex:
     """The SQLite index of one RunStore's folder (``.index/runs.sqlite3`` inside it)."""
 
-    def __init__(self, store: RunStore, rescan_seconds: float = 60.0,
+    def __init__(self, store: RunStore, rescan_seconds: float = 60.0, stale_after: float = 600.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.stale_after = stale_after
         self.folder = store.root / INDEX_DIR
         self.path = self.folder / INDEX_NAME
         self.lock_path = self.folder / "scan.lock"
@@ -352,6 +365,7 @@ class RunIndex:
         """
         try:
             conn = self._connection()
+            self._sync_journals(conn)
             if self._is_current(self._meta(conn), self._dir_mtime(), full):
                 return
             with self._scan_lock():
@@ -364,6 +378,46 @@ class RunIndex:
         except sqlite3.Error as err:
             raise StorageError("Run index unavailable", reason=str(err)) from err
 
+    def _sync_journals(self, conn: sqlite3.Connection) -> None:
+        """Runs in progress as rows with status ``running``; journals of dead processes recovered."""
+        live: dict[str, tuple[Path, os.stat_result]] = {}
+        dead = False
+        for path in journal.iter_journals(self.store):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            locked = journal.is_locked(path)
+            if locked:
+                live[path.name[: -len(journal.SUFFIX)]] = (path, st)
+            dead = dead or locked is False
+        if dead:
+            journal.recover(self.store)  # record files appear; the folder check below indexes them
+        known = {row[0]: tuple(row[1:]) for row in conn.execute(
+            f"SELECT execution_id, inode, size, mtime_ns FROM runs WHERE source = '{JOURNAL}'")}
+        changed = [i for i, (_, st) in live.items() if known.get(i) != (st.st_ino, st.st_size, st.st_mtime_ns)]
+        gone = [i for i in known if i not in live]
+        if not changed and not gone:
+            return
+        parsed: list[Parsed] = []
+        for execution_id in changed:
+            path, st = live[execution_id]
+            try:
+                record = journal.build_record(journal.read_journal(path), status="running")
+            except (OSError, InvalidRecord):
+                continue
+            parsed.append((execution_id, extract(record, (st.st_ino, st.st_size, st.st_mtime_ns),
+                                                 last_activity_at=journal.activity_time(st))))
+
+        def work(c: sqlite3.Connection) -> None:
+            self._delete(c, gone + [i for i, _ in parsed], source=JOURNAL)
+            finished = {row[0] for row in c.execute(
+                f"SELECT execution_id FROM runs WHERE source = '{FILE}' AND execution_id IN "
+                f"({', '.join('?' * len(parsed))})", [i for i, _ in parsed])}
+            self._store_batch(c, [p for p in parsed if p[0] not in finished])  # a record file wins
+
+        self._write(conn, work)
+
     def rebuild(self) -> None:
         """Throw the index away and build it again from the files (``runs reindex``)."""
         with self._scan_lock():
@@ -375,7 +429,7 @@ class RunIndex:
         scan_started = time.time_ns()
         known: dict[str, tuple[int, int, int]] = {
             row[0]: tuple(row[1:]) for row in conn.execute(
-                "SELECT execution_id, inode, size, mtime_ns FROM runs"
+                f"SELECT execution_id, inode, size, mtime_ns FROM runs WHERE source = '{FILE}'"
                 " UNION ALL SELECT execution_id, inode, size, mtime_ns FROM unreadable")}
         if full:
             present = {f.execution_id: (f.inode, f.size, f.mtime_ns) for f in self.store.list_files()}
@@ -410,13 +464,16 @@ class RunIndex:
             self._write(conn, lambda c: c.execute("ANALYZE"))
 
     @staticmethod
-    def _delete(conn: sqlite3.Connection, execution_ids: list[str]) -> None:
+    def _delete(conn: sqlite3.Connection, execution_ids: list[str], source: str | None = None) -> None:
+        """Drop what is indexed for these ids (only rows of *source*, if given)."""
+        only = f" AND source = '{source}'" if source else ""
         for start in range(0, len(execution_ids), CHUNK):
             chunk = execution_ids[start:start + CHUNK]
             marks = ", ".join("?" * len(chunk))
-            conn.execute(f"DELETE FROM unreadable WHERE execution_id IN ({marks})", chunk)
+            if source is None:
+                conn.execute(f"DELETE FROM unreadable WHERE execution_id IN ({marks})", chunk)
             run_ids = [row[0] for row in conn.execute(
-                f"DELETE FROM runs WHERE execution_id IN ({marks}) RETURNING id", chunk).fetchall()]
+                f"DELETE FROM runs WHERE execution_id IN ({marks}){only} RETURNING id", chunk).fetchall()]
             if run_ids:
                 marks = ", ".join("?" * len(run_ids))
                 conn.execute(f"DELETE FROM run_item_types WHERE run_id IN ({marks})", run_ids)
@@ -437,7 +494,8 @@ class RunIndex:
         first = conn.execute("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'runs'), 0) + 1"
                              ).fetchone()[0]
         numbered = list(enumerate(runs, start=first))
-        conn.executemany(_INSERT_RUN, [(n, *run.summary, run.ts_key, *run.identity) for n, run in numbered])
+        conn.executemany(_INSERT_RUN, [(n, *run.summary, run.ts_key, run.source, *run.identity)
+                                       for n, run in numbered])
         # sorted: rows arrive in key order, so the WITHOUT ROWID trees fill page by page
         conn.executemany("INSERT INTO run_item_types VALUES (?, ?)",
                          sorted((t, n) for n, run in numbered for t in run.item_types))
@@ -500,7 +558,15 @@ class RunIndex:
             f"SELECT r.id FROM runs r WHERE {where} ORDER BY {query.order_sql()} LIMIT ? OFFSET ?)"
             f" ORDER BY {query.order_sql()}",
             [*params, query.limit if query.limit is not None else -1, query.offset]).fetchall()
-        return [dict(zip(SUMMARY_COLUMNS, row)) for row in rows], total
+        return [self._summary(row) for row in rows], total
+
+    def _summary(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        """A list entry; a run in progress is ``stale`` when nothing was logged for ``stale_after``."""
+        summary = dict(zip(SUMMARY_COLUMNS, row))
+        activity = summary["last_activity_at"]
+        summary["stale"] = activity is not None and (
+            self._clock() - dt.datetime.fromisoformat(activity).timestamp() > self.stale_after)
+        return summary
 
     def count(self, query: RunQuery, user_scope: str | None = None) -> int:
         """How many runs the query's filters select (ignoring its page)."""
@@ -512,9 +578,10 @@ class RunIndex:
             f"SELECT COUNT(*) FROM runs r WHERE {where}", params).fetchone()[0])
 
     def count_rows(self, query: RunQuery, user_scope: str | None = None) -> tuple[int, int]:
-        """Runs the query selects (its page applied) and their item rows (a run without items: one)."""
+        """Finished runs the query selects (its page applied) and their item rows (a run without
+        items: one). Exports hold finished runs only; runs in progress have no record yet."""
         self.sync()
-        where, params = self._where(query, user_scope)
+        where, params = self._where(query, user_scope, finished_only=True)
         if query.limit is None and query.offset == 0:  # every match: no need to order them
             sql, args = f"SELECT items_count FROM runs r WHERE {where}", params
         else:
@@ -524,12 +591,12 @@ class RunIndex:
             f"SELECT COUNT(*), COALESCE(SUM(MAX(items_count, 1)), 0) FROM ({sql})", args).fetchone())
 
     def iter_ids(self, query: RunQuery, user_scope: str | None = None) -> Iterator[str]:
-        """Every selected id in the query's order (its page applied), fetched in batches.
+        """Every selected finished run's id in the query's order (its page applied), in batches.
 
         Uses a connection of its own, so a long export holds one consistent snapshot.
         """
         self.sync()
-        where, params = self._where(query, user_scope)
+        where, params = self._where(query, user_scope, finished_only=True)
         conn = self._open_checked()
         try:
             cursor = conn.execute(
@@ -542,10 +609,12 @@ class RunIndex:
             conn.close()
 
     @staticmethod
-    def _where(query: RunQuery, user_scope: str | None) -> tuple[str, list[Any]]:
+    def _where(query: RunQuery, user_scope: str | None, finished_only: bool = False) -> tuple[str, list[Any]]:
         where, params = query.filters.where()
         if user_scope is not None:
             where, params = f"({where}) AND r.user_id = ?", [*params, user_scope]
+        if finished_only:
+            where = f"({where}) AND r.source = '{FILE}'"
         return where, params
 
     def stats(self, user_scope: str | None = None) -> dict[str, Any]:
@@ -572,7 +641,10 @@ class RunIndex:
                 for d in range(first_day, first_day + days)]
 
     def _stats(self, conn: sqlite3.Connection, user_scope: str | None) -> dict[str, Any]:
-        scope, params = ("WHERE user_id = ?", [user_scope]) if user_scope is not None else ("", [])
+        # record files only (the contract's total_records): runs in progress are listed, not counted here
+        scope, params = (f"WHERE source = '{FILE}'", [])
+        if user_scope is not None:
+            scope, params = f"{scope} AND user_id = ?", [user_scope]
         by_config = dict(conn.execute(f"SELECT config_name, COUNT(*) FROM runs {scope} GROUP BY 1", params))
         by_status = dict(conn.execute(f"SELECT status, COUNT(*) FROM runs {scope} GROUP BY 1", params))
         size, first, last = conn.execute(

@@ -139,7 +139,7 @@ def build_record(state: JournalState, status: str | None = None) -> dict[str, An
     return check_record(record)
 
 
-def _is_locked(path: Path) -> bool | None:
+def is_locked(path: Path) -> bool | None:
     """True if a live tracker holds the journal; None if it is gone."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -167,7 +167,7 @@ def iter_journals(store: RunStore) -> Iterator[Path]:
 def load_running(store: RunStore, execution_id: str) -> dict[str, Any] | None:
     """The record so far of a run in progress (status ``running``), or None."""
     path = journal_path(store, execution_id)
-    if _is_locked(path) is not True:
+    if is_locked(path) is not True:
         return None
     try:
         return build_record(read_journal(path), status="running")
@@ -214,17 +214,6 @@ def recover(store: RunStore) -> list[str]:
         finally:
             os.close(fd)
     return recovered
-
-
-def running_summaries(store: RunStore) -> Iterator[tuple[Path, os.stat_result]]:
-    """(journal, stat) of every journal a live tracker holds."""
-    for path in iter_journals(store):
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            continue
-        if _is_locked(path):
-            yield path, st
 
 
 def activity_time(st: os.stat_result) -> str:

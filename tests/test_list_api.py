@@ -172,10 +172,11 @@ def test_summary_fields(client, varied_runs):
     by_id = {r["execution_id"]: r for r in varied_runs}
     for summary in body["executions"]:
         record = by_id[summary["execution_id"]]
-        assert summary == {k: (len(record["items"]) if k == "items_count" else record[k]) for k in summary}
+        expected = {**record, "items_count": len(record["items"]), "last_activity_at": None, "stale": False}
+        assert summary == {k: expected[k] for k in summary}
         assert list(summary) == ["execution_id", "config_name", "timestamp", "status", "execution_mode",
                                  "safety_level", "total_execution_time", "items_count", "user_id",
-                                 "session_id", "taxonomy_version"]
+                                 "session_id", "taxonomy_version", "last_activity_at", "stale"]
     legacy = next(e for e in body["executions"] if e["execution_id"] == "exec_20251103_120000_0000abcd")
     assert legacy["timestamp"] == "2025-11-03T12:00:00+00:00"
 
