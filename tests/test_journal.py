@@ -77,7 +77,8 @@ def test_disk_full_at_finalize_keeps_the_journal_and_recovery_finishes_it(store,
 
 
 class Clock:
-    now = time.time()
+    def __init__(self):
+        self.now = time.time()
 
     def __call__(self):
         return self.now
