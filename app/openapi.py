@@ -84,7 +84,7 @@ class ErrorSchema(Schema):
 def _options(fmt: str) -> list[dict[str, Any]]:
     """The writer options of a format as query parameters (only that format takes them)."""
     return [{"in": "query", "name": name, "required": False,
-             "description": f"{EXPORT_OPTIONS[name].metadata['description']} Only for {fmt}.",
+             "description": EXPORT_OPTIONS[name].metadata["description"],
              "schema": {"type": "boolean"} if isinstance(EXPORT_OPTIONS[name], fields.Boolean)
              else {"type": "string", "enum": EXPORT_OPTIONS[name].metadata["allowed"]}}
             for name in EXPORTERS[fmt].options]
@@ -108,7 +108,7 @@ def build_spec() -> dict[str, Any]:
         "type": "http", "scheme": "bearer",
         "description": "Needed on every /api route when RUN_HISTORY_TOKENS is set (access control on)"})
     spec.options["security"] = [{"bearer": []}]
-    plugin.map_to_openapi_type(DateOrDateTime, "string", None)
+    plugin.map_to_openapi_type(DateOrDateTime, "string", "date-time")  # a bare date is accepted too
     plugin.map_to_openapi_type(IdList, "string", None)
     for name, schema in [("RunItem", RunItemSchema), ("RunRecord", RunRecordSchema),
                          ("RunSummary", RunSummarySchema), ("RunList", RunListSchema),
@@ -129,36 +129,48 @@ def build_spec() -> dict[str, Any]:
     spec.path(path="/api/runs/{execution_id}", operations={"get": {
         "operationId": "get_run", "summary": "One whole record", "parameters": [run_id],
         "responses": {"200": _json("The record", "RunRecord"), "404": _error("No such run")}}})
-    formats = [*EXPORTERS, *ALIASES, *PLANNED]
-    fmt = {"in": "path", "name": "fmt", "required": True, "description": "Export format (case-insensitive)",
-           "schema": {"type": "string", "enum": formats}}
-    download = {"description": "The download (Content-Disposition: attachment)",
-                "content": {exporter.mimetype: {"schema": {"type": "string", "format": "binary"}}
-                            for exporter in EXPORTERS.values()}}
-    export_errors = {"400": _error("Unknown format or bad parameter, or EXPORT_TOO_LARGE"),
-                     "501": _error("A planned format (pdf, docx)")}
-    spec.path(path="/api/runs/{execution_id}/export/{fmt}", operations={"get": {
-        "operationId": "export_run", "summary": "One run as a download",
-        "parameters": [run_id, fmt, *_options("csv")],
-        "responses": {"200": download, "404": _error("No such run"), **export_errors}}})
-    spec.path(path="/api/runs/export/{fmt}", operations={"get": {
-        "operationId": "export_runs", "summary": "Every run the list filters select, streamed, in list order",
-        "parameters": [fmt, {"in": "query", "schema": BulkExportLimitSchema}, *_options("csv")],
-        "responses": {"200": {**download, "headers": {"X-Total-Count": {"schema": {"type": "integer"}}}},
-                      **export_errors}}})
-    link = {"200": _json("A temporary download URL", "Link"), "400": _error("Bad format or parameter"),
-            "401": _error("No valid bearer token"), "501": _error("A planned format")}
-    spec.path(path="/api/runs/{execution_id}/export/{fmt}/link", operations={"get": {
-        "operationId": "link_run", "summary": "A signed URL that downloads this run without a token until it expires",
-        "parameters": [run_id, fmt, *_options("csv")],
-        "responses": {**link, "403": _error("Another user's run"), "404": _error("No such run")}}})
-    spec.path(path="/api/runs/export/{fmt}/link", operations={"get": {
-        "operationId": "link_runs", "summary": "A signed URL that downloads this selection without a token",
-        "parameters": [fmt, {"in": "query", "schema": BulkExportLimitSchema}, *_options("csv")], "responses": link}})
+    def downloads(json_schema: dict[str, Any]) -> dict[str, Any]:
+        content = {exporter.mimetype: {"schema": {"type": "string", "format": "binary"}}
+                   for exporter in EXPORTERS.values()}
+        content[EXPORTERS["json"].mimetype] = {"schema": json_schema}
+        return {"description": "The download (Content-Disposition: attachment)", "content": content}
+
+    download = downloads({"$ref": "#/components/schemas/RunRecord"})
+    bulk_download = {**downloads({"type": "array", "items": {"$ref": "#/components/schemas/RunRecord"}}),
+                     "headers": {"X-Total-Count": {"schema": {"type": "integer"}}}}
+    errors = {"400": _error("Unknown format, bad or unknown parameter, or EXPORT_TOO_LARGE"),
+              "401": _error("No valid bearer token (access control on)"),
+              "501": _error("A planned format (pdf, docx)")}
+    run_errors = {**errors, "403": _error("Another user's run"), "404": _error("No such run")}
+    link = _json("A temporary download URL", "Link")
+    filters = {"in": "query", "schema": BulkExportLimitSchema}
+    # Formats with options get a path of their own, so each path lists exactly what it takes.
+    plain = [name for name, exporter in EXPORTERS.items() if not exporter.options]
+    variants = [("{fmt}", [{"in": "path", "name": "fmt", "required": True,
+                            "description": "Export format, case-insensitive (excel = xlsx); pdf/docx: 501",
+                            "schema": {"type": "string", "enum": [*plain, *ALIASES, *PLANNED]}}], "")]
+    variants += [(name, _options(name), f" ({name})") for name, exporter in EXPORTERS.items() if exporter.options]
+    for segment, params, label in variants:
+        suffix = "" if segment == "{fmt}" else f"_{segment}"
+        spec.path(path=f"/api/runs/{{execution_id}}/export/{segment}", operations={"get": {
+            "operationId": f"export_run{suffix}", "summary": f"One run as a download{label}",
+            "parameters": [run_id, *params], "responses": {"200": download, **run_errors}}})
+        spec.path(path=f"/api/runs/export/{segment}", operations={"get": {
+            "operationId": f"export_runs{suffix}",
+            "summary": f"Every run the list filters select, streamed, in list order{label}",
+            "parameters": [filters, *params], "responses": {"200": bulk_download, **errors}}})
+        spec.path(path=f"/api/runs/{{execution_id}}/export/{segment}/link", operations={"get": {
+            "operationId": f"link_run{suffix}",
+            "summary": f"A signed URL that downloads this run without a token until it expires{label}",
+            "parameters": [run_id, *params], "responses": {"200": link, **run_errors}}})
+        spec.path(path=f"/api/runs/export/{segment}/link", operations={"get": {
+            "operationId": f"link_runs{suffix}", "summary": f"A signed URL that downloads this selection{label}",
+            "parameters": [filters, *params], "responses": {"200": link, **errors}}})
     spec.path(path="/api/download", operations={"get": {
         "operationId": "download_link", "summary": "Download through a signed link (no token; the creator's scope)",
         "parameters": [{"in": "query", "schema": LINK_PARAMS}], "security": [],
-        "responses": {"200": download, "403": _error("A tampered link"), "410": _error("An expired link")}}})
+        "responses": {"200": downloads({}), "400": _error("No link given"), "403": _error("A tampered link"),
+                      "404": _error("The run is gone"), "410": _error("An expired link")}}})
     spec.path(path="/api/schema/execution_record.xsd", operations={"get": {
         "operationId": "get_xsd", "summary": "The XSD every XML export validates against",
         "responses": {"200": {"description": "XML Schema", "content": {"application/xml": {"schema": {"type": "string"}}}}}}})

@@ -13,9 +13,11 @@ from execution_history.exporters import Exporter
 from execution_history.exporters.csv_writer import SHAPES
 from execution_history.filters import (DEFAULT_LIMIT, MAX_LIMIT, ORDER_BY, ORDERS, RunFilters, RunQuery,
                                        fts_query)
-from execution_history.records import STATUSES, is_valid_execution_id
+from execution_history.records import EXECUTION_ID_PATTERN, STATUSES, is_valid_execution_id
 
 MAX_IDS = 1000
+#: Beyond any real store, and within SQLite's 64-bit integers.
+MAX_COUNT = 2**62
 MAX_TEXT = 500
 
 
@@ -78,18 +80,20 @@ class FilterParamsSchema(Schema):
     item_type = _text("Runs that contain an item of this type.")
     model = _text("Runs in which an item's model_used equals this.")
     q = fields.String(validate=[validate.Length(max=MAX_TEXT), _validate_q], metadata={
+        "pattern": "[0-9A-Za-z]",
         "description": 'Text search in item content: every word must occur (case- and accent-insensitive), '
                        '"quoted phrase" as a phrase.',
         "allowed": f"words or \"quoted phrases\", at most {MAX_TEXT} characters"})
     ids = IdList(metadata={"description": f"Comma-separated execution ids (at most {MAX_IDS}).",
-                           "allowed": f"comma-separated execution ids, at most {MAX_IDS}"})
+                           "allowed": f"comma-separated execution ids, at most {MAX_IDS}",
+                           "pattern": rf"^ *{EXECUTION_ID_PATTERN} *(, *{EXECUTION_ID_PATTERN} *)*$"})
     order_by = fields.String(load_default="timestamp", validate=validate.OneOf(ORDER_BY), metadata={
         "description": "Sort key; ties are broken by execution_id in the same direction.",
         "allowed": list(ORDER_BY)})
     order = fields.String(load_default="desc", validate=validate.OneOf(ORDERS), metadata={
         "description": "Sort direction.", "allowed": list(ORDERS)})
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0), metadata={
-        "description": "Runs to skip.", "allowed": "an integer >= 0"})
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_COUNT), metadata={
+        "description": "Runs to skip.", "allowed": f"an integer from 0 to {MAX_COUNT}"})
 
 
 class ListParamsSchema(FilterParamsSchema):
@@ -102,7 +106,7 @@ class ListParamsSchema(FilterParamsSchema):
 LIST_PARAMS = ListParamsSchema()
 
 #: GET /api/download: the signed link alone.
-LINK_PARAMS = Schema.from_dict({"link": fields.String(required=True, validate=validate.Length(max=8192), metadata={
+LINK_PARAMS = Schema.from_dict({"link": fields.String(required=True, validate=validate.Length(min=1, max=8192), metadata={
     "description": "The signed link from an export's /link route.", "allowed": "a link token"})},
     name="DownloadLinkParams")()
 
@@ -110,8 +114,8 @@ LINK_PARAMS = Schema.from_dict({"link": fields.String(required=True, validate=va
 class BulkExportLimitSchema(FilterParamsSchema):
     """GET /api/runs/export/<format>: the list filters; without ``limit``, every match."""
 
-    limit = fields.Integer(load_default=None, validate=validate.Range(min=1), metadata={
-        "description": "At most this many runs (default: every match).", "allowed": "an integer >= 1"})
+    limit = fields.Integer(load_default=None, validate=validate.Range(min=1, max=MAX_COUNT), metadata={
+        "description": "At most this many runs (default: every match).", "allowed": f"an integer from 1 to {MAX_COUNT}"})
 
 
 #: Options of the writers, by name; each exporter lists the ones it takes.

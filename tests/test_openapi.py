@@ -51,4 +51,5 @@ def test_every_api_route_is_documented(app, spec):
         if rule.rule.startswith("/api/"):
             path = rule.rule.replace("<path:execution_id>", "{execution_id}")
             routes.add(path.replace("<execution_id>", "{execution_id}").replace("<fmt>", "{fmt}"))
-    assert routes == set(spec["paths"])
+    documented = {path.replace("/csv", "/{fmt}") for path in spec["paths"]}  # csv has paths of its own
+    assert routes == documented
