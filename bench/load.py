@@ -1,0 +1,154 @@
+"""Load test: a real gunicorn (shipped config) under concurrent list/get/export requests while
+4 writer processes finalize runs; prints requests/s, p50/p99, errors, runs written vs found.
+
+    python -m bench.load [--runs 10000] [--clients 50] [--seconds 30] [--writers 4]
+    python -m bench.load --short        # the CI version: small and quick
+
+Every request loop is bounded in count and time and targets 127.0.0.1 only.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import random
+import statistics
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from execution_history import ExecutionTracker, RunStore
+
+from .common import Gunicorn, generate
+
+MIX = [("list", 0.6), ("filtered", 0.15), ("get", 0.15), ("export", 0.10)]
+
+
+@dataclass
+class Result:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    errors: list[str] = field(default_factory=list)
+
+
+def _write_runs(root: str, stop: str, out: str, seed: int) -> None:
+    """A pipeline process: record runs until told to stop; list their ids in *out*."""
+    rng = random.Random(seed)
+    store = RunStore(root)
+    with open(out, "w") as ids:
+        while not Path(stop).exists():
+            with ExecutionTracker("load", user_id=f"w{seed}", store=store) as run:
+                for n in range(rng.randint(1, 12)):
+                    run.log_interception_iteration(n + 1, f"writer {seed} text {n}")
+            ids.write(run.execution_id + "\n")
+            ids.flush()
+            time.sleep(rng.uniform(0.005, 0.05))
+
+
+def _client(port: int, deadline: float, max_requests: int, ids: list[str], result: Result, seed: int) -> None:
+    rng = random.Random(seed)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    kinds, weights = zip(*MIX)
+    for _ in range(max_requests):
+        if time.monotonic() > deadline:
+            break
+        kind = rng.choices(kinds, weights)[0]
+        path = {"list": f"/api/runs?limit=20&offset={rng.randint(0, 200)}",
+                "filtered": "/api/runs?config=dada&status=completed&order_by=items_count",
+                "get": f"/api/runs/{rng.choice(ids)}",
+                "export": "/api/runs/export/csv?config=stillepost&limit=50&shape=items"}[kind]
+        started = time.perf_counter()
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            body = response.read()
+            if response.status != 200:
+                result.errors.append(f"{response.status} {path}: {body[:200]!r}")
+        except (OSError, http.client.HTTPException) as err:
+            result.errors.append(f"{type(err).__name__} {path}")
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            continue
+        result.latencies[kind].append(time.perf_counter() - started)
+    conn.close()
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) >= 2 else (values[0] if values else 0.0)
+
+
+def run_load(folder: Path, clients: int, seconds: float, writers: int, max_requests: int = 100_000) -> dict:
+    """Serve *folder*, drive the load, and return the figures (also printed)."""
+    store = RunStore(folder)
+    ids = store.list_ids()[:500]
+    server = Gunicorn(folder)
+    ctx = multiprocessing.get_context("spawn")
+    stop = folder.parent / f"stop-{time.time_ns()}"
+    outputs = [folder.parent / f"written-{n}-{time.time_ns()}" for n in range(writers)]
+    procs = [ctx.Process(target=_write_runs, args=(str(folder), str(stop), str(out), n)) for n, out in enumerate(outputs)]
+    result = Result()
+    try:
+        server.get("/api/runs?limit=1")  # the index is built before the clock starts
+        for proc in procs:
+            proc.start()
+        deadline = time.monotonic() + seconds
+        threads = [threading.Thread(target=_client, args=(server.port, deadline, max_requests // clients, ids, result, n))
+                   for n in range(clients)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - started
+    finally:
+        stop.touch()
+        for proc in procs:
+            proc.join(timeout=60)
+    try:
+        written = [line for out in outputs for line in out.read_text().split()]
+        listed = set()
+        offset = 0
+        while True:  # every written run must be in the index, read through the API
+            page = json.loads(server.get(f"/api/runs?limit=100&offset={offset}&config=load"))
+            listed.update(e["execution_id"] for e in page["executions"])
+            offset += 100
+            if offset >= page["total"]:
+                break
+        missing = [i for i in written if not store.path_for(i).exists()]
+        unlisted = [i for i in written if i not in listed]
+    finally:
+        server.stop()
+    total = sum(len(v) for v in result.latencies.values())
+    figures = {
+        "clients": clients, "seconds": round(elapsed, 1), "requests": total, "requests_per_s": round(total / elapsed, 1),
+        "errors": len(result.errors), "runs_written": len(written), "runs_lost": len(missing) + len(unlisted),
+        "latency_ms": {kind: {"n": len(v), "p50": round(pct(v, 50) * 1000, 1), "p99": round(pct(v, 99) * 1000, 1)}
+                       for kind, v in result.latencies.items()},
+        "first_errors": result.errors[:5],
+    }
+    print(json.dumps(figures, indent=2))
+    return figures
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--writers", type=int, default=4)
+    parser.add_argument("--dir", type=Path, default=Path(__file__).parent / "out")
+    parser.add_argument("--short", action="store_true", help="CI size: 300 runs, 12 clients, 6 s")
+    args = parser.parse_args(argv)
+    if args.short:
+        args.runs, args.clients, args.seconds = 300, 12, 6
+        args.dir = Path(tempfile.mkdtemp(prefix="load-"))
+    folder = args.dir / f"load_{args.runs}"
+    generate(folder, args.runs)
+    return run_load(folder, args.clients, args.seconds, args.writers)
+
+
+if __name__ == "__main__":
+    main()

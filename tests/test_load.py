@@ -1,0 +1,10 @@
+"""The short load test: real gunicorn, concurrent clients, 4 writer processes; nothing lost, no error."""
+from bench import load
+
+
+def test_short_load_test_has_no_errors_and_loses_no_run():
+    figures = load.main(["--short"])
+    assert figures["requests"] > 100 and figures["runs_written"] > 20
+    assert figures["errors"] == 0, figures["first_errors"]
+    assert figures["runs_lost"] == 0
+    assert set(figures["latency_ms"]) == {"list", "filtered", "get", "export"}
