@@ -9,10 +9,10 @@ from execution_history.exporters.xml_writer import xsd_bytes
 
 from . import audit_hooks, downloads, get_index, get_links, get_store
 from .auth import Principal, load_visible, principal
-from .links import link_for_request
+from .links import link_for_export
 from .listing import link_header, list_body
 from .openapi import build_spec
-from .params import LIST_PARAMS, LINK_PARAMS, export_params, load_params, load_query
+from .params import LINK_PARAMS, LIST_PARAMS, export_params, load_params, load_query
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -56,24 +56,16 @@ def export_run(execution_id: str, fmt: str) -> Response:
 @bp.get("/runs/export/<fmt>/link")
 def link_runs(fmt: str) -> Response:
     """A temporary URL that downloads this selection without a token."""
-    audit_hooks.begin("link_created", filters=request.args.to_dict(), format=fmt.lower())
-    exporter = get_exporter(fmt)
-    load_query(export_params(exporter, bulk=True), request.args)  # a bad link is refused now, not later
-    return _link_response("bulk", exporter.name, None)
+    return _link_response(*link_for_export("bulk", fmt))
 
 
 @bp.get("/runs/<execution_id>/export/<fmt>/link")
 def link_run(execution_id: str, fmt: str) -> Response:
     """A temporary URL that downloads this run without a token."""
-    audit_hooks.begin("link_created", execution_id=execution_id, format=fmt.lower())
-    exporter = get_exporter(fmt)
-    load_params(export_params(exporter, bulk=False), request.args)
-    load_visible(get_store(), execution_id)
-    return _link_response("run", exporter.name, execution_id)
+    return _link_response(*link_for_export("run", fmt, execution_id))
 
 
-def _link_response(kind: str, fmt: str, execution_id: str | None) -> Response:
-    token, expires_at = link_for_request(kind, fmt, execution_id)
+def _link_response(token: str, expires_at: str) -> Response:
     return jsonify({"url": url_for("api.download_link", link=token, _external=True), "expires_at": expires_at})
 
 

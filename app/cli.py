@@ -17,7 +17,13 @@ from execution_history.exporters import export_selection, get_exporter
 
 from . import get_index, get_store
 from .auth import ROLES, TokenStore, tokens
-from .params import EXPORT_OPTIONS, BulkExportLimitSchema, export_params, load_params, load_query
+from .params import (
+    EXPORT_OPTIONS,
+    BulkExportLimitSchema,
+    export_params,
+    load_params,
+    load_query,
+)
 
 runs = AppGroup("runs", help="Inspect and manage recorded pipeline runs.")
 

@@ -6,9 +6,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
+from itsdangerous import (
+    BadSignature,
+    SignatureExpired,
+    TimestampSigner,
+    URLSafeTimedSerializer,
+)
 
 from execution_history.errors import Forbidden, LinkExpired
+from execution_history.exporters import get_exporter
 
 from .auth import Principal
 
@@ -51,11 +57,23 @@ class LinkSigner:
             raise Forbidden("This download link is not valid") from None
 
 
-def link_for_request(kind: str, fmt: str, execution_id: str | None = None) -> tuple[str, str]:
-    """(token, expires_at) for the current request's parameters, in the current principal's scope."""
+def link_for_export(kind: str, fmt: str, execution_id: str | None = None) -> tuple[str, str]:
+    """(token, expires_at) for the current request's export (``run`` or ``bulk``), in the
+    current principal's scope: checked as the export itself would be, so a bad link is
+    refused now, not when it is used; audited as ``link_created``."""
     from flask import current_app, request
 
-    from .auth import principal
+    from . import audit_hooks, get_store
+    from .auth import load_visible, principal
+    from .params import export_params, load_params, load_query
 
+    audit_hooks.begin("link_created", format=fmt.lower(), **(
+        {"execution_id": execution_id} if kind == "run" else {"filters": request.args.to_dict()}))
+    exporter = get_exporter(fmt)
+    if kind == "run":
+        load_params(export_params(exporter, bulk=False), request.args)
+        load_visible(get_store(), execution_id)
+    else:
+        load_query(export_params(exporter, bulk=True), request.args)
     signer: LinkSigner = current_app.extensions["run_history"]["links"]
-    return signer.create(principal(), kind, fmt, list(request.args.items(multi=True)), execution_id)
+    return signer.create(principal(), kind, exporter.name, list(request.args.items(multi=True)), execution_id)

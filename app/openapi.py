@@ -9,11 +9,17 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import INCLUDE, Schema, fields
 
 import execution_history
+from execution_history.exporters import ALIASES, EXPORTERS, PLANNED
 from execution_history.records import STATUSES, RunItemSchema, RunRecordSchema
 
-from execution_history.exporters import ALIASES, EXPORTERS, PLANNED
-
-from .params import EXPORT_OPTIONS, LINK_PARAMS, BulkExportLimitSchema, DateOrDateTime, IdList, ListParamsSchema
+from .params import (
+    EXPORT_OPTIONS,
+    LINK_PARAMS,
+    BulkExportLimitSchema,
+    DateOrDateTime,
+    IdList,
+    ListParamsSchema,
+)
 
 
 class RunSummarySchema(Schema):

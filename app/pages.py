@@ -4,20 +4,26 @@ from __future__ import annotations
 import hmac
 import secrets
 
-from flask import Blueprint, Response, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, g, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
 from execution_history.errors import Forbidden
-from execution_history.exporters import get_exporter
 from execution_history.filters import ORDER_BY
 from execution_history.records import STATUSES
 from execution_history.taxonomy import TAXONOMY
 
-from . import audit_hooks, get_index, get_store
+from . import get_index, get_store
 from .auth import Principal, hash_token, load_visible, principal, tokens
-from .links import link_for_request
-from .params import LIST_PARAMS, export_params, load_params, load_query
-from .presenters import day_bars, download_links, item_view, query_string, timeline, visible_controls
+from .links import link_for_export
+from .params import LIST_PARAMS, load_query
+from .presenters import (
+    day_bars,
+    download_links,
+    item_view,
+    query_string,
+    timeline,
+    visible_controls,
+)
 
 bp = Blueprint("pages", __name__)
 
@@ -126,24 +132,14 @@ def show_stats() -> str:
 
 
 @bp.get("/download/runs/<fmt>")
-def download_runs(fmt: str) -> Response:
-    """A download button with access control on: make a signed link for the signed-in user, go there."""
-    audit_hooks.begin("link_created", filters=request.args.to_dict(), format=fmt.lower())
-    exporter = get_exporter(fmt)
-    load_query(export_params(exporter, bulk=True), request.args)
-    return _redirect_to_link("bulk", exporter.name, None)
+def download_runs(fmt: str) -> BaseResponse:
+    """A download button with access control on: a signed link for the signed-in user, then there."""
+    token, _ = link_for_export("bulk", fmt)
+    return redirect(url_for("api.download_link", link=token), code=303)
 
 
 @bp.get("/download/run/<execution_id>/<fmt>")
-def download_run(execution_id: str, fmt: str) -> Response:
+def download_run(execution_id: str, fmt: str) -> BaseResponse:
     """One run's download button with access control on."""
-    audit_hooks.begin("link_created", execution_id=execution_id, format=fmt.lower())
-    exporter = get_exporter(fmt)
-    load_params(export_params(exporter, bulk=False), request.args)
-    load_visible(get_store(), execution_id)
-    return _redirect_to_link("run", exporter.name, execution_id)
-
-
-def _redirect_to_link(kind: str, fmt: str, execution_id: str | None) -> Response:
-    token, _ = link_for_request(kind, fmt, execution_id)
+    token, _ = link_for_export("run", fmt, execution_id)
     return redirect(url_for("api.download_link", link=token), code=303)

@@ -11,9 +11,20 @@ from werkzeug.datastructures import MultiDict
 from execution_history.errors import InvalidParameter, UnknownParameter
 from execution_history.exporters import Exporter
 from execution_history.exporters.csv_writer import SHAPES
-from execution_history.filters import (DEFAULT_LIMIT, MAX_LIMIT, ORDER_BY, ORDERS, RunFilters, RunQuery,
-                                       fts_query)
-from execution_history.records import EXECUTION_ID_PATTERN, STATUSES, is_valid_execution_id
+from execution_history.filters import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    ORDER_BY,
+    ORDERS,
+    RunFilters,
+    RunQuery,
+    fts_query,
+)
+from execution_history.records import (
+    EXECUTION_ID_PATTERN,
+    STATUSES,
+    is_valid_execution_id,
+)
 
 MAX_IDS = 1000
 #: Beyond any real store, and within SQLite's 64-bit integers.

@@ -137,3 +137,15 @@ class Gunicorn:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
+
+
+def run_sizes(bench_size: Callable[[int, Path], None], doc: str | None) -> None:
+    """The command line of the size-driven benchmarks: ``--sizes N ... --dir DIR``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--dir", type=Path, default=Path(__file__).parent / "out")
+    args = parser.parse_args()
+    for count in args.sizes:
+        bench_size(count, args.dir)

@@ -8,7 +8,6 @@ library (stdlib csv writer, openpyxl write-only, lxml xmlfile) on the same rows.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import itertools
@@ -24,7 +23,7 @@ from execution_history import RunStore
 from execution_history.exporters import EXPORTERS
 from execution_history.exporters.cells import ITEM_COLUMNS, iter_item_rows
 
-from .common import Gunicorn, generate
+from .common import Gunicorn, generate, run_sizes
 
 URLS = {"csv": "/api/runs/export/csv?shape=items", "jsonl": "/api/runs/export/jsonl",
         "json": "/api/runs/export/json", "xml": "/api/runs/export/xml", "xlsx": "/api/runs/export/xlsx"}
@@ -143,14 +142,5 @@ def bench_size(count: int, root: Path) -> None:
               + ("" if status == 200 else f"  HTTP {status}"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--dir", type=Path, default=Path(__file__).parent / "out")
-    args = parser.parse_args()
-    for count in args.sizes:
-        bench_size(count, args.dir)
-
-
 if __name__ == "__main__":
-    main()
+    run_sizes(bench_size, __doc__)

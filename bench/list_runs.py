@@ -8,7 +8,6 @@ client and through a real gunicorn (shipped config) on loopback, and prints the 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from execution_history import ExecutionTracker, RunStore
 from execution_history.index import INDEX_DIR
 from execution_history.records import parse_record
 
-from .common import Gunicorn, generate, ms, p50, timed
+from .common import Gunicorn, generate, ms, p50, run_sizes, timed
 
 REPEAT = 30
 
@@ -103,14 +102,5 @@ def bench_size(count: int, root: Path) -> None:
         server.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--dir", type=Path, default=Path(__file__).parent / "out")
-    args = parser.parse_args()
-    for count in args.sizes:
-        bench_size(count, args.dir)
-
-
 if __name__ == "__main__":
-    main()
+    run_sizes(bench_size, __doc__)

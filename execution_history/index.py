@@ -29,8 +29,8 @@ import collections
 import contextlib
 import datetime as dt
 import fcntl
-import multiprocessing
 import logging
+import multiprocessing
 import os
 import sqlite3
 import threading

@@ -22,7 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidRecord, RunAlreadyExists, StorageError
-from .records import check_record, format_timestamp, is_valid_execution_id, parse_timestamp
+from .records import (
+    check_record,
+    format_timestamp,
+    is_valid_execution_id,
+    parse_timestamp,
+)
 from .storage import JOURNAL_DIR, RunStore
 
 log = logging.getLogger(__name__)

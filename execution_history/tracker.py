@@ -12,10 +12,18 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from .errors import RunAlreadyExists, StorageError
-from .records import (DEFAULT_SESSION_ID, DEFAULT_USER_ID, TRACKER_STATUSES, format_timestamp,
-                      make_json_safe, make_text, new_execution_id, utc_now)
 from .index import RunIndex
 from .journal import Journal
+from .records import (
+    DEFAULT_SESSION_ID,
+    DEFAULT_USER_ID,
+    TRACKER_STATUSES,
+    format_timestamp,
+    make_json_safe,
+    make_text,
+    new_execution_id,
+    utc_now,
+)
 from .storage import RunStore, SavedFile, resolve_data_dir
 from .taxonomy import STAGES, TAXONOMY, TAXONOMY_VERSION, ItemType
 

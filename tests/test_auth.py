@@ -9,7 +9,7 @@ import pytest
 
 from app import create_app
 from app.auth import TokenStore, hash_token
-from execution_history import ExecutionTracker, RunStore
+from execution_history import ExecutionTracker
 
 from .conftest import LiveServer, StepClock, assert_error
 

@@ -7,10 +7,10 @@ import json
 import openpyxl
 import pytest
 import schemathesis
-from schemathesis.checks import not_a_server_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
+from schemathesis.checks import not_a_server_error
 
 from app import create_app
 from app.auth import TokenStore

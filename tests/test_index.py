@@ -1,5 +1,4 @@
 """RunIndex: never stale, rebuilt when lost, shared safely by several processes."""
-import json
 import multiprocessing
 import os
 import time

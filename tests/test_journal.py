@@ -6,8 +6,6 @@ import random
 import signal
 import time
 
-import pytest
-
 from app import create_app
 from execution_history import ExecutionTracker, RunStore
 from execution_history.index import RunIndex

@@ -1,6 +1,5 @@
 """GET /api/runs: every filter and sort against a brute-force computation, paging, bad parameters."""
 import datetime as dt
-import json
 import random
 import re
 import unicodedata
@@ -191,7 +190,7 @@ def test_link_header_keeps_filters(client, varied_runs):
     assert "offset=0" in links["prev"] and "user_id" not in links["next"]
     next_page = client.get(links["next"].replace("http://localhost", "")).get_json()
     assert next_page["offset"] == 4 and next_page["filters"]["config"] == "dada"
-    last = client.get(f"/api/runs?config=dada&limit=100").headers.get("Link")
+    last = client.get("/api/runs?config=dada&limit=100").headers.get("Link")
     assert last is None
 
 

@@ -4,8 +4,6 @@ from app.presenters import FOLD_AT, day_bars, timeline, visible_controls
 from execution_history import ExecutionTracker
 
 
-
-
 def test_user_text_is_escaped(client, store):
     with ExecutionTracker("<b>cfg</b>", store=store) as run:
         run.log_user_input_text("<script>alert(1)</script>", model_used='"><img src=x>')

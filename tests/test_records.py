@@ -7,8 +7,15 @@ import math
 import pytest
 
 from execution_history.errors import InvalidRecord
-from execution_history.records import (RunRecordSchema, check_record, dump_record, is_valid_execution_id,
-                                       make_json_safe, new_execution_id, parse_record)
+from execution_history.records import (
+    RunRecordSchema,
+    check_record,
+    dump_record,
+    is_valid_execution_id,
+    make_json_safe,
+    new_execution_id,
+    parse_record,
+)
 
 
 def strict_loads(raw):

@@ -21,7 +21,14 @@ from openpyxl.utils import get_column_letter
 
 from .. import __version__
 from ..taxonomy import TAXONOMY_VERSION
-from .cells import ITEM_COLUMNS, RUN_COLUMNS, TIMESTAMP_COLUMNS, iter_item_rows, run_row, truncate
+from .cells import (
+    ITEM_COLUMNS,
+    RUN_COLUMNS,
+    TIMESTAMP_COLUMNS,
+    iter_item_rows,
+    run_row,
+    truncate,
+)
 from .info import ExportInfo
 
 #: Rows per sheet Excel opens, the header included.
