@@ -50,7 +50,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         "store": store,
         # No SQLite connection is opened here: gunicorn may fork after this (preload_app).
         "index": RunIndex(store, rescan_seconds=app.config["RUN_HISTORY_RESCAN_SECONDS"],
-                          stale_after=app.config["RUN_HISTORY_STALE_AFTER"]),
+                          stale_after=app.config["RUN_HISTORY_STALE_AFTER"],
+                          running_refresh=app.config["RUN_HISTORY_RUNNING_REFRESH"]),
         "tokens": auth.TokenStore(Path(tokens_file)) if tokens_file else None,
         "links": LinkSigner(secret, app.config["RUN_HISTORY_LINK_TTL"]),
         "audit": AuditLog(audit_path),

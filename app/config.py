@@ -15,9 +15,11 @@ DEFAULTS: dict[str, Any] = {
     "RUN_HISTORY_AUDIT_LOG": None,     # None: audit.log in the data folder's parent
     "RUN_HISTORY_STALE_AFTER": 600,    # seconds without an item before a running run is stale
     "RUN_HISTORY_RESCAN_SECONDS": 60,  # full stat check of every file (catches in-place edits)
+    "RUN_HISTORY_RUNNING_REFRESH": 1,  # seconds between looks at the journals of runs in progress
 }
 
-_INTEGER_KEYS = {"RUN_HISTORY_LINK_TTL", "RUN_HISTORY_STALE_AFTER", "RUN_HISTORY_RESCAN_SECONDS"}
+_INTEGER_KEYS = {"RUN_HISTORY_LINK_TTL", "RUN_HISTORY_STALE_AFTER", "RUN_HISTORY_RESCAN_SECONDS",
+                 "RUN_HISTORY_RUNNING_REFRESH"}
 
 
 def load_config(explicit: Mapping[str, Any] | None = None,

@@ -1,21 +1,22 @@
 """RunIndex: a SQLite cache of what listing, filtering, sorting, counting and search need.
 
 The record files stay the source of truth; the index (``.index/runs.sqlite3`` in the data
-folder) is rebuilt from them whenever it is
-missing, corrupt or of another schema version, and is kept in step with them like this:
+folder) is rebuilt from them whenever it is missing, corrupt or of another schema
+version, and is kept in step with them like this:
 
 - Every request calls :meth:`RunIndex.sync`. It compares the data folder's mtime with the
   one recorded at the last sync (one ``stat``). Adding, deleting or renaming a file in
   the folder changes it, and the next sync lists the folder (names and inodes, no
   ``stat`` per file) and indexes what is new, replaced (another inode) or gone.
-- A folder mtime that was less than two seconds old when it was recorded is "racy" (a
-  later change in the same clock tick would not change it again), so the next sync
-  lists the folder once more.
+- That listing runs under the index's write lock, and only once the folder's mtime is
+  older than one clock tick, so a later change always moves the mtime again.
+- The tracker publishes through :meth:`RunIndex.save`: its folder changes happen under the
+  same lock and move the recorded mtime with them, so its runs are indexed at once and
+  readers need no listing, however many pipelines write.
 - Every ``rescan_seconds`` (60) one process stats every file and re-indexes those whose
   size or mtime changed: that catches files edited in place, which leave the folder's
   mtime alone. ``runs reindex`` rebuilds everything at once.
-- A run saved through :class:`~execution_history.storage.RunStore` by the tracker is
-  written through (:meth:`RunIndex.note_saved`) so it is visible at once without a listing.
+- Runs in progress come from their journals (``journal.py``), looked at about once a second.
 
 Several gunicorn workers and pipeline processes share the index: connections are opened
 lazily per process and thread (never before a fork), the database is in WAL mode (readers
@@ -50,13 +51,15 @@ from .storage import RunStore, SavedFile, summarize_stats
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 #: The index lives in a hidden subfolder of the data folder: SQLite creates and deletes its
 #: -wal/-shm files as connections come and go, which must not touch the data folder's mtime.
 INDEX_DIR = ".index"
 INDEX_NAME = "runs.sqlite3"
-#: A folder mtime younger than this when recorded may hide a change made in the same tick.
-RACY_NS = 2_000_000_000
+#: How old the folder's mtime must be before it is listed: a change in the same clock tick as
+#: the recorded mtime would not move it. Well above Linux's coarse file-time tick (1-10 ms);
+#: file systems with coarser times (FAT) are not supported.
+RACY_NS = 100_000_000
 #: Runs parsed per write transaction while scanning (bounds memory and lock time).
 BATCH = 1000
 #: How long a write may wait for the lock before it is retried, and for how long in all.
@@ -110,8 +113,7 @@ CREATE INDEX runs_time ON runs (total_execution_time, execution_id);
 CREATE INDEX runs_items ON runs (items_count, execution_id);
 -- contentless: the text lives in the record files, the index keeps only its search terms
 CREATE VIRTUAL TABLE run_text USING fts5(content, content='', tokenize='unicode61 remove_diacritics 2');
-INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('dir_mtime_ns', NULL),
-    ('dir_racy', 1), ('full_check_at', 0);
+INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('dir_mtime_ns', NULL), ('full_check_at', 0);
 """
 
 _INSERT_RUN = f"""INSERT INTO runs (id, {', '.join(SUMMARY_COLUMNS)}, ts_key, source, inode, size, mtime_ns)
@@ -223,9 +225,11 @@ class RunIndex:
     """The SQLite index of one RunStore's folder (``.index/runs.sqlite3`` inside it)."""
 
     def __init__(self, store: RunStore, rescan_seconds: float = 60.0, stale_after: float = 600.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 running_refresh: float = 1.0, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.stale_after = stale_after
+        self.running_refresh = running_refresh
+        self._journals_checked_at = float("-inf")
         self.folder = store.root / INDEX_DIR
         self.path = self.folder / INDEX_NAME
         self.lock_path = self.folder / "scan.lock"
@@ -302,27 +306,66 @@ class RunIndex:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{self.path}{suffix}")
 
-    def _write(self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], Any],
-               begin: bool = True) -> Any:
-        """Run *work* in one write transaction, retrying while another writer holds the lock."""
+    def _begin(self, conn: sqlite3.Connection) -> int:
+        """Take the write lock: a blocking ``flock`` on ``write.lock`` first (the kernel queues
+        waiters, where SQLite's busy handler would poll and could starve a reader's scan
+        behind a stream of tracker writes), then BEGIN IMMEDIATE, retried if need be.
+
+        :returns: the lock file's descriptor; :meth:`_transaction` closes it to release.
+        """
         self._local.writes = getattr(self._local, "writes", 0) + 1  # invalidates this thread's cache
+        fd = os.open(self.folder / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            self._begin_immediate(conn)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _begin_immediate(self, conn: sqlite3.Connection) -> None:
         deadline = time.monotonic() + WRITE_DEADLINE_SECONDS
         while True:
             try:
-                if not begin:
-                    return work(conn)
                 conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = work(conn)
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-                return result
+                return
             except sqlite3.OperationalError as err:
                 if "locked" not in str(err) and "busy" not in str(err) or time.monotonic() > deadline:
                     raise StorageError("Run index unavailable", reason=str(err)) from err
                 time.sleep(0.05)
+
+    @contextlib.contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed if the block succeeds, rolled back otherwise."""
+        fd = self._begin(conn)
+        try:
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            os.close(fd)  # releases the write lock
+
+    def _write(self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], Any],
+               begin: bool = True) -> Any:
+        """Run *work* once in a write transaction (only taking the lock is retried)."""
+        if not begin:
+            return work(conn)
+        with self._transaction(conn):
+            return work(conn)
+
+    @contextlib.contextmanager
+    def _own_change(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """A folder change made under the index's write lock: if the index was in step with
+        the folder just before, the recorded folder mtime moves on with it (no listing needed)."""
+        with self._transaction(conn):
+            meta = self._meta(conn)
+            before = self._dir_mtime()
+            yield conn
+            if meta["dir_mtime_ns"] == before:
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'dir_mtime_ns'", (self._dir_mtime(),))
 
     def _ensure_folder(self) -> None:
         self.store.ensure_root()
@@ -355,7 +398,7 @@ class RunIndex:
 
     def _is_current(self, meta: dict[str, Any], dir_mtime: int | None, full: bool) -> bool:
         due = full or self._clock() - float(meta["full_check_at"] or 0) >= self.rescan_seconds
-        return not due and not meta["dir_racy"] and meta["dir_mtime_ns"] == dir_mtime
+        return not due and meta["dir_mtime_ns"] == dir_mtime
 
     def sync(self, full: bool = False) -> None:
         """Bring the index in step with the folder (cheap when nothing changed).
@@ -365,16 +408,18 @@ class RunIndex:
         """
         try:
             conn = self._connection()
-            self._sync_journals(conn)
+            now = time.monotonic()
+            if now - self._journals_checked_at >= self.running_refresh:  # at most once a second a process
+                self._journals_checked_at = now
+                self._sync_journals(conn)
             if self._is_current(self._meta(conn), self._dir_mtime(), full):
                 return
             with self._scan_lock():
                 conn = self._connection()  # the index may have been rebuilt meanwhile
                 full = full or self._clock() - float(self._meta(conn)["full_check_at"] or 0) >= self.rescan_seconds
-                dir_mtime = self._dir_mtime()
-                if self._is_current(self._meta(conn), dir_mtime, full):
+                if self._is_current(self._meta(conn), self._dir_mtime(), full):
                     return
-                self._scan(conn, full, dir_mtime)
+                self._scan(conn, full)
         except sqlite3.Error as err:
             raise StorageError("Run index unavailable", reason=str(err)) from err
 
@@ -425,8 +470,8 @@ class RunIndex:
             self._remove_files()
         self.sync(full=True)
 
-    def _scan(self, conn: sqlite3.Connection, full: bool, dir_mtime: int | None) -> None:
-        scan_started = time.time_ns()
+    def _diff(self, conn: sqlite3.Connection, full: bool) -> tuple[list[str], list[str]]:
+        """(new or changed ids, removed ids): the folder listed against the index."""
         known: dict[str, tuple[int, int, int]] = {
             row[0]: tuple(row[1:]) for row in conn.execute(
                 f"SELECT execution_id, inode, size, mtime_ns FROM runs WHERE source = '{FILE}'"
@@ -438,29 +483,57 @@ class RunIndex:
             inodes = self.store.list_inodes()
             present = inodes
             stale = [i for i, inode in inodes.items() if i not in known or known[i][0] != inode]
-        removed = [i for i in known if i not in present]
-        log.info("index sync (%s): %d new or changed, %d removed", "full" if full else "listing",
-                 len(stale), len(removed))
-        if removed:
-            self._write(conn, lambda c: self._delete(c, removed))
-        pending: list[Parsed] = []
-        for parsed in iter_parsed(self.store, stale):
-            pending += parsed
-            if len(pending) >= BATCH:
+        return stale, [i for i in known if i not in present]
+
+    def _settled_dir_mtime(self) -> int | None:
+        """The folder's mtime once it is at least one clock tick old.
+
+        A change made in the same tick as the mtime we record would not move it again; so
+        we list only after that tick has passed (waiting at most RACY_NS, and only right
+        after a change), and any later change gets a later mtime.
+        """
+        while True:
+            mtime = self._dir_mtime()
+            age = time.time_ns() - (mtime or 0)
+            if mtime is None or age >= RACY_NS:
+                return mtime
+            time.sleep((RACY_NS - age) / 1e9)
+
+    def _scan(self, conn: sqlite3.Connection, full: bool) -> None:
+        """Index what changed in the folder, and record the folder mtime that state matches.
+
+        The final look runs under the index's write lock, so no tracker publishes while
+        the folder is listed and every change after it moves the mtime. Should many files
+        have changed (a cold build), they are indexed first without the lock, in batches,
+        so trackers are never held up for long, and then the folder is looked at again.
+        """
+        first_full, changed = full, 0
+        while True:
+            with self._transaction(conn):
+                dir_mtime = self._settled_dir_mtime()
+                stale, removed = self._diff(conn, full)
+                if len(stale) <= BATCH:
+                    self._delete(conn, removed)
+                    self._store_batch(conn, [p for chunk in iter_parsed(self.store, stale) for p in chunk])
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'dir_mtime_ns'", (dir_mtime,))
+                    if first_full:
+                        conn.execute("UPDATE meta SET value = ? WHERE key = 'full_check_at'", (self._clock(),))
+                    changed += len(stale) + len(removed)
+                    break
+            log.info("index catching up: %d new or changed files, %d removed", len(stale), len(removed))
+            changed += len(stale) + len(removed)
+            if removed:
+                self._write(conn, lambda c: self._delete(c, removed))
+            pending: list[Parsed] = []
+            for parsed in iter_parsed(self.store, stale):
+                pending += parsed
+                if len(pending) >= BATCH:
+                    self._write(conn, lambda c: self._store_batch(c, pending))
+                    pending = []
+            if pending:
                 self._write(conn, lambda c: self._store_batch(c, pending))
-                pending = []
-        if pending:
-            self._write(conn, lambda c: self._store_batch(c, pending))
-        racy = dir_mtime is None or scan_started - dir_mtime < RACY_NS
-
-        def finish(c: sqlite3.Connection) -> None:
-            c.execute("UPDATE meta SET value = ? WHERE key = 'dir_mtime_ns'", (dir_mtime,))
-            c.execute("UPDATE meta SET value = ? WHERE key = 'dir_racy'", (int(racy),))
-            if full:
-                c.execute("UPDATE meta SET value = ? WHERE key = 'full_check_at'", (self._clock(),))
-
-        self._write(conn, finish)
-        if len(stale) + len(removed) >= PARALLEL_MIN:  # table statistics, so the planner picks the narrow index
+            full = False  # the final look only needs the listing
+        if changed >= PARALLEL_MIN:  # table statistics, so the planner picks the narrow index
             self._write(conn, lambda c: c.execute("ANALYZE"))
 
     @staticmethod
@@ -504,31 +577,42 @@ class RunIndex:
         conn.executemany("INSERT INTO run_text (rowid, content) VALUES (?, ?)",
                          [(n, run.text) for n, run in numbered if run.text])
 
-    def note_saved(self, record: dict[str, Any], saved: SavedFile) -> bool:
-        """Write a just-published run through to an existing index (never creates one).
+    def save(self, record: dict[str, Any]) -> SavedFile:
+        """Publish a record through the store, indexing it at once (what the tracker calls).
 
-        The recorded folder mtime moves on only if the index was in step with the folder
-        just before this save, so a change made by someone else is still found by listing.
+        The temp file is created, and the file published, while this holds the index's
+        write lock, so concurrent writers take turns and each knows the folder changes
+        it sees are its own: the recorded folder mtime moves on with them, and readers
+        need no listing to see the run. (If the index was not in step just before, it
+        stays behind and the next request lists the folder, as for a change made by
+        hand.) Without an index yet, or if it cannot be opened, the record is published
+        all the same: the files are the truth.
 
-        :returns: True if the run was written through.
+        :raises RunAlreadyExists: if a run with this id is already stored.
+        :raises StorageError: if the record cannot be written.
         """
         if not self.path.exists():
-            return False
-        conn = self._open_checked()
+            return self.store.save(record)
         try:
-            run = extract(record, saved.identity)
-
-            def work(c: sqlite3.Connection) -> None:
-                meta = self._meta(c)
-                self._store_batch(c, [(saved.execution_id, run)])
-                if (saved.dir_mtime_before is not None and not meta["dir_racy"]
-                        and meta["dir_mtime_ns"] == saved.dir_mtime_before):
-                    c.execute("UPDATE meta SET value = ? WHERE key = 'dir_mtime_ns'", (saved.dir_mtime_after,))
-
-            self._write(conn, work)
+            conn = self._open_checked()
+        except (sqlite3.Error, StorageError) as err:
+            log.info("index unavailable (%s); publishing without it", err)
+            return self.store.save(record)
+        published: list[SavedFile] = []
+        try:
+            # Two short locked steps; the writing and fsync in between run unlocked.
+            prepared = self.store.prepare(record, around_create=lambda: self._own_change(conn))
+            with self._own_change(conn) as c:
+                saved = self.store.commit(prepared)
+                published.append(saved)
+                self._store_batch(c, [(saved.execution_id, extract(record, saved.identity))])
+        except sqlite3.Error as err:
+            if not published:
+                raise StorageError("Run index unavailable", reason=str(err)) from err
+            log.info("run %s published; the index will find it (%s)", published[0].execution_id, err)
         finally:
             conn.close()
-        return True
+        return published[0]
 
     # ------------------------------------------------------------ reading
 

@@ -1,16 +1,17 @@
 """RunStore: the data folder of record files: validated id -> path, atomic save, load, list, stats."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 from .errors import InvalidRecord, RunAlreadyExists, RunNotFound, StorageError
 from .records import dump_record, is_valid_execution_id, parse_record, parse_timestamp
@@ -48,13 +49,22 @@ class RecordFile:
 
 
 @dataclass(frozen=True)
+class PreparedFile:
+    """A record written to its temp file, ready to publish."""
+
+    execution_id: str
+    temp: Path
+    path: Path
+
+
+@dataclass(frozen=True)
 class SavedFile:
-    """What :meth:`RunStore.save` published, and the folder's mtime around it."""
+    """What :meth:`RunStore.commit` published, and the folder's mtime just before and after."""
 
     execution_id: str
     path: Path
     identity: tuple[int, int, int]  # inode, size, mtime_ns of the published file
-    dir_mtime_before: int | None  # None: another change came between, so no mtime is vouched for
+    dir_mtime_before: int
     dir_mtime_after: int
 
 
@@ -102,42 +112,62 @@ class RunStore:
         :raises StorageError: if the folder cannot be written (permissions, disk full).
         :raises ValueError: if the record holds values JSON cannot carry.
         """
+        return self.commit(self.prepare(record))
+
+    def prepare(self, record: dict[str, Any],
+                around_create: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> PreparedFile:
+        """First half of :meth:`save`: the record's bytes in a fsynced temp file.
+
+        :param around_create: wraps the creation of the temp file, the one step that changes
+            the folder (the index holds its write lock there, to know the change is ours).
+        :raises StorageError: if the folder cannot be written (permissions, disk full).
+        :raises ValueError: if the record holds values JSON cannot carry.
+        """
         path = self.path_for(record["execution_id"])
         data = dump_record(record)
         self.ensure_root()
         temp = self.root / f"{TEMP_PREFIX}{record['execution_id']}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
         try:
-            before = self.root.stat().st_mtime_ns
-            created = self._write_temp(temp, data)
-            if self.root.stat().st_mtime_ns != created:
-                before = None  # someone else changed the folder while we wrote: not ours alone
-            self._publish(temp, path)
-            _unlink_quietly(temp)
-            self._fsync_dir()
-            st = path.stat()
-            after = self.root.stat().st_mtime_ns
-        except FileExistsError:
-            raise RunAlreadyExists("Run already stored", execution_id=record["execution_id"]) from None
+            with around_create():
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fchmod(fd, 0o644)  # readable by the server's user whatever our umask
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except OSError as err:
+            _unlink_quietly(temp)
             raise StorageError("Run could not be saved", execution_id=record["execution_id"],
                                reason=err.strerror or str(err)) from err
-        finally:
-            _unlink_quietly(temp)
-        return SavedFile(record["execution_id"], path, (st.st_ino, st.st_size, st.st_mtime_ns), before, after)
+        return PreparedFile(record["execution_id"], temp, path)
 
-    def _write_temp(self, temp: Path, data: bytes) -> int:
-        """Write and fsync *temp*; returns the folder's mtime right after creating it."""
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    def commit(self, prepared: PreparedFile) -> SavedFile:
+        """Second half of :meth:`save`: publish the temp file under its final name.
+
+        Quick (a link, an unlink, two stats, an fsync of the folder): the index runs it
+        while holding its write lock, so it knows which folder changes are its own.
+
+        :raises RunAlreadyExists: if a run with this id is already stored.
+        :raises StorageError: if the file cannot be published.
+        """
         try:
-            created = self.root.stat().st_mtime_ns
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchmod(fd, 0o644)  # readable by the server's user whatever our umask
-            os.fsync(fd)
+            before = self.root.stat().st_mtime_ns
+            self._publish(prepared.temp, prepared.path)
+            _unlink_quietly(prepared.temp)
+            after = self.root.stat().st_mtime_ns
+            st = prepared.path.stat()
+            self._fsync_dir()
+        except FileExistsError:
+            raise RunAlreadyExists("Run already stored", execution_id=prepared.execution_id) from None
+        except OSError as err:
+            raise StorageError("Run could not be saved", execution_id=prepared.execution_id,
+                               reason=err.strerror or str(err)) from err
         finally:
-            os.close(fd)
-        return created
+            _unlink_quietly(prepared.temp)
+        return SavedFile(prepared.execution_id, prepared.path, (st.st_ino, st.st_size, st.st_mtime_ns), before, after)
 
     @staticmethod
     def _publish(temp: Path, path: Path) -> None:

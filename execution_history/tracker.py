@@ -24,7 +24,7 @@ from .records import (
     new_execution_id,
     utc_now,
 )
-from .storage import RunStore, SavedFile, resolve_data_dir
+from .storage import RunStore, resolve_data_dir
 from .taxonomy import STAGES, TAXONOMY, TAXONOMY_VERSION, ItemType
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ class ExecutionTracker:
         """Save the record; False (logged) if it could not be: the journal then keeps the run."""
         for _ in range(_PUBLISH_ATTEMPTS):
             try:
-                saved = self.store.save(record)
+                RunIndex(self.store).save(record)
             except (StorageError, ValueError) as err:
                 log.error("execution tracker %s: run not saved (%s); its journal keeps it for recovery",
                           self.execution_id, getattr(err, "context", {}).get("reason") or err)
@@ -241,18 +241,9 @@ class ExecutionTracker:
                 log.warning("execution tracker %s: id already taken, stored as %s", self.execution_id, new_id)
                 self.execution_id = record["execution_id"] = new_id
                 continue
-            self._write_through(record, saved)
             return True
         log.error("execution tracker %s: no free id found, run not stored", self.execution_id)
         return False
-
-    def _write_through(self, record: dict[str, Any], saved: SavedFile) -> None:
-        # Only a speed-up (the index finds the file by itself), so a failure is not an error.
-        try:
-            RunIndex(self.store).note_saved(record, saved)
-        except Exception as err:  # noqa: BLE001
-            log.info("execution tracker %s: index not updated (%s); it will find the file", self.execution_id, err)
-
 
 def _exception_text(exc: BaseException) -> str:
     text = str(exc)

@@ -60,10 +60,10 @@ def test_app_start_recovers_journals(store, runs_dir, tmp_path):
 
 
 def test_disk_full_at_finalize_keeps_the_journal_and_recovery_finishes_it(store, monkeypatch, caplog):
-    def full(self, temp, data):
+    def full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(RunStore, "_write_temp", full)
+    monkeypatch.setattr(os, "fsync", full)  # the record's temp file cannot be made durable
     with ExecutionTracker("full", store=store) as run:
         run.log_user_input_text("one")
         run.log_output_text("two")
@@ -83,7 +83,8 @@ class Clock:
 
 
 def test_runs_in_progress_are_listed_as_running_then_stale_then_finished(store, runs_dir):
-    app = create_app({"RUN_HISTORY_DIR": str(runs_dir), "RUN_HISTORY_STALE_AFTER": 600})
+    app = create_app({"RUN_HISTORY_DIR": str(runs_dir), "RUN_HISTORY_STALE_AFTER": 600,
+                      "RUN_HISTORY_RUNNING_REFRESH": 0})
     clock = Clock()
     app.extensions["run_history"]["index"]._clock = clock
     client = app.test_client()
@@ -106,7 +107,8 @@ def test_runs_in_progress_are_listed_as_running_then_stale_then_finished(store, 
     assert client.get("/api/runs?status=running").get_json()["total"] == 0
 
 
-def test_exports_hold_finished_runs_only(store, client):
+def test_exports_hold_finished_runs_only(store, runs_dir):
+    client = create_app({"RUN_HISTORY_DIR": str(runs_dir), "RUN_HISTORY_RUNNING_REFRESH": 0}).test_client()
     running = ExecutionTracker("live", store=store)
     running.log_user_input_text("not yet")
     with ExecutionTracker("done", store=store) as done:
