@@ -4,11 +4,12 @@ from __future__ import annotations
 from flask import Blueprint, Response, g, jsonify, request, url_for
 from werkzeug.datastructures import MultiDict
 
+from execution_history.errors import Forbidden
 from execution_history.exporters import get_exporter
 from execution_history.exporters.xml_writer import xsd_bytes
 
 from . import audit_hooks, downloads, get_index, get_links, get_store
-from .auth import Principal, load_visible, principal
+from .auth import OPEN, Principal, load_visible, principal, tokens
 from .links import link_for_export
 from .listing import link_header, list_body
 from .openapi import build_spec
@@ -72,8 +73,11 @@ def _link_response(token: str, expires_at: str) -> Response:
 @bp.get("/download")
 def download_link() -> Response:
     """A signed link's download: no token needed, the creator's scope, never more."""
+    audit_hooks.begin("link_used")  # a refused link (tampered, expired) is audited too
     link = load_params(LINK_PARAMS, request.args)["link"]
     payload = get_links().verify(link)
+    if payload["r"] == OPEN.role and tokens() is not None:
+        raise Forbidden("This link was made while access control was off")
     g.principal = Principal(payload["u"], payload["r"])
     args = MultiDict(payload["a"])
     exporter = get_exporter(payload["f"])

@@ -64,7 +64,7 @@ def link_for_export(kind: str, fmt: str, execution_id: str | None = None) -> tup
     from flask import current_app, request
 
     from . import audit_hooks, get_store
-    from .auth import load_visible, principal
+    from .auth import principal, visible_record
     from .params import export_params, load_params, load_query
 
     audit_hooks.begin("link_created", format=fmt.lower(), **(
@@ -72,7 +72,7 @@ def link_for_export(kind: str, fmt: str, execution_id: str | None = None) -> tup
     exporter = get_exporter(fmt)
     if kind == "run":
         load_params(export_params(exporter, bulk=False), request.args)
-        load_visible(get_store(), execution_id)
+        visible_record(get_store().get(execution_id))  # finished runs only, like the export
     else:
         load_query(export_params(exporter, bulk=True), request.args)
     signer: LinkSigner = current_app.extensions["run_history"]["links"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from urllib.parse import unquote, urlsplit
 
 from flask import Blueprint, g, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response as BaseResponse
@@ -67,8 +68,14 @@ def _check_csrf() -> None:
 
 
 def _safe_next(target: str | None) -> str:
-    # only a path on this site: never "//elsewhere" or "https://elsewhere"
-    return target if target and target.startswith("/") and not target.startswith("//") else url_for("pages.browse_runs")
+    """Only a path on this site: never "//elsewhere", "https://elsewhere", "/\t/elsewhere" or "/\\elsewhere"."""
+    target = target or ""
+    for form in (target, unquote(target)):  # browsers may decode %09 and friends
+        parts = urlsplit(form)
+        if (any(not ch.isprintable() or ch.isspace() or ch == "\\" for ch in form) or parts.scheme
+                or parts.netloc or not form.startswith("/") or form.startswith("//")):
+            return url_for("pages.browse_runs")
+    return target
 
 
 @bp.route("/login", methods=["GET", "POST"])

@@ -26,7 +26,7 @@ from execution_history.records import (
     is_valid_execution_id,
 )
 
-MAX_IDS = 1000
+MAX_IDS = 250  # what fits in gunicorn's 8190-byte request line, with room for other parameters
 #: Beyond any real store, and within SQLite's 64-bit integers.
 MAX_COUNT = 2**62
 MAX_TEXT = 500

@@ -98,14 +98,19 @@ class RunFilters:
         bounds_low, bounds_high = [], []
         if self.date is not None:
             bounds_low.append(_day_start(self.date))
-            bounds_high.append(_day_start(self.date + dt.timedelta(days=1)) - 1)
+            bounds_high.append(_day_end(self.date))
         if self.date_from is not None:
             bounds_low.append(to_key(self.date_from) if isinstance(self.date_from, dt.datetime)
                               else _day_start(self.date_from))
         if self.date_to is not None:  # inclusive: a bare date means the whole day
             bounds_high.append(to_key(self.date_to) if isinstance(self.date_to, dt.datetime)
-                               else _day_start(self.date_to + dt.timedelta(days=1)) - 1)
+                               else _day_end(self.date_to))
         return max(bounds_low, default=None), min(bounds_high, default=None)
+
+
+def _day_end(day: dt.date) -> int:
+    """The last microsecond of a UTC day (9999-12-31 included)."""
+    return _day_start(day) + 86_400_000_000 - 1
 
 
 def _day_start(day: dt.date) -> int:
@@ -149,6 +154,9 @@ def fts_query(q: str) -> str:
 
     :raises InvalidParameter: if *q* holds no word to search for.
     """
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in q):
+        raise InvalidParameter("Invalid value for q", parameter="q", value=q[:200],
+                               allowed="words without control characters")
     terms = []
     for phrase, word in _QUERY_TERM.findall(q):
         text = fold_query(phrase or word).replace(_SEPARATOR_WORD, " ")

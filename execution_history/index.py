@@ -30,6 +30,7 @@ import collections
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import logging
 import multiprocessing
 import os
@@ -51,7 +52,7 @@ from .storage import RunStore, SavedFile, summarize_stats
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 #: The index lives in a hidden subfolder of the data folder: SQLite creates and deletes its
 #: -wal/-shm files as connections come and go, which must not touch the data folder's mtime.
 INDEX_DIR = ".index"
@@ -113,7 +114,8 @@ CREATE INDEX runs_time ON runs (total_execution_time, execution_id);
 CREATE INDEX runs_items ON runs (items_count, execution_id);
 -- contentless: the text lives in the record files, the index keeps only its search terms
 CREATE VIRTUAL TABLE run_text USING fts5(content, content='', tokenize='unicode61 remove_diacritics 2');
-INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('dir_mtime_ns', NULL), ('full_check_at', 0);
+INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('dir_mtime_ns', NULL), ('full_check_at', 0),
+    ('malformed_files', 0), ('malformed_bytes', 0);
 """
 
 _INSERT_RUN = f"""INSERT INTO runs (id, {', '.join(SUMMARY_COLUMNS)}, ts_key, source, inode, size, mtime_ns)
@@ -219,6 +221,18 @@ def iter_parsed(store: RunStore, execution_ids: list[str]) -> Iterator[list[Pars
             log.warning("index: worker processes failed (%s); parsing in this process", err)
     for chunk in chunks[done:]:
         yield read_chunk(str(store.root), chunk)
+
+
+def _sqlite_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """sqlite3.Error -> StorageError, where it enters (a clean 500 with a logged cause)."""
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.Error as err:
+            raise StorageError("Run index unavailable", reason=str(err)) from err
+
+    return wrapper
 
 
 class RunIndex:
@@ -449,7 +463,7 @@ class RunIndex:
             path, st = live[execution_id]
             try:
                 record = journal.build_record(journal.read_journal(path), status="running")
-            except (OSError, InvalidRecord):
+            except (OSError, InvalidRecord, KeyError, TypeError, ValueError):
                 continue
             parsed.append((execution_id, extract(record, (st.st_ino, st.st_size, st.st_mtime_ns),
                                                  last_activity_at=journal.activity_time(st))))
@@ -466,6 +480,9 @@ class RunIndex:
     def rebuild(self) -> None:
         """Throw the index away and build it again from the files (``runs reindex``)."""
         with self._scan_lock():
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:
+                conn.close()
             self._local.conn = None
             self._remove_files()
         self.sync(full=True)
@@ -516,6 +533,10 @@ class RunIndex:
                     self._delete(conn, removed)
                     self._store_batch(conn, [p for chunk in iter_parsed(self.store, stale) for p in chunk])
                     conn.execute("UPDATE meta SET value = ? WHERE key = 'dir_mtime_ns'", (dir_mtime,))
+                    # exec_*.json files whose names are no ids: unreadable records, never opened
+                    conn.executemany("UPDATE meta SET value = ? WHERE key = ?",
+                                     [(self.store.malformed[0], "malformed_files"),
+                                      (self.store.malformed[1], "malformed_bytes")])
                     if first_full:
                         conn.execute("UPDATE meta SET value = ? WHERE key = 'full_check_at'", (self._clock(),))
                     changed += len(stale) + len(removed)
@@ -630,6 +651,7 @@ class RunIndex:
             local.cache[key] = compute()
         return local.cache[key]
 
+    @_sqlite_errors
     def query(self, query: RunQuery, user_scope: str | None = None) -> tuple[list[dict[str, Any]], int]:
         """One page of run summaries in the query's order, and how many runs match in all."""
         self.sync()
@@ -652,6 +674,7 @@ class RunIndex:
             self._clock() - dt.datetime.fromisoformat(activity).timestamp() > self.stale_after)
         return summary
 
+    @_sqlite_errors
     def count(self, query: RunQuery, user_scope: str | None = None) -> int:
         """How many runs the query's filters select (ignoring its page)."""
         self.sync()
@@ -661,6 +684,7 @@ class RunIndex:
         return self._cached(conn, ("count", where, *params), lambda: conn.execute(
             f"SELECT COUNT(*) FROM runs r WHERE {where}", params).fetchone()[0])
 
+    @_sqlite_errors
     def count_rows(self, query: RunQuery, user_scope: str | None = None) -> tuple[int, int]:
         """Finished runs the query selects (its page applied) and their item rows (a run without
         items: one). Exports hold finished runs only; runs in progress have no record yet."""
@@ -701,17 +725,20 @@ class RunIndex:
             where = f"({where}) AND r.source = '{FILE}'"
         return where, params
 
+    @_sqlite_errors
     def stats(self, user_scope: str | None = None) -> dict[str, Any]:
         """The body of ``/api/runs/stats``, from the index."""
         self.sync()
         conn = self._connection()
         return self._cached(conn, ("stats", user_scope), lambda: self._stats(conn, user_scope))
 
+    @_sqlite_errors
     def runs_per_day(self, days: int = 60, user_scope: str | None = None) -> list[tuple[str, int]]:
         """(UTC day, runs started) for the last *days* days up to the newest run, oldest first."""
         self.sync()
         conn = self._connection()
-        scope, params = ("AND user_id = ?", [user_scope]) if user_scope is not None else ("", [])
+        scope, params = (f"AND source = '{FILE}' AND user_id = ?", [user_scope]) if user_scope is not None \
+            else (f"AND source = '{FILE}'", [])
         newest = conn.execute(f"SELECT MAX(ts_key) FROM runs WHERE 1 {scope}", params).fetchone()[0]
         if newest is None:
             return []
@@ -738,7 +765,9 @@ class RunIndex:
         unreadable = size_unreadable = 0
         if user_scope is None:  # an unreadable file has no owner: only unscoped stats count it
             unreadable, size_unreadable = conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM unreadable").fetchone()
+                "SELECT COUNT(*) + (SELECT value FROM meta WHERE key = 'malformed_files'),"
+                " COALESCE(SUM(size), 0) + (SELECT value FROM meta WHERE key = 'malformed_bytes')"
+                " FROM unreadable").fetchone()
         return summarize_stats(
             storage_dir=str(self.store.root), total_records=sum(by_config.values()),
             total_size_bytes=size + size_unreadable, by_config=by_config, by_status=by_status,

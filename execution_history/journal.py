@@ -11,6 +11,7 @@ the time of the last item; a torn last line is dropped, never the whole run.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import json
@@ -55,13 +56,20 @@ class Journal:
         """
         self.path = journal_path(store, header["execution_id"])
         store.ensure_root()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        # Locked and given its header under a name no one lists, then linked into place: a
+        # journal is never seen unlocked or without its header while its tracker lives.
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._write({"header": header, "pid": os.getpid()})
+            os.link(temp, self.path)
         except BaseException:
-            self.close(remove=True)
+            os.close(self._fd)
+            self._fd = -1
             raise
+        finally:
+            temp.unlink(missing_ok=True)
 
     def _write(self, entry: dict[str, Any]) -> None:
         line = (json.dumps(entry, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
@@ -176,7 +184,7 @@ def load_running(store: RunStore, execution_id: str) -> dict[str, Any] | None:
         return None
     try:
         return build_record(read_journal(path), status="running")
-    except (OSError, InvalidRecord):
+    except (OSError, InvalidRecord, KeyError, TypeError, ValueError):
         return None
 
 
@@ -202,8 +210,11 @@ def recover(store: RunStore) -> list[str]:
             try:
                 state = read_journal(path)
                 record = build_record(state)
-            except (OSError, InvalidRecord) as err:
-                log.error("journal %s cannot be recovered (%s); left in place", path.name, err)
+            except (OSError, InvalidRecord, KeyError, TypeError, ValueError) as err:
+                # kept for a person to look at, under a name recovery does not list again
+                log.error("journal %s cannot be recovered (%s); kept as .bad", path.name, err)
+                with contextlib.suppress(OSError):
+                    path.rename(path.with_name(f".bad-{path.name}"))
                 continue
             try:
                 store.save(record)

@@ -73,6 +73,8 @@ class RunStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()
+        #: (count, bytes) of ``exec_*.json`` files with malformed names, as of the last listing.
+        self.malformed = (0, 0)
 
     # ------------------------------------------------------------ paths
 
@@ -261,18 +263,32 @@ class RunStore:
                 log.warning("skipping run %s: %s", execution_id, err.message)
 
     def _iter_entries(self) -> Iterator[tuple[str, os.DirEntry[str]]]:
-        """(id, directory entry) of every ``exec_*.json`` file with a well-formed id."""
+        """(id, directory entry) of every ``exec_*.json`` file with a well-formed id.
+
+        Files named ``exec_*.json`` whose name is not a valid id are unreadable records:
+        they are counted in :attr:`malformed` (count, bytes) during the listing, never opened.
+        """
         try:
             entries = os.scandir(self.root)
         except FileNotFoundError:
+            self.malformed = (0, 0)
             return
         except OSError as err:
             raise StorageError("Data folder cannot be listed", reason=err.strerror) from err
+        count = size = 0
         with entries:
             for entry in entries:
-                execution_id = entry.name[: -len(RECORD_SUFFIX)]
-                if entry.name.endswith(RECORD_SUFFIX) and is_valid_execution_id(execution_id):
+                name = entry.name
+                if not (name.startswith("exec_") and name.endswith(RECORD_SUFFIX)):
+                    continue
+                execution_id = name[: -len(RECORD_SUFFIX)]
+                if is_valid_execution_id(execution_id):
                     yield execution_id, entry
+                else:
+                    count += 1
+                    with contextlib.suppress(OSError):
+                        size += entry.stat().st_size
+        self.malformed = (count, size)
 
     def list_files(self) -> list[RecordFile]:
         """Every record file with its inode, size and mtime."""
@@ -300,9 +316,10 @@ class RunStore:
         """
         by_config: Counter[str] = Counter()
         by_status: Counter[str] = Counter()
-        size = unreadable = 0
         timestamps = []
-        for file in self.list_files():
+        files = self.list_files()
+        unreadable, size = self.malformed
+        for file in files:
             size += file.size
             try:
                 record = self.load(file.execution_id)

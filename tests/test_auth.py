@@ -268,3 +268,20 @@ def test_no_token_or_signature_reaches_a_log_line(runs_dir, tokens, owned, tmp_p
         for secret in (tokens["alice"], tokens["admin"], signature):
             assert secret not in text
     assert "/api/download" in server.log_path.read_text()
+
+
+def test_refused_links_are_audited(api, auth_app, owned):
+    url, _ = link_of(api("/api/runs/export/csv/link", "alice"))
+    assert_error(api(url[:-3] + "AAA"), 403, "FORBIDDEN")
+    lines = audit_lines(auth_app)
+    assert [(line["event"], line["status"]) for line in lines] == [("link_created", 200), ("link_used", 403)]
+    assert url.split("link=")[1][:-3] not in auth_app.extensions["run_history"]["audit"].path.read_text()
+
+
+@pytest.mark.parametrize("target", ["//evil.example/x", "/%09/evil.example", "/\t/evil.example", "/\\evil.example",
+                                    "https://evil.example/", "javascript:alert(1)", " /x"])
+def test_sign_in_never_redirects_off_site(auth_app, tokens, target):
+    client = auth_app.test_client()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
+    response = client.post("/login", query_string={"next": target}, data={"token": tokens["alice"], "csrf": csrf})
+    assert response.status_code == 302 and response.headers["Location"] == "/"

@@ -12,7 +12,7 @@ from lxml import etree
 
 from execution_history.exporters import EXPORTERS, get_exporter
 from execution_history.exporters.cells import ITEM_COLUMNS, RUN_COLUMNS, metadata_text
-from execution_history.exporters.xlsx_writer import EXCEL_MAX_CELL, excel_text
+from execution_history.exporters.xlsx_writer import EXCEL_MAX_CELL, excel_text, utf16_length
 from execution_history.exporters.xml_writer import read_records, xsd_bytes
 
 from .conftest import HOSTILE, assert_error, record_every_type
@@ -154,7 +154,7 @@ def test_xlsx_one_run_has_native_types_and_safe_text(client, store, recorded_run
     by_text = {cell.value: cell for cell in items["S"][1:] if cell.value}
     assert by_text[HOSTILE["formula"]].data_type == "s"  # kept exactly, as text
     long = next(v for v in by_text if v.startswith("Stille Post"))
-    assert len(long) <= EXCEL_MAX_CELL and re.search(r"…\[truncated \d+ characters\]$", long)
+    assert utf16_length(long) <= EXCEL_MAX_CELL and re.search(r"…\[truncated \d+ characters\]$", long)
     control = next(v for v in by_text if v.startswith("nul"))
     assert "\u2400" in control and "\u240b" in control  # visible, and the sheet goes on
     runs_header, runs = sheet_rows(book["Runs"])
@@ -163,11 +163,12 @@ def test_xlsx_one_run_has_native_types_and_safe_text(client, store, recorded_run
     assert about["runs"] == 1 and about["item rows"] == len(record["items"]) and about["taxonomy_version"] == "1.0"
 
 
-def test_xlsx_truncation_marker_counts_the_cut_characters():
-    text = "x" * 100_000
+@pytest.mark.parametrize("text", ["x" * 100_000, "🌸" * 40_000, "a🌸" * 20_000])
+def test_xlsx_truncation_fits_excel_and_counts_the_cut_characters(text):
     cut = excel_text(text)
-    kept, marker = cut.split("…")
-    assert len(cut) <= EXCEL_MAX_CELL
+    kept, marker = cut.rsplit("…", 1)
+    assert utf16_length(cut) <= EXCEL_MAX_CELL and utf16_length(cut) > EXCEL_MAX_CELL - 40
+    assert text.startswith(kept)
     assert int(re.search(r"\d+", marker).group()) == len(text) - len(kept)
 
 

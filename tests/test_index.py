@@ -50,7 +50,10 @@ def copy_as(store, source_id, new_id, **changes):
 def test_index_answers_like_the_files(index, store, recorded_runs):
     assert ids_of(index) == sorted(recorded_runs)
     (store.root / "exec_20250101_000000_0000dead.json").write_text("{")
-    assert index.stats() == store.scan_stats()
+    (store.root / "exec_not-an-id.json").write_text("{}")
+    stats = index.stats()
+    assert stats == store.scan_stats() and stats["unreadable_records"] == 2
+    assert stats["total_size_bytes"] == sum(p.stat().st_size for p in store.root.glob("exec_*.json"))
 
 
 def test_file_copied_in_by_hand_shows_up_on_the_next_request(index, store, recorded_runs):

@@ -192,3 +192,23 @@ def test_200_random_sigkills_lose_nothing_that_was_flushed(store, tmp_path):
     assert list(iter_journals(store)) == []
     index = RunIndex(store)
     assert index.stats()["total_records"] == stats["total_records"]
+
+
+def test_a_journal_that_cannot_be_recovered_is_set_aside_not_retried(store, runs_dir):
+    store.ensure_root()
+    bad = journal_path(store, "exec_20250101_000000_0000dead")
+    bad.write_text('{"header": {"execution_id": "exec_20250101_000000_0000dead"}}\n')  # no timestamp
+    headless = journal_path(store, "exec_20250101_000000_0000beef")
+    headless.write_text('{"item": {}}\n')
+    assert recover(store) == []
+    assert not bad.exists() and not headless.exists()
+    assert sorted(p.name for p in bad.parent.iterdir()) == [f".bad-{headless.name}", f".bad-{bad.name}"]
+    assert create_app({"RUN_HISTORY_DIR": str(runs_dir)}).test_client().get("/api/runs").status_code == 200
+
+
+def test_a_new_journal_is_never_seen_unlocked(store):
+    run = ExecutionTracker("x", store=store)
+    assert [p.name for p in journal_path(store, run.execution_id).parent.iterdir()] == \
+        [f"{run.execution_id}.jsonl"]
+    assert recover(store) == []  # locked by its live tracker
+    run.finalize()

@@ -86,11 +86,13 @@ def test_truncated_and_foreign_records_are_skipped_and_counted(store):
     (store.root / "exec_20250101_000000_0000beef.json").write_text(json.dumps({"hello": "world"}))
     (store.root / "exec_20250101_000000_0000f00d.json").write_bytes(b"\xff\xfe not utf-8")
     (store.root / "other.json").write_text("not even json")
+    (store.root / "exec_backup.json").write_text("{}")  # named like a run, but no id: unreadable too
+    (store.root / "exec_20250101_000000_0000ABCD.json").write_text("{}")
     with pytest.raises(InvalidRecord):
         store.load("exec_20250101_000000_0000dead")
     stats = store.scan_stats()
-    assert stats["total_records"] == 1 and stats["unreadable_records"] == 3
-    assert stats["total_size_bytes"] == sum(f.size for f in store.list_files())
+    assert stats["total_records"] == 1 and stats["unreadable_records"] == 5
+    assert stats["total_size_bytes"] == sum(p.stat().st_size for p in store.root.glob("exec_*.json"))
     assert [r["execution_id"] for r in store.iter_records(store.list_ids())] == [run.execution_id]
 
 

@@ -1,7 +1,7 @@
 """Record -> rows, shared by the tabular formats (CSV, XLSX): columns, values, safety rules."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -57,14 +57,17 @@ def neutralize(value: str) -> str:
     return "'" + value if value.startswith(FORMULA_TRIGGERS) else value
 
 
-def truncate(value: str, limit: int) -> str:
-    """*value* cut to at most *limit* characters, ending with a visible marker when cut."""
-    if len(value) <= limit:
+def truncate(value: str, limit: int, measure: Callable[[str], int] = len) -> str:
+    """*value* cut to at most *limit* (as *measure* counts), ending with a visible marker when cut.
+
+    The marker counts the characters (code points) cut off.
+    """
+    if measure(value) <= limit:
         return value
-    # the marker's own length depends on the number it carries: find the fitting cut
     cut = limit
-    while True:
+    while True:  # the marker's own length depends on the number it carries: find the fitting cut
         marker = f"…[truncated {len(value) - cut} characters]"
-        if cut + len(marker) <= limit:
+        over = measure(value[:cut]) + measure(marker) - limit
+        if over <= 0:
             return value[:cut] + marker
-        cut = limit - len(marker)
+        cut -= max(1, over // 2)

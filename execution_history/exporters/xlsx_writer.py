@@ -43,9 +43,17 @@ _WIDTHS = {"execution_id": 32, "config_name": 18, "timestamp": 20, "finished_at"
            "file_path": 30, "user_id": 14, "session_id": 14}
 
 
+def utf16_length(value: str) -> int:
+    """Length as Excel counts it (UTF-16 code units: an emoji counts twice)."""
+    return len(value) if value.isascii() else len(value.encode("utf-16-le")) // 2
+
+
 def excel_text(value: str) -> str:
     """Text as Excel can hold it: forbidden characters made visible, length capped."""
-    return truncate(_FORBIDDEN.sub(lambda m: chr(0x2400 + ord(m.group())), value), EXCEL_MAX_CELL)
+    value = _FORBIDDEN.sub(lambda m: chr(0x2400 + ord(m.group())), value)
+    if len(value) <= EXCEL_MAX_CELL // 2:  # short enough whatever it holds: skip measuring
+        return value
+    return truncate(value, EXCEL_MAX_CELL, utf16_length)
 
 
 def _excel_time(value: str) -> dt.datetime | str:
