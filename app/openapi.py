@@ -128,13 +128,14 @@ def build_spec() -> dict[str, Any]:
         "responses": {"200": {**_json("A page of runs (X-Total-Count and Link headers)", "RunList"),
                               "headers": {"X-Total-Count": {"schema": {"type": "integer"}},
                                           "Link": {"schema": {"type": "string"}}}},
-                      "400": _error("A bad or unknown parameter")}}})
+                      "400": _error("A bad or unknown parameter"), "401": _error("No valid bearer token")}}})
     spec.path(path="/api/runs/stats", operations={"get": {
         "operationId": "get_stats", "summary": "Counts by config and status, storage size",
-        "responses": {"200": _json("Stats", "Stats")}}})
+        "responses": {"200": _json("Stats", "Stats"), "401": _error("No valid bearer token")}}})
     spec.path(path="/api/runs/{execution_id}", operations={"get": {
         "operationId": "get_run", "summary": "One whole record", "parameters": [run_id],
-        "responses": {"200": _json("The record", "RunRecord"), "404": _error("No such run")}}})
+        "responses": {"200": _json("The record", "RunRecord"), "401": _error("No valid bearer token"),
+                      "403": _error("Another user's run"), "404": _error("No such run")}}})
     def downloads(json_schema: dict[str, Any]) -> dict[str, Any]:
         content = {exporter.mimetype: {"schema": {"type": "string", "format": "binary"}}
                    for exporter in EXPORTERS.values()}
