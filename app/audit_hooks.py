@@ -54,26 +54,44 @@ class Counted:
             yield record
 
 
-def stream_audited(chunks: Iterable[bytes], rows: Counted | None) -> Iterator[bytes]:
+def stream_audited(chunks: Iterable[bytes], rows: Counted | None) -> Iterable[bytes]:
     """Pass chunks on, then write the export's audit line: rows and bytes sent, complete or not.
 
     The line's fields are taken now, while the request is current; the body runs later.
     """
     audit = g.pop("audit", None)
     if audit is None:
-        return iter(chunks)
+        return chunks
     event = audit.pop("event")
-    return _audited(chunks, rows, audit_log(), event, {**_common(), **audit})
+    return AuditedStream(chunks, rows, audit_log(), event, {**_common(), **audit})
 
 
-def _audited(chunks: Iterable[bytes], rows: Counted | None, log: AuditLog, event: str,
-             fields: dict[str, Any]) -> Iterator[bytes]:
-    sent = 0
-    complete = False
-    try:
-        for chunk in chunks:
-            sent += len(chunk)
-            yield chunk
-        complete = True
-    finally:
-        log.append(event, **fields, rows=rows.count if rows else None, bytes=sent, status=200, complete=complete)
+class AuditedStream:
+    """A response body that writes its audit line exactly once: when it ends, is cut, or is
+    closed without being read (a HEAD request, a client gone before the first byte)."""
+
+    def __init__(self, chunks: Iterable[bytes], rows: Counted | None, log: AuditLog, event: str,
+                 fields: dict[str, Any]) -> None:
+        self.chunks, self.rows, self.log, self.event, self.fields = chunks, rows, log, event, fields
+        self.sent = 0
+        self.complete = False
+        self.written = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self.chunks:
+                self.sent += len(chunk)
+                yield chunk
+            self.complete = True
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.written:
+            return
+        self.written = True
+        close = getattr(self.chunks, "close", None)
+        if close is not None:
+            close()
+        self.log.append(self.event, **self.fields, rows=self.rows.count if self.rows else None, bytes=self.sent,
+                        status=200, complete=self.complete)

@@ -148,6 +148,11 @@ def principal() -> Principal:
     return g.get("principal", OPEN)
 
 
+#: Endpoints whose refusals belong in the audit trail, with their event.
+_AUDITED = {"api.export_run": "export", "api.export_runs": "export", "api.link_run": "link_created",
+            "api.link_runs": "link_created"}
+
+
 def authenticate_api() -> None:
     """Before every /api request (unknown routes too) when access control is on: a valid
     bearer token or 401. A download link needs none: it carries its creator's scope."""
@@ -158,6 +163,11 @@ def authenticate_api() -> None:
     scheme, _, token = header.partition(" ")
     found = store.authenticate(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
     if found is None:
+        if request.endpoint in _AUDITED:  # a refused export or link request is audited too
+            from . import audit_hooks  # here: audit_hooks imports this module
+
+            audit_hooks.begin(_AUDITED[request.endpoint], format=(request.view_args or {}).get("fmt", "").lower(),
+                              execution_id=(request.view_args or {}).get("execution_id"))
         raise Unauthorized("A valid bearer token is required" if header else "Authorization required")
     g.principal = found
 

@@ -285,3 +285,19 @@ def test_sign_in_never_redirects_off_site(auth_app, tokens, target):
     csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
     response = client.post("/login", query_string={"next": target}, data={"token": tokens["alice"], "csrf": csrf})
     assert response.status_code == 302 and response.headers["Location"] == "/"
+
+
+def test_unauthorized_exports_and_head_requests_are_audited(api, auth_app, owned):
+    assert_error(api(f"/api/runs/{owned['alice'][0]}/export/csv"), 401, "UNAUTHORIZED")
+    head = api.client.head("/api/runs/export/csv", headers={"Authorization": f"Bearer {tokens_of(auth_app)}"})
+    assert head.status_code == 200 and head.get_data() == b""
+    head.close()  # what every WSGI server does with a response, read or not
+    lines = audit_lines(auth_app)
+    assert [(line["event"], line["status"], line["user"]) for line in lines] == [("export", 401, None),
+                                                                                 ("export", 200, "root")]
+    assert lines[0]["execution_id"] == owned["alice"][0] and lines[1]["complete"] is False
+
+
+def tokens_of(app):
+    """An admin token added to the app's tokens file."""
+    return app.extensions["run_history"]["tokens"].create("root", "admin")
