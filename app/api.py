@@ -76,8 +76,9 @@ def download_link() -> Response:
     audit_hooks.begin("link_used")  # a refused link (tampered, expired) is audited too
     link = load_params(LINK_PARAMS, request.args)["link"]
     payload = get_links().verify(link)
-    if payload["r"] == OPEN.role and tokens() is not None:
-        raise Forbidden("This link was made while access control was off")
+    store = tokens()
+    if store is not None and (payload["r"] == OPEN.role or not store.has_hash(payload.get("t") or "")):
+        raise Forbidden("This link was made with an access token that is no longer valid")
     g.principal = Principal(payload["u"], payload["r"])
     args = MultiDict(payload["a"])
     exporter = get_exporter(payload["f"])

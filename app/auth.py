@@ -170,6 +170,7 @@ def authenticate_api() -> None:
                               execution_id=(request.view_args or {}).get("execution_id"))
         raise Unauthorized("A valid bearer token is required" if header else "Authorization required")
     g.principal = found
+    g.token_sha256 = hash_token(token.strip())  # links made now stop working if this token is revoked
 
 
 def visible_record(record: dict[str, Any]) -> dict[str, Any]:

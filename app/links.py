@@ -36,9 +36,11 @@ class LinkSigner:
         self._serializer = URLSafeTimedSerializer(secret, salt=SALT, signer=_ClockedSigner)
 
     def create(self, creator: Principal, kind: str, fmt: str, args: list[tuple[str, str]],
-               execution_id: str | None = None) -> tuple[str, str]:
-        """(token, expires_at ISO) for an export of *kind* ``run`` or ``bulk``."""
-        payload = {"u": creator.user, "r": creator.role, "k": kind, "f": fmt, "a": args, "id": execution_id}
+               execution_id: str | None = None, token_sha256: str | None = None) -> tuple[str, str]:
+        """(token, expires_at ISO) for an export of *kind* ``run`` or ``bulk``; *token_sha256*: the
+        hash of the access token it was made with (the link dies with that token)."""
+        payload = {"u": creator.user, "r": creator.role, "k": kind, "f": fmt, "a": args, "id": execution_id,
+                   "t": token_sha256}
         token = self._serializer.dumps(payload)
         expires = dt.datetime.fromtimestamp(int(self.clock()) + self.ttl, dt.timezone.utc)
         return token, expires.isoformat()
@@ -61,7 +63,7 @@ def link_for_export(kind: str, fmt: str, execution_id: str | None = None) -> tup
     """(token, expires_at) for the current request's export (``run`` or ``bulk``), in the
     current principal's scope: checked as the export itself would be, so a bad link is
     refused now, not when it is used; audited as ``link_created``."""
-    from flask import current_app, request
+    from flask import current_app, g, request
 
     from . import audit_hooks, get_store
     from .auth import principal, visible_record
@@ -76,4 +78,5 @@ def link_for_export(kind: str, fmt: str, execution_id: str | None = None) -> tup
     else:
         load_query(export_params(exporter, bulk=True), request.args)
     signer: LinkSigner = current_app.extensions["run_history"]["links"]
-    return signer.create(principal(), kind, exporter.name, list(request.args.items(multi=True)), execution_id)
+    return signer.create(principal(), kind, exporter.name, list(request.args.items(multi=True)), execution_id,
+                         token_sha256=g.get("token_sha256"))

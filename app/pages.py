@@ -52,6 +52,7 @@ def require_sign_in() -> BaseResponse | None:
         session.clear()
         return redirect(url_for("pages.login", next=request.full_path.rstrip("?")))
     g.principal = Principal(session["user"], session["role"])
+    g.token_sha256 = digest
     return None
 
 

@@ -301,3 +301,10 @@ def test_unauthorized_exports_and_head_requests_are_audited(api, auth_app, owned
 def tokens_of(app):
     """An admin token added to the app's tokens file."""
     return app.extensions["run_history"]["tokens"].create("root", "admin")
+
+
+def test_a_link_dies_with_the_token_it_was_made_with(api, auth_app, tokens, owned):
+    url, _ = link_of(api("/api/runs/export/jsonl/link", "bob"))
+    assert api(url).status_code == 200
+    TokenStore(tokens["path"]).revoke("bob")
+    assert_error(api(url), 403, "FORBIDDEN")
