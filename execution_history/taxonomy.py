@@ -58,9 +58,3 @@ TAXONOMY: dict[str, ItemType] = {t.name: t for t in _TYPES}
 STAGES = range(0, 5)
 STAGE_NAMES = {0: "Run", 1: "Input and safety check", 2: "Interception", 3: "Output preparation and safety check",
                4: "Output"}
-
-
-def stage_of(item_type: str) -> int | None:
-    """The taxonomy's stage for an item type, or None for a type it does not know."""
-    entry = TAXONOMY.get(item_type)
-    return entry.stage if entry else None
