@@ -9,7 +9,6 @@ from urllib.parse import urlencode
 
 from werkzeug.datastructures import MultiDict
 
-from execution_history.exporters import EXPORTERS
 from execution_history.taxonomy import STAGE_NAMES
 
 #: Download buttons: (label, format, extra query parameters).
@@ -38,8 +37,7 @@ def download_links(base: str, args: MultiDict[str, str] | None = None) -> list[d
     links = []
     for label, fmt, extra in DOWNLOADS:
         query = urlencode({**kept, **extra})
-        links.append({"label": label, "format": fmt, "extension": EXPORTERS[fmt].extension,
-                      "url": f"{base}/{fmt}" + (f"?{query}" if query else "")})
+        links.append({"label": label, "format": fmt, "url": f"{base}/{fmt}" + (f"?{query}" if query else "")})
     return links
 
 

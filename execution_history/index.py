@@ -48,7 +48,7 @@ from . import journal
 from .errors import InvalidRecord, StorageError
 from .filters import ITEM_SEPARATOR, RunQuery, fold_text, to_key
 from .records import parse_record, parse_timestamp
-from .storage import RunStore, SavedFile, summarize_stats
+from .storage import Malformed, RunStore, SavedFile, summarize_stats
 
 log = logging.getLogger(__name__)
 
@@ -487,17 +487,18 @@ class RunIndex:
             self._remove_files()
         self.sync(full=True)
 
-    def _diff(self, conn: sqlite3.Connection, full: bool) -> tuple[list[str], list[str]]:
+    def _diff(self, conn: sqlite3.Connection, full: bool,
+              malformed: Malformed | None = None) -> tuple[list[str], list[str]]:
         """(new or changed ids, removed ids): the folder listed against the index."""
         known: dict[str, tuple[int, int, int]] = {
             row[0]: tuple(row[1:]) for row in conn.execute(
                 f"SELECT execution_id, inode, size, mtime_ns FROM runs WHERE source = '{FILE}'"
                 " UNION ALL SELECT execution_id, inode, size, mtime_ns FROM unreadable")}
         if full:
-            present = {f.execution_id: (f.inode, f.size, f.mtime_ns) for f in self.store.list_files()}
+            present = {f.execution_id: (f.inode, f.size, f.mtime_ns) for f in self.store.list_files(malformed)}
             stale = [i for i, ident in present.items() if known.get(i) != ident]
         else:
-            inodes = self.store.list_inodes()
+            inodes = self.store.list_inodes(malformed)
             present = inodes
             stale = [i for i, inode in inodes.items() if i not in known or known[i][0] != inode]
         return stale, [i for i in known if i not in present]
@@ -528,15 +529,15 @@ class RunIndex:
         while True:
             with self._transaction(conn):
                 dir_mtime = self._settled_dir_mtime()
-                stale, removed = self._diff(conn, full)
+                malformed = Malformed()
+                stale, removed = self._diff(conn, full, malformed)
                 if len(stale) <= BATCH:
                     self._delete(conn, removed)
                     self._store_batch(conn, [p for chunk in iter_parsed(self.store, stale) for p in chunk])
                     conn.execute("UPDATE meta SET value = ? WHERE key = 'dir_mtime_ns'", (dir_mtime,))
                     # exec_*.json files whose names are no ids: unreadable records, never opened
                     conn.executemany("UPDATE meta SET value = ? WHERE key = ?",
-                                     [(self.store.malformed[0], "malformed_files"),
-                                      (self.store.malformed[1], "malformed_bytes")])
+                                     [(malformed.count, "malformed_files"), (malformed.size, "malformed_bytes")])
                     if first_full:
                         conn.execute("UPDATE meta SET value = ? WHERE key = 'full_check_at'", (self._clock(),))
                     changed += len(stale) + len(removed)

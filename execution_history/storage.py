@@ -48,6 +48,14 @@ class RecordFile:
     mtime_ns: int
 
 
+@dataclass
+class Malformed:
+    """A caller's tally of ``exec_*.json`` files whose names are no ids (unreadable records)."""
+
+    count: int = 0
+    size: int = 0
+
+
 @dataclass(frozen=True)
 class PreparedFile:
     """A record written to its temp file, ready to publish."""
@@ -73,8 +81,6 @@ class RunStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()
-        #: (count, bytes) of ``exec_*.json`` files with malformed names, as of the last listing.
-        self.malformed = (0, 0)
 
     # ------------------------------------------------------------ paths
 
@@ -262,20 +268,18 @@ class RunStore:
             except (RunNotFound, InvalidRecord, StorageError) as err:
                 log.warning("skipping run %s: %s", execution_id, err.message)
 
-    def _iter_entries(self) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    def _iter_entries(self, malformed: Malformed | None = None) -> Iterator[tuple[str, os.DirEntry[str]]]:
         """(id, directory entry) of every ``exec_*.json`` file with a well-formed id.
 
         Files named ``exec_*.json`` whose name is not a valid id are unreadable records:
-        they are counted in :attr:`malformed` (count, bytes) during the listing, never opened.
+        they are tallied in *malformed*, if given, during the same listing, never opened.
         """
         try:
             entries = os.scandir(self.root)
         except FileNotFoundError:
-            self.malformed = (0, 0)
             return
         except OSError as err:
             raise StorageError("Data folder cannot be listed", reason=err.strerror) from err
-        count = size = 0
         with entries:
             for entry in entries:
                 name = entry.name
@@ -284,16 +288,15 @@ class RunStore:
                 execution_id = name[: -len(RECORD_SUFFIX)]
                 if is_valid_execution_id(execution_id):
                     yield execution_id, entry
-                else:
-                    count += 1
+                elif malformed is not None:
+                    malformed.count += 1
                     with contextlib.suppress(OSError):
-                        size += entry.stat().st_size
-        self.malformed = (count, size)
+                        malformed.size += entry.stat().st_size
 
-    def list_files(self) -> list[RecordFile]:
-        """Every record file with its inode, size and mtime."""
+    def list_files(self, malformed: Malformed | None = None) -> list[RecordFile]:
+        """Every record file with its inode, size and mtime (*malformed*: see ``_iter_entries``)."""
         files = []
-        for execution_id, entry in self._iter_entries():
+        for execution_id, entry in self._iter_entries(malformed):
             try:
                 st = entry.stat()
             except OSError:  # deleted between listing and stat
@@ -301,9 +304,9 @@ class RunStore:
             files.append(RecordFile(execution_id, st.st_ino, st.st_size, st.st_mtime_ns))
         return files
 
-    def list_inodes(self) -> dict[str, int]:
+    def list_inodes(self, malformed: Malformed | None = None) -> dict[str, int]:
         """Id -> inode of every record file, from the folder listing alone (no ``stat`` per file)."""
-        return {execution_id: entry.inode() for execution_id, entry in self._iter_entries()}
+        return {execution_id: entry.inode() for execution_id, entry in self._iter_entries(malformed)}
 
     def list_ids(self) -> list[str]:
         """Ids of every record file, newest first (ids start with their UTC start time)."""
@@ -317,8 +320,9 @@ class RunStore:
         by_config: Counter[str] = Counter()
         by_status: Counter[str] = Counter()
         timestamps = []
-        files = self.list_files()
-        unreadable, size = self.malformed
+        malformed = Malformed()
+        files = self.list_files(malformed)
+        unreadable, size = malformed.count, malformed.size
         for file in files:
             size += file.size
             try:
@@ -332,8 +336,8 @@ class RunStore:
         return summarize_stats(
             storage_dir=str(self.root), total_records=sum(by_config.values()), total_size_bytes=size,
             by_config=dict(by_config), by_status=dict(by_status),
-            first_timestamp=min(timestamps, default=None, key=_sort_key),
-            last_timestamp=max(timestamps, default=None, key=_sort_key),
+            first_timestamp=min(timestamps, default=None, key=parse_timestamp),
+            last_timestamp=max(timestamps, default=None, key=parse_timestamp),
             unreadable_records=unreadable)
 
 
@@ -351,9 +355,6 @@ def summarize_stats(**stats: Any) -> dict[str, Any]:
         "unreadable_records": stats["unreadable_records"],
     }
 
-
-def _sort_key(timestamp: str) -> Any:
-    return parse_timestamp(timestamp)
 
 
 def _writer_pid(name: str) -> int:

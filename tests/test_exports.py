@@ -12,7 +12,11 @@ from lxml import etree
 
 from execution_history.exporters import EXPORTERS, get_exporter
 from execution_history.exporters.cells import ITEM_COLUMNS, RUN_COLUMNS, metadata_text
-from execution_history.exporters.xlsx_writer import EXCEL_MAX_CELL, excel_text, utf16_length
+from execution_history.exporters.xlsx_writer import (
+    EXCEL_MAX_CELL,
+    excel_text,
+    utf16_length,
+)
 from execution_history.exporters.xml_writer import read_records, xsd_bytes
 
 from .conftest import HOSTILE, assert_error, record_every_type
