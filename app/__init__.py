@@ -12,11 +12,14 @@ from flask import Flask, Response, current_app, g, request
 from execution_history import RunStore, journal, resolve_data_dir
 from execution_history.audit import AuditLog
 from execution_history.index import RunIndex
+from execution_history.side import LocalSideArea
 
 from .config import load_config
 from .errors import register_error_handlers
 from .links import LinkSigner
 
+#: The local store's side area (see execution_history/side.py), a hidden subfolder of the data folder.
+SIDE_DIR = ".side"
 _CLIENT_REQUEST_ID = re.compile(r"\A[A-Za-z0-9._-]{1,128}\Z")
 #: On every response. Pages load their script and style from /static only (no inline code).
 SECURITY_HEADERS = {
@@ -55,6 +58,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         "tokens": auth.TokenStore(Path(tokens_file)) if tokens_file else None,
         "links": LinkSigner(secret, app.config["RUN_HISTORY_LINK_TTL"]),
         "audit": AuditLog(audit_path),
+        "side": LocalSideArea(store.root / SIDE_DIR),  # export jobs, sessions, leases
     }
 
     app.before_request(_assign_request_id)
@@ -77,6 +81,11 @@ def get_store() -> RunStore:
 def get_index() -> RunIndex:
     """The current app's run index."""
     return current_app.extensions["run_history"]["index"]
+
+
+def get_side() -> LocalSideArea:
+    """The current app's side area (shared by every worker and host of the store)."""
+    return current_app.extensions["run_history"]["side"]
 
 
 def get_links() -> LinkSigner:
