@@ -16,10 +16,24 @@ DEFAULTS: dict[str, Any] = {
     "RUN_HISTORY_STALE_AFTER": 600,    # seconds without an item before a running run is stale
     "RUN_HISTORY_RESCAN_SECONDS": 60,  # full stat check of every file (catches in-place edits)
     "RUN_HISTORY_RUNNING_REFRESH": 1,  # seconds between looks at the journals of runs in progress
+    "RUN_HISTORY_NAIVE_TIMEZONE": "UTC",   # IANA zone of naive timestamps in older record files
+    "RUN_HISTORY_MEDIA_DIR": None,     # None: the working directory the app was started in
+    "RUN_HISTORY_EXPORT_TTL": 86400,   # seconds an export job's file is kept after it finished
+    "RUN_HISTORY_EXPORT_WORKERS": 1,   # export jobs run at once per host
+    "RUN_HISTORY_PUBLIC_URL": None,    # e.g. https://runs.example.org: absolute URLs are built from it
+    "RUN_HISTORY_TRUSTED_HOSTS": "localhost,127.0.0.1,[::1]",  # Host headers accepted (comma-separated)
+    "RUN_HISTORY_TRUSTED_PROXIES": 0,  # how many proxies' X-Forwarded-* headers to believe
+    "RUN_HISTORY_INDEX_DIR": None,     # None: <data dir>/.index if writable, else a per-user cache folder
+    "RUN_HISTORY_JOURNAL_DIR": None,   # None: <data dir>/.journal for a local store, else per-user cache
+    "RUN_HISTORY_S3_ENDPOINT_URL": None,   # a non-AWS S3 endpoint (SeaweedFS, MinIO, Ceph)
+    "RUN_HISTORY_RETENTION_DAYS": None,    # None: keep runs forever; N: prune finished runs older than N days
 }
 
 _INTEGER_KEYS = {"RUN_HISTORY_LINK_TTL", "RUN_HISTORY_STALE_AFTER", "RUN_HISTORY_RESCAN_SECONDS",
-                 "RUN_HISTORY_RUNNING_REFRESH"}
+                 "RUN_HISTORY_RUNNING_REFRESH", "RUN_HISTORY_EXPORT_TTL", "RUN_HISTORY_EXPORT_WORKERS",
+                 "RUN_HISTORY_TRUSTED_PROXIES"}
+#: Whole numbers that may also be unset (None).
+_OPTIONAL_INTEGER_KEYS = {"RUN_HISTORY_RETENTION_DAYS"}
 
 
 def load_config(explicit: Mapping[str, Any] | None = None,
@@ -34,9 +48,11 @@ def load_config(explicit: Mapping[str, Any] | None = None,
         if environ.get(key):
             config[key] = environ[key]
     config.update(explicit or {})
-    for key in _INTEGER_KEYS:
+    for key in _INTEGER_KEYS | _OPTIONAL_INTEGER_KEYS:
+        if config[key] is None and key in _OPTIONAL_INTEGER_KEYS:
+            continue
         try:
             config[key] = int(config[key])
         except (TypeError, ValueError):
-            raise ValueError(f"{key} must be a whole number of seconds, not {config[key]!r}") from None
+            raise ValueError(f"{key} must be a whole number, not {config[key]!r}") from None
     return config

@@ -13,7 +13,8 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Protocol
+import shutil
+from typing import BinaryIO, Protocol
 
 from . import atomic
 from .errors import StorageError
@@ -50,6 +51,15 @@ class SideArea(Protocol):
     def list(self, prefix: str) -> list[str]:
         """Every key under the folder *prefix* (``"jobs"``), sorted."""
 
+    def put_file(self, key: str, source: str | os.PathLike[str]) -> None:
+        """Store the content of the local file *source* under *key* (atomic; large files welcome)."""
+
+    def open(self, key: str) -> BinaryIO | None:
+        """A readable binary stream of the bytes under *key*, or None."""
+
+    def size(self, key: str) -> int | None:
+        """The size in bytes of *key*, or None."""
+
 
 class LocalSideArea:
     """The side area as a folder (the local store's default: ``<data dir>/.side``)."""
@@ -85,19 +95,6 @@ class LocalSideArea:
         except OSError as err:
             raise StorageError("Side area cannot be written", reason=err.strerror) from err
 
-    def get(self, key: str) -> bytes | None:
-        path = self.path_for(key)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            return None
-        except OSError as err:
-            raise StorageError("Side area cannot be read", reason=err.strerror) from err
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # a FIFO or device: not ours
-                return None
-            return handle.read()
-
     def delete(self, key: str) -> bool:
         try:
             self.path_for(key).unlink()
@@ -106,6 +103,50 @@ class LocalSideArea:
             return False
         except OSError as err:
             raise StorageError("Side area cannot be written", reason=err.strerror) from err
+
+    def put_file(self, key: str, source: str | os.PathLike[str]) -> None:
+        """:raises StorageError: if the folder cannot be written."""
+        path = self._ready(key)
+        temp = atomic.temp_path_for(path)
+        try:
+            shutil.copyfile(source, temp)
+            os.chmod(temp, 0o600)
+            with open(temp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise StorageError("Side area cannot be written", reason=err.strerror) from err
+        atomic.fsync_dir(path.parent)
+
+    def open(self, key: str) -> BinaryIO | None:
+        path = self.path_for(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        except OSError as err:
+            raise StorageError("Side area cannot be read", reason=err.strerror) from err
+        handle = os.fdopen(fd, "rb")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device: not ours
+            handle.close()
+            return None
+        return handle
+
+    def get(self, key: str) -> bytes | None:
+        handle = self.open(key)
+        if handle is None:
+            return None
+        with handle:
+            return handle.read()
+
+    def size(self, key: str) -> int | None:
+        try:
+            st = os.stat(self.path_for(key), follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
 
     def list(self, prefix: str) -> list[str]:
         folder = self.path_for(prefix)

@@ -51,3 +51,13 @@ def test_exactly_one_of_many_processes_claims_a_key(tmp_path):
     for p in procs:
         p.join(timeout=30)
     assert sorted(results.get(timeout=5) for _ in procs) == [False] * 7 + [True]
+
+
+def test_put_file_open_and_size(side, tmp_path):
+    source = tmp_path / "big.bin"
+    source.write_bytes(b"x" * 300_000)
+    side.put_file("jobs/big.bin", source)
+    assert side.size("jobs/big.bin") == 300_000 and side.size("jobs/none") is None
+    with side.open("jobs/big.bin") as handle:
+        assert handle.read() == source.read_bytes()
+    assert side.open("jobs/none") is None
