@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
-from execution_history import RunStore, journal, resolve_data_dir
+from execution_history import RunStore, journal, records, resolve_data_dir
 from execution_history.audit import AuditLog
 from execution_history.index import RunIndex
 from execution_history.side import LocalSideArea
@@ -39,6 +39,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(load_config(config))
     app.json.sort_keys = False  # keep the contract's key order
     app.json.ensure_ascii = False
+    # Before anything reads a record; an unknown zone name stops start-up with a clear ValueError.
+    records.set_naive_timezone(app.config["RUN_HISTORY_NAIVE_TIMEZONE"])
 
     data_dir = resolve_data_dir(app.config["RUN_HISTORY_DIR"])
     store = RunStore(data_dir)

@@ -47,12 +47,13 @@ from typing import Any
 from . import journal
 from .errors import InvalidRecord, StorageError
 from .filters import ITEM_SEPARATOR, RunQuery, fold_text, to_key
+from . import records
 from .records import parse_record, parse_timestamp
 from .storage import Malformed, RunStore, SavedFile, summarize_stats
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "6"  # 6: files of the earlier tracker became readable (an index of 5 counted them unreadable)
 #: The index lives in a hidden subfolder of the data folder: SQLite creates and deletes its
 #: -wal/-shm files as connections come and go, which must not touch the data folder's mtime.
 INDEX_DIR = ".index"
@@ -187,8 +188,13 @@ def read_indexed(path: Path, execution_id: str) -> IndexedRun | tuple[int, int, 
 Parsed = tuple[str, "IndexedRun | tuple[int, int, int] | None"]
 
 
-def read_chunk(root: str, execution_ids: list[str]) -> list[Parsed]:
-    """Parse a chunk of files (runs in a worker process during large scans)."""
+def read_chunk(root: str, execution_ids: list[str], naive_timezone: str | None = None) -> list[Parsed]:
+    """Parse a chunk of files (runs in a worker process during large scans).
+
+    :param naive_timezone: the parent's naive zone (a spawned worker starts with the default).
+    """
+    if naive_timezone is not None and naive_timezone != records.naive_timezone():
+        records.set_naive_timezone(naive_timezone)
     store = RunStore(root)
     return [(i, read_indexed(store.path_for(i), i)) for i in execution_ids]
 
@@ -209,7 +215,7 @@ def iter_parsed(store: RunStore, execution_ids: list[str]) -> Iterator[list[Pars
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 pending: collections.deque = collections.deque()
                 for chunk in chunks:
-                    pending.append(pool.submit(read_chunk, str(store.root), chunk))
+                    pending.append(pool.submit(read_chunk, str(store.root), chunk, records.naive_timezone()))
                     if len(pending) > 2 * workers:
                         yield pending.popleft().result()
                         done += 1

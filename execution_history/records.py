@@ -15,14 +15,15 @@ import json
 import math
 import re
 import secrets
+import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import INCLUDE, Schema, ValidationError, fields, missing, validate
 
 from .errors import InvalidRecord
-from .taxonomy import STAGES, TAXONOMY_VERSION
+from .taxonomy import LEGACY_TAXONOMY_VERSION, RECORD_STAGES
 
 #: ``exec_`` + UTC ``YYYYMMDD_HHMMSS`` + ``_`` + 8 lowercase hex digits.
 EXECUTION_ID_PATTERN = r"exec_\d{8}_\d{6}_[0-9a-f]{8}"
@@ -62,7 +63,10 @@ def format_timestamp(value: dt.datetime) -> str:
 
 
 def parse_timestamp(value: str) -> dt.datetime:
-    """Parse an ISO 8601 timestamp; one without an offset (older files) is read as UTC.
+    """Parse an ISO 8601 timestamp; one without an offset is read as UTC.
+
+    (A checked record holds no naive timestamp: :func:`check_record` reads those of older
+    files in the naive time zone and converts them to UTC.)
 
     :raises ValueError: if *value* is not ISO 8601.
     """
@@ -70,6 +74,36 @@ def parse_timestamp(value: str) -> dt.datetime:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.timezone.utc)
     return parsed
+
+
+# ---------------------------------------------------------------- the naive time zone
+
+#: The zone naive timestamps of older record files are read in (RUN_HISTORY_NAIVE_TIMEZONE).
+#: A process-wide setting, because every reader of records (the app, the CLI, the index's
+#: worker processes) must read a file the same way; create_app sets it.
+_naive_zone: dt.tzinfo = dt.timezone.utc
+_naive_zone_name = "UTC"
+
+
+def set_naive_timezone(name: str) -> None:
+    """Read naive timestamps of older files in the IANA zone *name* from now on (this process).
+
+    :raises ValueError: if *name* is not a known IANA time zone.
+    """
+    global _naive_zone, _naive_zone_name
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"RUN_HISTORY_NAIVE_TIMEZONE must name an IANA time zone, not {name!r}")
+    try:
+        zone = zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # ValueError: a malformed key like "../x"
+        raise ValueError(f"RUN_HISTORY_NAIVE_TIMEZONE: unknown time zone {name!r} "
+                         "(an IANA name such as 'UTC' or 'Europe/Berlin')") from None
+    _naive_zone, _naive_zone_name = zone, name
+
+
+def naive_timezone() -> str:
+    """The name of the zone naive timestamps are read in (to hand to worker processes)."""
+    return _naive_zone_name
 
 
 # ---------------------------------------------------------------- the schema
@@ -96,8 +130,9 @@ class RunItemSchema(Schema):
 
     sequence_number = fields.Integer(required=True, strict=True, validate=validate.Range(min=1),
                                      metadata={"description": "1, 2, 3 ... global order within the run"})
-    stage = fields.Integer(required=True, strict=True, validate=validate.Range(STAGES.start, STAGES.stop - 1),
-                           metadata={"description": "Pipeline stage 0-4"})
+    stage = fields.Integer(required=True, strict=True,
+                           validate=validate.Range(RECORD_STAGES.start, RECORD_STAGES.stop - 1),
+                           metadata={"description": "Pipeline stage 0-4 (5: an older file's pipeline_complete)"})
     stage_iteration = fields.Integer(load_default=None, allow_none=True, strict=True,
                                      metadata={"description": "Iteration of a recursive stage, else null"})
     loop_iteration = fields.Integer(load_default=None, allow_none=True, strict=True,
@@ -107,7 +142,14 @@ class RunItemSchema(Schema):
     content = fields.String(load_default=None, allow_none=True, metadata={"description": "The text, or null"})
     file_path = fields.String(load_default=None, allow_none=True, metadata={"description": "Path of a media output"})
     model_used = fields.String(load_default=None, allow_none=True)
-    backend_used = fields.String(load_default=None, allow_none=True)
+    backend_used = fields.String(load_default=None, allow_none=True,
+                                 metadata={"description": "Older files may say backend_type: served here, "
+                                                          "the original key kept"})
+    media_type = fields.String(load_default=None, allow_none=True,
+                               metadata={"description": "text, image, audio, music, video, 3d or metadata "
+                                                        "(null in files of taxonomy 1.0 written without it)"})
+    config_used = fields.String(load_default=None, allow_none=True,
+                                metadata={"description": "The configuration this step ran with, or null"})
     execution_time = fields.Float(load_default=None, allow_none=True, metadata={"description": "Seconds"})
     metadata = fields.Dict(load_default=dict, metadata={"description": "Model params, safety results, anything else"})
 
@@ -123,13 +165,18 @@ class RunRecordSchema(Schema):
     config_name = fields.String(required=True)
     timestamp = _timestamp_field(required=True, metadata={"description": "Run start"})
     finished_at = _timestamp_field(load_default=None, allow_none=True)
-    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES),
+                           metadata={"description": "Inferred from the items for older files without one"})
     execution_mode = fields.String(load_default=None, allow_none=True)
     safety_level = fields.String(load_default=None, allow_none=True)
     user_id = fields.String(load_default=DEFAULT_USER_ID)
     session_id = fields.String(load_default=DEFAULT_SESSION_ID)
     total_execution_time = fields.Float(load_default=None, allow_none=True, metadata={"description": "Seconds"})
-    taxonomy_version = fields.String(load_default=TAXONOMY_VERSION)
+    taxonomy_version = fields.String(load_default=LEGACY_TAXONOMY_VERSION,
+                                     metadata={"description": "1.1 for new records; 1.0 for a file without one"})
+    # Optional, no default: only older files carry it, and a record is served as its file holds it.
+    used_seed = fields.Integer(allow_none=True, strict=True,
+                               metadata={"description": "The seed an older run used (only in files that have it)"})
     items = fields.List(fields.Nested(RunItemSchema), required=True)
 
 
@@ -145,8 +192,11 @@ def _check_timestamp(data: dict, name: str, value: str, where: str) -> None:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
         raise InvalidRecord(f"{where}: {name!r} is not an ISO 8601 timestamp") from None
-    if parsed.tzinfo is None:  # older files: read as UTC
-        data[name] = format_timestamp(parsed)
+    if parsed.tzinfo is None:  # older files: local time of the naive zone, served in UTC
+        try:
+            data[name] = parsed.replace(tzinfo=_naive_zone).astimezone(dt.timezone.utc).isoformat()
+        except OverflowError:  # 0001-01-01 in a zone east of UTC
+            raise InvalidRecord(f"{where}: {name!r} is out of range") from None
 
 
 def _compile_checker(schema: Schema, label: str) -> Callable[[dict, object], None]:
@@ -165,10 +215,15 @@ def _compile_checker(schema: Schema, label: str) -> Callable[[dict, object], Non
     for number, (name, field) in enumerate(schema.fields.items()):
         types = next(t for kind, t in kinds.items() if isinstance(field, kind))
         namespace[f"default_{number}"] = field.load_default
+        if field.required:
+            when_missing = f'        raise InvalidRecord(f"{label}: missing field {name!r}")'
+        elif field.load_default is missing:  # optional without a default: absent stays absent
+            when_missing = "        pass"
+        else:
+            when_missing = f"        data[{name!r}] = default_{number}() if callable(default_{number}) else default_{number}"
         lines += [f"    value = data.get({name!r}, MISSING)",
                   "    if value is MISSING:",
-                  f'        raise InvalidRecord(f"{label}: missing field {name!r}")' if field.required else
-                  f"        data[{name!r}] = default_{number}() if callable(default_{number}) else default_{number}",
+                  when_missing,
                   "    elif value is None:",
                   "        pass" if field.allow_none else f'        raise InvalidRecord(f"{label}: {name!r} is null")',
                   f"    elif type(value) not in {types}:",
@@ -184,16 +239,32 @@ _check_item_fields = _compile_checker(RunItemSchema(), "item {where}")
 
 
 def check_record(data: object, execution_id: str | None = None) -> dict:
-    """Check that *data* is a run record and fill documented defaults, in place.
+    """Check that *data* is a run record, fill documented defaults and upgrade older files, in place.
 
-    Naive timestamps get ``+00:00``; unknown extra fields are kept untouched.
+    This is the one place where files of the earlier tracker (API.md 1b) become records:
+    a missing ``status`` is inferred from the items and a missing ``finished_at`` is
+    ``timestamp`` + ``total_execution_time``; naive timestamps are read in the naive
+    time zone (:func:`set_naive_timezone`) and given as UTC; an item's ``backend_type``
+    is served as ``backend_used``. Unknown extra fields, ``backend_type`` included, are
+    kept untouched. Only the parsed object changes, never a file.
 
     :param execution_id: if given, the record's own id must equal it (the file name).
     :raises InvalidRecord: with a message naming the first problem found.
     """
     if type(data) is not dict:
         raise InvalidRecord("record: not a JSON object")
+    items = data.get("items")
+    if type(items) is list:
+        if "status" not in data:
+            data["status"] = _inferred_status(items)
+        for item in items:
+            # backend_type: the earlier tracker's name for backend_used (December 2025 on)
+            if type(item) is dict and item.get("backend_used") is None and type(item.get("backend_type")) is str:
+                item["backend_used"] = item["backend_type"]
+    infer_finished = "finished_at" not in data
     _check_record_fields(data, 0)
+    if infer_finished:
+        data["finished_at"] = _inferred_finished_at(data["timestamp"], data["total_execution_time"])
     if not is_valid_execution_id(data["execution_id"]):
         raise InvalidRecord("record: malformed execution_id")
     if execution_id is not None and data["execution_id"] != execution_id:
@@ -204,9 +275,31 @@ def check_record(data: object, execution_id: str | None = None) -> dict:
         if type(item) is not dict:
             raise InvalidRecord(f"item {position}: not a JSON object")
         _check_item_fields(item, position)
-        if item["stage"] not in STAGES:
+        if item["stage"] not in RECORD_STAGES:
             raise InvalidRecord(f"item {position}: stage out of range")
     return data
+
+
+def _inferred_status(items: list) -> str:
+    """An older file's status from its items (API.md 1b): an error, a block, a completion, or none."""
+    types = {item.get("item_type") for item in items if type(item) is dict}
+    if "pipeline_error" in types:
+        return "failed"
+    if "stage1_blocked" in types:
+        return "blocked"
+    if "pipeline_complete" in types:
+        return "completed"
+    return "interrupted"
+
+
+def _inferred_finished_at(timestamp: str, total: float | None) -> str | None:
+    """An older file's end: its (checked, aware) start plus its duration, null if that is missing."""
+    if total is None:
+        return None
+    try:
+        return (dt.datetime.fromisoformat(timestamp) + dt.timedelta(seconds=total)).isoformat()
+    except (OverflowError, ValueError):  # a duration no calendar holds
+        return None
 
 
 def parse_record(raw: bytes | str, execution_id: str | None = None) -> dict:

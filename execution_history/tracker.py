@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from .errors import RunAlreadyExists, StorageError
 from .index import RunIndex
 from .journal import Journal
+from .legacy_calls import EarlierTrackerCalls, accept_earlier_shapes
 from .records import (
     DEFAULT_SESSION_ID,
     DEFAULT_USER_ID,
@@ -25,7 +26,7 @@ from .records import (
     utc_now,
 )
 from .storage import RunStore, resolve_data_dir
-from .taxonomy import STAGES, TAXONOMY, TAXONOMY_VERSION, ItemType
+from .taxonomy import STAGES, TAXONOMY, TAXONOMY_VERSION, ItemType, media_type_of
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,15 @@ def _failsafe(default: Any = None) -> Callable[[Callable[..., T]], Callable[...,
     return decorate
 
 
-class ExecutionTracker:
+class ExecutionTracker(EarlierTrackerCalls):
     """Records the items of one pipeline run and finalizes them into one record file.
 
     Use it as a context manager (leaving the block finalizes the run: ``completed``, or
     ``failed`` if an exception escaped, which then propagates unchanged) or call
     :meth:`finalize` yourself. Every method is safe to call from several threads and
     never raises: a problem (disk full, a value JSON cannot carry) is logged instead.
-    There is one ``log_<item_type>`` method per taxonomy type, plus the generic :meth:`log`.
+    There is one ``log_<item_type>`` method per taxonomy type, plus the generic :meth:`log`;
+    they also take the earlier tracker's call shapes (see ``legacy_calls.py``).
     """
 
     def __init__(self, config_name: str, execution_mode: str | None = None,
@@ -129,8 +131,12 @@ class ExecutionTracker:
     def log(self, item_type: str, content: Any = None, *, stage: int | None = None,
             stage_iteration: int | None = None, loop_iteration: int | None = None,
             file_path: Any = None, model_used: Any = None, backend_used: Any = None,
-            execution_time: float | None = None, metadata: Any = None) -> int | None:
+            execution_time: float | None = None, metadata: Any = None, config_used: Any = None,
+            backend_type: Any = None) -> int | None:
         """Record one item; *stage* defaults to the taxonomy's stage for *item_type*.
+
+        *stage_iteration* and *loop_iteration* default to what ``set_stage_iteration`` and
+        ``set_loop_iteration`` said last; *backend_type* is the earlier name of *backend_used*.
 
         :returns: the item's sequence number, or None if nothing was recorded (the run
             was already finalized, or the item could not be made safe: both logged).
@@ -142,14 +148,16 @@ class ExecutionTracker:
         item = {
             "sequence_number": 0,
             "stage": self._stage(stage, entry),
-            "stage_iteration": _count(stage_iteration),
-            "loop_iteration": _count(loop_iteration),
+            "stage_iteration": _count(self.default_stage_iteration if stage_iteration is None else stage_iteration),
+            "loop_iteration": _count(self.default_loop_iteration if loop_iteration is None else loop_iteration),
             "item_type": item_type,
             "timestamp": format_timestamp(self._now()),
             "content": make_text(content),
             "file_path": make_text(os.fspath(file_path) if isinstance(file_path, os.PathLike) else file_path),
             "model_used": make_text(model_used),
-            "backend_used": make_text(backend_used),
+            "backend_used": make_text(backend_type if backend_used is None else backend_used),
+            "media_type": media_type_of(item_type),
+            "config_used": make_text(config_used),
             "execution_time": _seconds(execution_time),
             "metadata": _metadata(metadata),
         }
@@ -188,16 +196,20 @@ class ExecutionTracker:
     # ------------------------------------------------------------ finalizing
 
     @_failsafe(default=lambda: None)
-    def finalize(self, status: str = "completed") -> str:
+    def finalize(self, status: str | None = None) -> str:
         """Write the run's record file and return the execution id.
 
         A second call returns the id again and changes nothing. *status* is one of
         ``completed``, ``blocked``, ``failed``; anything else is logged and stored as
-        ``failed``. If the file cannot be written the error is logged, not raised.
+        ``failed``. Without one it is inferred: ``failed`` if a ``pipeline_error`` was
+        logged, else ``blocked`` if a ``stage1_blocked`` was, else ``completed``. If the
+        file cannot be written the error is logged, not raised.
         """
         with self._lock:
             if self._finalized:
                 return self.execution_id
+            if status is None:
+                status = self.inferred_status({item["item_type"] for item in self._items})
             self._finalized = True
             if status not in TRACKER_STATUSES:
                 log.error("execution tracker %s: status %r is not one of %s; stored as failed",
@@ -286,6 +298,7 @@ def _make_log_method(entry: ItemType) -> Callable[..., int | None]:
     else:
         def method(self: ExecutionTracker, content: Any = None, **kwargs: Any) -> int | None:
             return self.log(entry.name, content, **kwargs)
+    method = accept_earlier_shapes(entry.name, method)
     method.__name__ = method.__qualname__ = f"log_{entry.name}"
     method.__doc__ = (f"Record a ``{entry.name}`` item (stage {entry.stage}): {entry.description}\n\n"
                       "Keyword arguments are those of :meth:`ExecutionTracker.log`.")

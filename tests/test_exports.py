@@ -9,6 +9,7 @@ import re
 import openpyxl
 import pytest
 from lxml import etree
+from openpyxl.utils import get_column_letter
 
 from execution_history.exporters import EXPORTERS, get_exporter
 from execution_history.exporters.cells import ITEM_COLUMNS, RUN_COLUMNS, metadata_text
@@ -75,7 +76,8 @@ def expected_item_rows(record):
             "sequence_number": item["sequence_number"], "stage": item["stage"],
             "stage_iteration": item["stage_iteration"], "loop_iteration": item["loop_iteration"],
             "item_type": item["item_type"], "item_timestamp": item["timestamp"], "model_used": item["model_used"],
-            "backend_used": item["backend_used"], "execution_time": item["execution_time"],
+            "backend_used": item["backend_used"], "media_type": item["media_type"],
+            "config_used": item["config_used"], "execution_time": item["execution_time"],
             "file_path": item["file_path"], "content": item["content"], "metadata": metadata_text(item["metadata"])}
         rows.append({name: csv_cell({**run, **fields}.get(name)) for name in ITEM_COLUMNS})
     return rows
@@ -147,7 +149,7 @@ def test_xlsx_one_run_has_native_types_and_safe_text(client, store, recorded_run
     header, rows = sheet_rows(items)
     assert [h.removesuffix(" (UTC)") for h in header] == list(ITEM_COLUMNS)
     assert all(cell.font.b for cell in items[1]) and items.freeze_panes == "A2"
-    assert items.auto_filter.ref == f"A1:T{len(rows) + 1}"
+    assert items.auto_filter.ref == f"A1:{get_column_letter(len(ITEM_COLUMNS))}{len(rows) + 1}"
     assert len(rows) == len(record["items"])
     for row, item in zip(rows, record["items"]):
         values = dict(zip(ITEM_COLUMNS, row))
@@ -155,7 +157,7 @@ def test_xlsx_one_run_has_native_types_and_safe_text(client, store, recorded_run
         assert values["execution_time"] == item["execution_time"]
         assert values["item_timestamp"] == dt.datetime.fromisoformat(item["timestamp"]).replace(tzinfo=None)
         assert values["content"] == (excel_text(item["content"]) if item["content"] else None)
-    by_text = {cell.value: cell for cell in items["S"][1:] if cell.value}
+    by_text = {cell.value: cell for cell in items[get_column_letter(ITEM_COLUMNS.index("content") + 1)][1:] if cell.value}
     assert by_text[HOSTILE["formula"]].data_type == "s"  # kept exactly, as text
     long = next(v for v in by_text if v.startswith("Stille Post"))
     assert utf16_length(long) <= EXCEL_MAX_CELL and re.search(r"…\[truncated \d+ characters\]$", long)
@@ -164,7 +166,7 @@ def test_xlsx_one_run_has_native_types_and_safe_text(client, store, recorded_run
     runs_header, runs = sheet_rows(book["Runs"])
     assert runs[0][RUN_COLUMNS.index("items_count")] == len(record["items"])
     about = {row[0]: row[1] for row in book["About"].iter_rows(values_only=True)}
-    assert about["runs"] == 1 and about["item rows"] == len(record["items"]) and about["taxonomy_version"] == "1.0"
+    assert about["runs"] == 1 and about["item rows"] == len(record["items"]) and about["taxonomy_version"] == "1.1"
 
 
 @pytest.mark.parametrize("text", ["x" * 100_000, "🌸" * 40_000, "a🌸" * 20_000])

@@ -91,6 +91,7 @@ def records(draw):
             "item_type": draw(st.sampled_from(sorted(TAXONOMY))), "timestamp": draw(TIMESTAMPS),
             "content": draw(st.one_of(st.none(), TEXT)), "file_path": draw(st.one_of(st.none(), TEXT)),
             "model_used": draw(st.one_of(st.none(), TEXT)), "backend_used": draw(st.one_of(st.none(), TEXT)),
+            "media_type": draw(st.one_of(st.none(), TEXT)), "config_used": draw(st.one_of(st.none(), TEXT)),
             "execution_time": draw(st.one_of(st.none(), st.floats(0, 1e6))),
             "metadata": draw(st.dictionaries(TEXT, JSON_VALUES, max_size=3)),
         })

@@ -14,7 +14,7 @@ REQUIRED = {
 
 
 def test_taxonomy_has_the_contract_types():
-    assert TAXONOMY_VERSION == "1.0"
+    assert TAXONOMY_VERSION == "1.1"
     assert len(TAXONOMY) >= 20
     assert REQUIRED <= set(TAXONOMY)
 

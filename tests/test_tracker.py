@@ -54,7 +54,7 @@ def test_record_header_and_timing(store):
     assert {k: record[k] for k in ("config_name", "status", "execution_mode", "safety_level",
                                    "user_id", "session_id", "taxonomy_version")} == \
         {"config_name": "dada", "status": "completed", "execution_mode": "eco", "safety_level": "kids",
-         "user_id": "u7", "session_id": "s1", "taxonomy_version": "1.0"}
+         "user_id": "u7", "session_id": "s1", "taxonomy_version": "1.1"}
     assert record["timestamp"] == "2025-11-03T20:52:39+00:00"
     assert record["items"][0]["timestamp"] == "2025-11-03T20:52:40+00:00"
     assert record["finished_at"] == "2025-11-03T20:52:41+00:00"

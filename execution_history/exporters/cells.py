@@ -10,11 +10,12 @@ import orjson
 RUN_COLUMNS = ("execution_id", "config_name", "timestamp", "finished_at", "status", "execution_mode",
                "safety_level", "user_id", "session_id", "total_execution_time", "items_count",
                "taxonomy_version")
-#: One row per item, the run's columns repeated.
+#: One row per item, the run's columns repeated. Fields beyond these (a run's used_seed, an
+#: item's backend_type, unknown extras) are in JSON, JSON Lines and XML only.
 ITEM_COLUMNS = ("execution_id", "config_name", "run_timestamp", "status", "execution_mode", "safety_level",
                 "user_id", "session_id", "sequence_number", "stage", "stage_iteration", "loop_iteration",
-                "item_type", "item_timestamp", "model_used", "backend_used", "execution_time", "file_path",
-                "content", "metadata")
+                "item_type", "item_timestamp", "model_used", "backend_used", "media_type", "config_used",
+                "execution_time", "file_path", "content", "metadata")
 #: Item columns that hold timestamps (XLSX turns them into dates).
 TIMESTAMP_COLUMNS = frozenset({"timestamp", "finished_at", "run_timestamp", "item_timestamp"})
 
@@ -44,7 +45,7 @@ def iter_item_rows(record: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
     for item in record["items"]:
         yield head + (item["sequence_number"], item["stage"], item["stage_iteration"], item["loop_iteration"],
                       item["item_type"], item["timestamp"], item["model_used"], item["backend_used"],
-                      item["execution_time"], item["file_path"], item["content"], metadata_text(item["metadata"]))
+                      item["media_type"], item["config_used"], item["execution_time"], item["file_path"], item["content"], metadata_text(item["metadata"]))
 
 
 def metadata_text(metadata: dict[str, Any]) -> str:

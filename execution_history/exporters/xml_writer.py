@@ -25,9 +25,12 @@ _NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
 
 RUN_FIELDS = ("execution_id", "config_name", "timestamp", "finished_at", "status", "execution_mode",
               "safety_level", "user_id", "session_id", "total_execution_time", "items_count", "taxonomy_version")
+#: Run fields written only when the record has them (older files), after RUN_FIELDS.
+OPTIONAL_RUN_FIELDS = ("used_seed",)
 ITEM_FIELDS = ("sequence_number", "stage", "stage_iteration", "loop_iteration", "item_type", "timestamp",
-               "content", "file_path", "model_used", "backend_used", "execution_time", "metadata")
-_INTEGERS = frozenset({"items_count", "sequence_number", "stage", "stage_iteration", "loop_iteration"})
+               "content", "file_path", "model_used", "backend_used", "media_type", "config_used",
+               "execution_time", "metadata")
+_INTEGERS = frozenset({"items_count", "sequence_number", "stage", "stage_iteration", "loop_iteration", "used_seed"})
 _DOUBLES = frozenset({"total_execution_time", "execution_time"})
 _KNOWN_RUN = frozenset(RunRecordSchema().fields)
 _KNOWN_ITEM = frozenset(RunItemSchema().fields)
@@ -64,6 +67,9 @@ def record_element(record: dict[str, Any]) -> etree._Element:
     meta = etree.SubElement(root, "metadata")
     for name in RUN_FIELDS:
         _add(meta, name, len(record["items"]) if name == "items_count" else record[name])
+    for name in OPTIONAL_RUN_FIELDS:
+        if name in record:
+            _add(meta, name, record[name])
     extra = {k: v for k, v in record.items() if k not in _KNOWN_RUN}
     if extra:
         _add(meta, "extra_fields", _json(extra))
