@@ -57,12 +57,12 @@ class EarlierShape:
         """The keyword arguments of ``log()`` for the bound 2b *arguments*."""
         values = dict(arguments)
         result: dict[str, Any] = {}
+        if self.stage is not None:  # before the structured ones: from_stage is both
+            result["stage"] = values.get(self.stage)
         if self.content is not None:
             result["content"] = values.pop(self.content, None)
         structured = {name: values.pop(name, None) for name in self.structured}
-        if self.stage is not None:
-            result["stage"] = values.get(self.stage)
-            values.pop(self.stage, None)
+        values.pop(self.stage, None)
         for name, value in values.items():
             result[_RENAMED.get(name, name)] = value
         if structured:
