@@ -11,7 +11,7 @@ from flask import current_app
 from flask.cli import AppGroup
 from werkzeug.datastructures import MultiDict
 
-from execution_history import journal
+from execution_history import importer, journal
 from execution_history.errors import ExecutionHistoryError
 from execution_history.exporters import export_selection, get_exporter
 
@@ -173,3 +173,35 @@ def recover_command() -> None:
     """Turn journals of pipeline processes that died into records (status interrupted)."""
     recovered = journal.recover(get_store())
     click.echo(f"Recovered {len(recovered)} run(s)." + "".join(f"\n{i}" for i in recovered))
+
+
+def _printable(name: str) -> str:
+    """A file name safe to print on one line (control characters and undecodable bytes escaped)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in name)
+
+
+@runs.command("import")
+@click.argument("source", type=click.Path(exists=True, file_okay=False, readable=True))
+def import_command(source: str) -> None:
+    """Copy the record files of SOURCE (e.g. an old exports/executions/) into the store.
+
+    Each file is validated, then stored byte for byte, never over an existing run; one
+    line per file says copied, already there or unreadable (with the reason), the last
+    line the counts. Exit code 1 if any file was unreadable (the others are still copied).
+    """
+    store = get_store()
+    counts = dict.fromkeys((importer.COPIED, importer.ALREADY_THERE, importer.UNREADABLE), 0)
+    try:
+        for result in importer.iter_import(store, source):
+            counts[result.outcome] += 1
+            click.echo(f"{result.outcome}: {_printable(result.name)}"
+                       + (f" ({_printable(result.reason)})" if result.reason else ""))
+    except OSError as err:
+        raise click.ClickException(f"{source} cannot be read: {err.strerror or err}") from None
+    except ExecutionHistoryError as err:
+        _fail(err)
+    click.echo(f"{sum(counts.values())} file(s) from {_printable(source)}: {counts[importer.COPIED]} copied, "
+               f"{counts[importer.ALREADY_THERE]} already there, {counts[importer.UNREADABLE]} unreadable.")
+    if counts[importer.UNREADABLE]:
+        raise SystemExit(1)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager
 
+from . import atomic
 from .errors import InvalidRecord, RunAlreadyExists, RunNotFound, StorageError
 from .records import dump_record, is_valid_execution_id, parse_record, parse_timestamp
 
@@ -121,6 +122,24 @@ class RunStore:
         :raises ValueError: if the record holds values JSON cannot carry.
         """
         return self.commit(self.prepare(record))
+
+    def save_bytes(self, execution_id: str, data: bytes) -> bool:
+        """Publish the bytes of a record file as they are (an import); never overwrites.
+
+        Atomic like :meth:`save` (temp file, fsync, hard link). The caller validates *data*
+        first (``parse_record``): the store keeps a file byte for byte, and reading upgrades it.
+
+        :returns: True if stored, False if a run with this id is already stored (nothing written).
+        :raises RunNotFound: if *execution_id* is malformed.
+        :raises StorageError: if the folder cannot be written.
+        """
+        path = self.path_for(execution_id)
+        self.ensure_root()
+        try:
+            return atomic.create_file(path, data)
+        except OSError as err:
+            raise StorageError("Run could not be saved", execution_id=execution_id,
+                               reason=err.strerror or str(err)) from err
 
     def prepare(self, record: dict[str, Any],
                 around_create: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> PreparedFile:
