@@ -153,6 +153,18 @@ def read_earlier_call(item_type: str, args: tuple[Any, ...], kwargs: dict[str, A
     return shape.to_log_arguments(bound.arguments)
 
 
+def describe_earlier_shape(item_type: str) -> str:
+    """A docstring paragraph naming the 2b signature of ``log_<item_type>`` ("" if it has none)."""
+    shape = SHAPES.get(item_type)
+    if shape is None:
+        return ""
+    plain = shape.signature.replace(
+        parameters=[p.replace(annotation=inspect.Parameter.empty) for p in shape.signature.parameters.values()],
+        return_annotation=inspect.Signature.empty)
+    return (f"\n\nAlso takes the earlier tracker's call ``log_{item_type}{plain}`` "
+            "(``backend_type=`` for ``backend_used=``); see ``execution_history/legacy_calls.py``.")
+
+
 def accept_earlier_shapes(item_type: str, method: Callable[..., Any]) -> Callable[..., Any]:
     """*method* (a new-shape ``log_<item_type>``), also taking the 2b shape of that type if it has one."""
     if item_type not in SHAPES:

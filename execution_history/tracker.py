@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from .errors import RunAlreadyExists, StorageError
 from .index import RunIndex
 from .journal import Journal
-from .legacy_calls import EarlierTrackerCalls, accept_earlier_shapes
+from .legacy_calls import EarlierTrackerCalls, accept_earlier_shapes, describe_earlier_shape
 from .records import (
     DEFAULT_SESSION_ID,
     DEFAULT_USER_ID,
@@ -301,7 +301,8 @@ def _make_log_method(entry: ItemType) -> Callable[..., int | None]:
     method = accept_earlier_shapes(entry.name, method)
     method.__name__ = method.__qualname__ = f"log_{entry.name}"
     method.__doc__ = (f"Record a ``{entry.name}`` item (stage {entry.stage}): {entry.description}\n\n"
-                      "Keyword arguments are those of :meth:`ExecutionTracker.log`.")
+                      "Keyword arguments are those of :meth:`ExecutionTracker.log`."
+                      + describe_earlier_shape(entry.name))
     return _failsafe()(method)
 
 
