@@ -94,6 +94,7 @@ def records(draw):
             "media_type": draw(st.one_of(st.none(), TEXT)), "config_used": draw(st.one_of(st.none(), TEXT)),
             "execution_time": draw(st.one_of(st.none(), st.floats(0, 1e6))),
             "metadata": draw(st.dictionaries(TEXT, JSON_VALUES, max_size=3)),
+            **draw(st.one_of(st.just({}), st.fixed_dictionaries({"backend_type": TEXT}))),  # an older file's key
         })
     return check_record({
         "execution_id": "exec_20251103_205239_896e054c", "config_name": draw(TEXT), "timestamp": draw(TIMESTAMPS),
@@ -101,7 +102,10 @@ def records(draw):
         "status": draw(st.sampled_from(["completed", "blocked", "failed", "interrupted"])),
         "execution_mode": draw(st.one_of(st.none(), TEXT)), "safety_level": draw(st.one_of(st.none(), TEXT)),
         "user_id": draw(TEXT), "session_id": draw(TEXT), "total_execution_time": draw(NUMBER),
-        "taxonomy_version": "1.0", "items": items})
+        "taxonomy_version": "1.0", "items": items,
+        # only older files have a seed (orjson, which writes JSON exports, takes 64-bit integers)
+        **draw(st.one_of(st.just({}), st.fixed_dictionaries(
+            {"used_seed": st.one_of(st.none(), st.integers(-2**63 + 1, 2**64 - 1))})))})
 
 
 def unneutralize(value):
