@@ -45,9 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from . import journal
+from . import records
 from .errors import InvalidRecord, StorageError
 from .filters import ITEM_SEPARATOR, RunQuery, fold_text, to_key
-from . import records
 from .records import parse_record, parse_timestamp
 from .storage import Malformed, RunStore, SavedFile, summarize_stats
 

@@ -181,7 +181,7 @@ def accept_earlier_shapes(item_type: str, method: Callable[..., Any]) -> Callabl
 
 
 class EarlierTrackerCalls:
-    """The earlier tracker's iteration setters and status inference, mixed into ExecutionTracker.
+    """The earlier tracker's stage and iteration setters, mixed into ExecutionTracker.
 
     Class attributes hold the defaults, so a tracker that never calls a setter pays nothing.
     """
@@ -204,12 +204,3 @@ class EarlierTrackerCalls:
     def set_loop_iteration(self, iteration: int | None) -> None:
         """The ``loop_iteration`` of the items logged from now on that name none (None: no default)."""
         self.default_loop_iteration = iteration
-
-    @staticmethod
-    def inferred_status(item_types: set[str]) -> str:
-        """``finalize()`` without a status: failed after a pipeline_error, blocked after a stage1_blocked."""
-        if "pipeline_error" in item_types:
-            return "failed"
-        if "stage1_blocked" in item_types:
-            return "blocked"
-        return "completed"

@@ -16,7 +16,7 @@ import math
 import re
 import secrets
 import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -253,14 +253,8 @@ def check_record(data: object, execution_id: str | None = None) -> dict:
     """
     if type(data) is not dict:
         raise InvalidRecord("record: not a JSON object")
-    items = data.get("items")
-    if type(items) is list:
-        if "status" not in data:
-            data["status"] = _inferred_status(items)
-        for item in items:
-            # backend_type: the earlier tracker's name for backend_used (December 2025 on)
-            if type(item) is dict and item.get("backend_used") is None and type(item.get("backend_type")) is str:
-                item["backend_used"] = item["backend_type"]
+    if "status" not in data and type(data.get("items")) is list:
+        data["status"] = status_of(item.get("item_type") for item in data["items"] if type(item) is dict)
     infer_finished = "finished_at" not in data
     _check_record_fields(data, 0)
     if infer_finished:
@@ -277,19 +271,24 @@ def check_record(data: object, execution_id: str | None = None) -> dict:
         _check_item_fields(item, position)
         if item["stage"] not in RECORD_STAGES:
             raise InvalidRecord(f"item {position}: stage out of range")
+        # backend_type: the earlier tracker's name for backend_used (December 2025 on)
+        if item["backend_used"] is None and type(item.get("backend_type")) is str:
+            item["backend_used"] = item["backend_type"]
     return data
 
 
-def _inferred_status(items: list) -> str:
-    """An older file's status from its items (API.md 1b): an error, a block, a completion, or none."""
-    types = {item.get("item_type") for item in items if type(item) is dict}
+def status_of(item_types: Iterable[Any], unfinished: str = "interrupted") -> str:
+    """The status a run's item types imply (API.md 1b): ``failed`` after a ``pipeline_error``,
+    else ``blocked`` after a ``stage1_blocked``, else ``completed`` after a ``pipeline_complete``,
+    else *unfinished* (an older file: ``interrupted``; ``finalize()`` says ``completed``)."""
+    types = set(item_types)
     if "pipeline_error" in types:
         return "failed"
     if "stage1_blocked" in types:
         return "blocked"
     if "pipeline_complete" in types:
         return "completed"
-    return "interrupted"
+    return unfinished
 
 
 def _inferred_finished_at(timestamp: str, total: float | None) -> str | None:

@@ -23,6 +23,7 @@ from .records import (
     make_json_safe,
     make_text,
     new_execution_id,
+    status_of,
     utc_now,
 )
 from .storage import RunStore, resolve_data_dir
@@ -209,7 +210,7 @@ class ExecutionTracker(EarlierTrackerCalls):
             if self._finalized:
                 return self.execution_id
             if status is None:
-                status = self.inferred_status({item["item_type"] for item in self._items})
+                status = status_of((item["item_type"] for item in self._items), unfinished="completed")
             self._finalized = True
             if status not in TRACKER_STATUSES:
                 log.error("execution tracker %s: status %r is not one of %s; stored as failed",
