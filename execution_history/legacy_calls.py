@@ -116,6 +116,9 @@ SHAPES: dict[str, EarlierShape] = {
     "output_image": _shape(_output_media),
     "output_audio": _shape(_output_media),
     "output_music": _shape(_output_media),
+    # not in API.md's list, but the same media outputs: earlier-style code for them records too
+    "output_video": _shape(_output_media),
+    "output_3d": _shape(_output_media),
     "pipeline_complete": _shape(_pipeline_complete, structured=("total_duration", "outputs_generated")),
     "pipeline_error": _shape(_pipeline_error, content="error_message", structured=("error_type",), stage="stage"),
     "stage_transition": _shape(_stage_transition, structured=("from_stage", "to_stage"), stage="from_stage"),

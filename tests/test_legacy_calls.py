@@ -18,7 +18,8 @@ MEDIA_TYPES = {
     "translation_result": "text", "stage1_safety_check": "metadata", "stage1_blocked": "metadata",
     "stage_transition": "metadata", "interception_iteration": "text", "interception_final": "text",
     "stage3_safety_check": "metadata", "stage3_blocked": "metadata", "output_image": "image",
-    "output_audio": "audio", "output_music": "music", "pipeline_complete": "metadata", "pipeline_error": "metadata",
+    "output_audio": "audio", "output_music": "music", "output_video": "video", "output_3d": "3d",
+    "pipeline_complete": "metadata", "pipeline_error": "metadata",
 }
 
 
@@ -214,7 +215,7 @@ BOTH_READINGS = {
         (("moving on",), {"stage": 1}, {"stage": 1, "content": "moving on"}),
         ((1, 2), {}, {"stage": 1, "metadata": {"from_stage": 1, "to_stage": 2}})],
 }
-for _media in ("output_image", "output_audio", "output_music"):
+for _media in ("output_image", "output_audio", "output_music", "output_video", "output_3d"):
     BOTH_READINGS[_media] = [
         (("a caption",), {"file_path": "x.png", "loop_iteration": 1},
          {"stage": 4, "content": "a caption", "file_path": "x.png", "loop_iteration": 1}),
@@ -261,3 +262,27 @@ def test_backend_type_is_backend_used_in_the_generic_log(store):
     run.finalize()
     items = store.load(run.execution_id)["items"]
     assert [(i["backend_used"], i["config_used"]) for i in items] == [("ollama", "dada"), ("openrouter", None)]
+
+
+#: API.md 1b's media_type rule, applied by hand to every type of taxonomy 1.1.
+EVERY_MEDIA_TYPE = {
+    **dict.fromkeys(["pipeline_start", "config_loaded", "pipeline_warning", "pipeline_error", "pipeline_complete",
+                     "stage_transition", "language_detection", "stage1_safety_check", "stage1_blocked",
+                     "stage3_safety_check", "stage3_blocked"], "metadata"),
+    **dict.fromkeys(["user_input_text", "translation_result", "interception_iteration", "interception_final",
+                     "prompt_optimization", "stage3_translation", "output_text"], "text"),
+    **dict.fromkeys(["user_input_image", "stage1_safety_check_image", "output_image"], "image"),
+    **dict.fromkeys(["user_input_audio", "output_audio"], "audio"),
+    "output_music": "music", "output_video": "video", "output_3d": "3d",
+}
+
+
+def test_every_new_item_carries_the_media_type_of_its_type(store):
+    from execution_history.taxonomy import TAXONOMY
+
+    from .conftest import record_every_type
+
+    record = store.load(record_every_type(store))
+    assert set(EVERY_MEDIA_TYPE) == set(TAXONOMY)
+    assert {i["item_type"]: i["media_type"] for i in record["items"][:len(TAXONOMY)]} == EVERY_MEDIA_TYPE
+    assert record["taxonomy_version"] == "1.1"
