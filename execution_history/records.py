@@ -94,7 +94,8 @@ def set_naive_timezone(name: str) -> None:
     if not isinstance(name, str) or not name:
         raise ValueError(f"RUN_HISTORY_NAIVE_TIMEZONE must name an IANA time zone, not {name!r}")
     try:
-        zone = zoneinfo.ZoneInfo(name)
+        # the default needs no time zone database (a slim image may have none)
+        zone = dt.timezone.utc if name == "UTC" else zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # ValueError: a malformed key like "../x"
         raise ValueError(f"RUN_HISTORY_NAIVE_TIMEZONE: unknown time zone {name!r} "
                          "(an IANA name such as 'UTC' or 'Europe/Berlin')") from None

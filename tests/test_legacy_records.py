@@ -261,7 +261,7 @@ def test_reading_never_rewrites_a_file(berlin_app, legacy_dir):
 
 
 def test_an_unknown_time_zone_stops_the_app(runs_dir):
-    for name in ("Mars/Olympus_Mons", "../../etc/passwd", ""):
+    for name in ("Mars/Olympus_Mons", "../../etc/passwd", "", "Europe/Berlin\x00", "/etc/localtime"):
         with pytest.raises(ValueError, match="RUN_HISTORY_NAIVE_TIMEZONE"):
             create_app({"TESTING": True, "RUN_HISTORY_DIR": str(runs_dir), "RUN_HISTORY_NAIVE_TIMEZONE": name})
 
