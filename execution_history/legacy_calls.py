@@ -7,11 +7,14 @@ methods, so each call is read one of two ways, by one rule:
 
 - A call is read the **earlier** way when its arguments bind to the 2b signature (every
   required parameter given, positionally or by name; ``backend_type`` counts as
-  ``backend_used``) and either it does not fit the new shape (more positional arguments
-  than the new shape takes, or a keyword that only the 2b signature has, such as
-  ``safe`` or ``translated_text``) or both fit. Both fit only where the two readings
-  record the same item, except ``log_user_input_image(x)``: there ``x`` is the file path
-  (new code passes ``content=`` by name to say otherwise).
+  ``backend_used``; other keywords of ``log()`` are passed on as they are) and either it
+  does not fit the new shape (more positional arguments than the new shape takes, or a
+  keyword that only the 2b signature has, such as ``safe`` or ``translated_text``) or
+  both fit. The two readings of a call that fits both differ only when one positional
+  argument comes with every other required 2b parameter: ``log_user_input_image(x)``
+  takes ``x`` as the file path, ``log_output_image(x, config_used=..., file_path=...,
+  model_used=..., backend_used=..., metadata=...)`` as the loop iteration (new code names
+  ``content=`` to say otherwise).
 - Otherwise it is read the **new** way (content first, the keyword arguments of ``log()``).
 - A call that fits neither but has more positional arguments than the new shape takes
   is read the earlier way as far as it goes: missing parameters are null, and a warning
@@ -136,9 +139,12 @@ def read_earlier_call(item_type: str, args: tuple[Any, ...], kwargs: dict[str, A
     kwargs = dict(kwargs)
     if "backend_type" in kwargs:  # December 2025 on: backend_type= where 2b says backend_used=
         backend_type = kwargs.pop("backend_type")
-        if kwargs.get("backend_used") is None and "backend_used" in shape.signature.parameters:
+        if kwargs.get("backend_used") is None:
             kwargs["backend_used"] = backend_type
     fits_new = len(args) <= shape.new_positional and set(kwargs) <= NEW_KEYWORDS
+    # keywords of log() that the 2b signature lacks (execution_time= on log_interception_iteration) pass on
+    passed_on = {name: kwargs.pop(name) for name in list(kwargs)
+                 if name in NEW_KEYWORDS and name not in shape.signature.parameters}
     try:
         bound = shape.signature.bind(*args, **kwargs)
     except TypeError:
@@ -153,7 +159,7 @@ def read_earlier_call(item_type: str, args: tuple[Any, ...], kwargs: dict[str, A
         log.warning("execution tracker: log_%s called without %s; recorded as null",
                     item_type, ", ".join(missing))
     bound.apply_defaults()
-    return shape.to_log_arguments(bound.arguments)
+    return shape.to_log_arguments({**bound.arguments, **passed_on})
 
 
 def describe_earlier_shape(item_type: str) -> str:

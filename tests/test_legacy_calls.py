@@ -255,6 +255,22 @@ def test_a_call_that_fits_neither_shape_keeps_what_it_has_and_warns(store, track
         item(1, "stage3_safety_check", 3, loop_iteration=1, metadata={"safe": True, "method": None})]
 
 
+def test_keywords_of_log_pass_on_in_the_earlier_reading(store, tracker_warnings):
+    run = ExecutionTracker("dada", store=store, clock=StepClock(START))
+    run.log_interception_iteration(1, "Runde 1", "de", "en", "m", backend_type="ollama", execution_time=0.8)
+    run.log_pipeline_error("RuntimeError", "boom", 2, metadata={"trace": "x"})
+    run.log_output_image(2, config_used="sd35", file_path="o.png", model_used="sd", backend_used="comfyui",
+                         metadata={}, content="a caption")
+    run.finalize("failed")
+    assert tracker_warnings() == []
+    assert store.load(run.execution_id)["items"] == [
+        item(1, "interception_iteration", 2, "Runde 1", stage_iteration=1, model_used="m", backend_used="ollama",
+             execution_time=0.8, metadata={"from_lang": "de", "to_lang": "en"}),
+        item(2, "pipeline_error", 2, "boom", metadata={"error_type": "RuntimeError", "trace": "x"}),
+        item(3, "output_image", 4, "a caption", loop_iteration=2, config_used="sd35", file_path="o.png",
+             model_used="sd", backend_used="comfyui")]
+
+
 def test_backend_type_is_backend_used_in_the_generic_log(store):
     run = ExecutionTracker("dada", store=store)
     run.log("output_text", "x", backend_type="ollama", config_used="dada")
