@@ -71,7 +71,7 @@ EXPECTED_IDS = [COMPLETED, BLOCKED, FAILED, NEVER_DONE]
 
 def fingerprints(folder: Path) -> dict:
     return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.glob("exec_*.json"))}
+            for p in sorted(folder.glob("exec_*.json")) if p.is_file() and not p.is_symlink()}  # a FIFO blocks
 
 
 @pytest.fixture
@@ -326,15 +326,19 @@ def test_import_copies_the_original_bytes_and_reports_every_file(tmp_path, runs_
     (source / "notes\x1b[2J.json").write_text("{}")
     (source / "README.txt").write_text("not a record")
     (source / ".hidden.json").write_text("{}")
+    os.mkfifo(source / "exec_20250101_000000_00000001.json")  # reading it would block
+    (source / "exec_20250101_000000_00000002.json").symlink_to(LEGACY / f"{FAILED}.json")
     app = create_app({"TESTING": True, "RUN_HISTORY_DIR": str(runs_dir)})
     before = fingerprints(source)
     code, lines = run_import(app, source)
     assert code == 1  # an unreadable file
     assert lines == [
+        "unreadable: exec_20250101_000000_00000001.json (not a regular file)",
+        "unreadable: exec_20250101_000000_00000002.json (not a regular file)",
         "unreadable: exec_20250101_000000_0000dead.json (not JSON: JSONDecodeError)",
         *(f"copied: {i}.json" for i in sorted(EXPECTED_IDS)),
         "unreadable: notes\\x1b[2J.json (the file name is no execution id, exec_YYYYMMDD_HHMMSS_<8 hex>.json)",
-        f"6 file(s) from {source}: 4 copied, 0 already there, 2 unreadable.",
+        f"8 file(s) from {source}: 4 copied, 0 already there, 4 unreadable.",
     ]
     assert {p.name: p.read_bytes() for p in runs_dir.glob("exec_*.json")} == \
         {p.name: p.read_bytes() for p in LEGACY.glob("exec_*.json")}
