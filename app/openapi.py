@@ -13,6 +13,7 @@ from execution_history.exporters import ALIASES, EXPORTERS, PLANNED
 from execution_history.records import STATUSES, RunItemSchema, RunRecordSchema
 
 from .params import (
+    DELETE_PARAMS,
     EXPORT_OPTIONS,
     LINK_PARAMS,
     BulkExportLimitSchema,
@@ -135,7 +136,16 @@ def build_spec() -> dict[str, Any]:
     spec.path(path="/api/runs/{execution_id}", operations={"get": {
         "operationId": "get_run", "summary": "One whole record", "parameters": [run_id],
         "responses": {"200": _json("The record", "RunRecord"), "401": _error("No valid bearer token"),
-                      "403": _error("Another user's run"), "404": _error("No such run")}}})
+                      "403": _error("Another user's run"), "404": _error("No such run")}},
+        "delete": {
+            "operationId": "delete_run", "summary": "Delete a finished run for good (admins only)",
+            "description": "The record leaves the store and at once every list, search, stats and export. "
+                           "With access control off every delete is refused (403).",
+            "parameters": [run_id, {"in": "query", "schema": DELETE_PARAMS}],
+            "responses": {"204": {"description": "Deleted"}, "400": _error("A bad or unknown parameter"),
+                          "401": _error("No valid bearer token"),
+                          "403": _error("Not an admin (or access control off)"), "404": _error("No such run"),
+                          "409": _error("RUN_IN_PROGRESS: the run is still logging")}}})
     def downloads(json_schema: dict[str, Any]) -> dict[str, Any]:
         content = {exporter.mimetype: {"schema": {"type": "string", "format": "binary"}}
                    for exporter in EXPORTERS.values()}

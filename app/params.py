@@ -122,6 +122,12 @@ LINK_PARAMS = Schema.from_dict({"link": fields.String(required=True, validate=va
     name="DownloadLinkParams")()
 
 
+#: DELETE /api/runs/<id>: whether the media files only that run names go too.
+DELETE_PARAMS = Schema.from_dict({"media": fields.Boolean(load_default=False, metadata={
+    "description": "Also delete the media files that only this run names (inside RUN_HISTORY_MEDIA_DIR).",
+    "allowed": "true or false"})}, name="DeleteRunParams")()
+
+
 class BulkExportLimitSchema(FilterParamsSchema):
     """GET /api/runs/export/<format>: the list filters; without ``limit``, every match."""
 
