@@ -17,11 +17,13 @@ from execution_history.errors import ExecutionHistoryError
 from execution_history.exporters import export_selection, get_exporter
 from execution_history.lifecycle import PruneCriteria, delete_run, prune
 from execution_history.media import default_media_root
+from execution_history.pseudonyms import prepare_export
 from execution_history.records import FINAL_STATUSES
 
 from . import get_index, get_store
 from .auth import ROLES, TokenStore, tokens
 from .params import (
+    COMMON_EXPORT_OPTIONS,
     EXPORT_OPTIONS,
     BulkExportLimitSchema,
     export_params,
@@ -86,7 +88,8 @@ def reindex_command() -> None:
 def _filter_options(command: Callable[..., None]) -> Callable[..., None]:
     """One --option per bulk-export parameter (list filters, limit, offset, order, writer options)."""
     schema = BulkExportLimitSchema()
-    for name in reversed([*schema.fields, *EXPORT_OPTIONS]):
+    writer_options = [name for name in EXPORT_OPTIONS if name not in COMMON_EXPORT_OPTIONS]  # those: flags
+    for name in reversed([*schema.fields, *writer_options]):
         field = schema.fields.get(name) or EXPORT_OPTIONS[name]
         command = click.option(f"--{name.replace('_', '-')}", name, default=None,
                                help=field.metadata.get("description"))(command)
@@ -99,20 +102,24 @@ def _filter_options(command: Callable[..., None]) -> Callable[..., None]:
 @click.option("--format", "fmt", required=True, help="json, jsonl, csv, xml, xlsx (excel).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               show_default=True, help="File to write; - for standard output.")
+@click.option("--pseudonymize", flag_value="true", default=None,
+              help="Replace user_id and session_id with keyed pseudonyms (content and metadata stay).")
 @_filter_options
 def export_command(execution_id: str | None, export_all: bool, fmt: str, output: str, **params: str | None) -> None:
     """Export one run (EXECUTION_ID) or, with --all, every run the filters select."""
     if bool(execution_id) == export_all:
         raise click.UsageError("Give either an EXECUTION_ID or --all.")
     args = MultiDict({name: value for name, value in params.items() if value is not None})
+    secret = current_app.config["SECRET_KEY"]
     try:
         exporter = get_exporter(fmt)
         if export_all:
             query, options = load_query(export_params(exporter, bulk=True), args)
-            _, chunks = export_selection(exporter, get_index(), get_store(), query, options)
+            _, chunks = export_selection(exporter, get_index(), get_store(), query, options, secret_key=secret)
         else:
             options = load_params(export_params(exporter, bulk=False), args)
-            chunks = exporter.write([get_store().get(execution_id)], bulk=False, **options)
+            records, _, options, _ = prepare_export([get_store().get(execution_id)], None, options, secret)
+            chunks = exporter.write(records, bulk=False, **options)
         with click.open_file(output, "wb", atomic=output != "-") as sink:
             for chunk in chunks:
                 sink.write(chunk)

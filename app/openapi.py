@@ -13,6 +13,7 @@ from execution_history.exporters import ALIASES, EXPORTERS, PLANNED
 from execution_history.records import STATUSES, RunItemSchema, RunRecordSchema
 
 from .params import (
+    COMMON_EXPORT_OPTIONS,
     DELETE_PARAMS,
     EXPORT_OPTIONS,
     LINK_PARAMS,
@@ -94,7 +95,7 @@ def _options(fmt: str) -> list[dict[str, Any]]:
              "description": EXPORT_OPTIONS[name].metadata["description"],
              "schema": {"type": "boolean"} if isinstance(EXPORT_OPTIONS[name], fields.Boolean)
              else {"type": "string", "enum": EXPORT_OPTIONS[name].metadata["allowed"]}}
-            for name in EXPORTERS[fmt].options]
+            for name in (*EXPORTERS[fmt].options, *COMMON_EXPORT_OPTIONS)]
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -165,7 +166,8 @@ def build_spec() -> dict[str, Any]:
     plain = [name for name, exporter in EXPORTERS.items() if not exporter.options]
     variants = [("{fmt}", [{"in": "path", "name": "fmt", "required": True,
                             "description": "Export format, case-insensitive (excel = xlsx); pdf/docx: 501",
-                            "schema": {"type": "string", "enum": [*plain, *ALIASES, *PLANNED]}}], "")]
+                            "schema": {"type": "string", "enum": [*plain, *ALIASES, *PLANNED]}},
+                           *_options(plain[0])], "")]  # a plain format's options: the common ones
     variants += [(name, _options(name), f" ({name})") for name, exporter in EXPORTERS.items() if exporter.options]
     for segment, params, label in variants:
         suffix = "" if segment == "{fmt}" else f"_{segment}"
