@@ -14,7 +14,8 @@ import pytest
 
 from app import create_app
 from app.auth import TokenStore
-from execution_history import ExecutionTracker, RunStore
+from execution_history import ExecutionTracker, RunNotFound, RunStore
+from execution_history.filters import RunQuery
 from execution_history.index import RunIndex
 from execution_history.lifecycle import LEASE_KEY, PruneCriteria, Retention, prune, take_lease
 from execution_history.side import LocalSideArea
@@ -378,3 +379,21 @@ def test_the_lease_lets_one_process_prune_and_is_taken_over_when_expired(store, 
 def test_prune_with_a_running_status_prunes_nothing(store, aged):
     assert prune(store, RunIndex(store), PruneCriteria(1, status="running")) == []
     assert len(store.list_ids()) == 4
+
+
+def test_store_delete_and_index_forget(store, aged):
+    index = RunIndex(store)
+    assert index.count(RunQuery()) == 4
+    gone = aged["old_dada"]
+    # forget alone drops the rows at once (the file still there shows it is the index's doing)
+    index.forget([gone, "exec_20990101_000000_00000000"])  # unknown ids are fine
+    assert index.count(RunQuery()) == 3 and gone not in index.iter_ids(RunQuery(limit=None))
+    assert store.delete(gone) is True and store.delete(gone) is False
+    assert gone not in store.list_ids()
+    with pytest.raises(RunNotFound):
+        store.delete("exec_../x")
+
+
+def test_a_retention_below_one_day_stops_the_app(runs_dir):
+    with pytest.raises(ValueError, match="RUN_HISTORY_RETENTION_DAYS"):
+        create_app({"TESTING": True, "RUN_HISTORY_DIR": str(runs_dir), "RUN_HISTORY_RETENTION_DAYS": 0})
