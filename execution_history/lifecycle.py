@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,6 +225,7 @@ class Retention:
     audit: AuditLog | None = None
     interval: float = RETENTION_INTERVAL_SECONDS
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.timezone.utc))
+    sleep: Callable[[float], Any] = time.sleep  # injectable: tests move on without waiting an hour
     _pid: int | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -256,7 +258,6 @@ class Retention:
             threading.Thread(target=self._loop, name="run-history-retention", daemon=True).start()
 
     def _loop(self) -> None:
-        wake = threading.Event()
         while True:
             try:
                 deleted = self.run_once()
@@ -264,4 +265,4 @@ class Retention:
                     log.info("retention: pruned %d run(s) older than %d days", len(deleted), self.days)
             except Exception:  # noqa: BLE001 - a failed prune is logged; the next hour tries again
                 log.exception("retention: prune failed")
-            wake.wait(self.interval)
+            self.sleep(self.interval)

@@ -397,3 +397,24 @@ def test_store_delete_and_index_forget(store, aged):
 def test_a_retention_below_one_day_stops_the_app(runs_dir):
     with pytest.raises(ValueError, match="RUN_HISTORY_RETENTION_DAYS"):
         create_app({"TESTING": True, "RUN_HISTORY_DIR": str(runs_dir), "RUN_HISTORY_RETENTION_DAYS": 0})
+
+
+class Stop(BaseException):
+    """Ends a retention loop in a test (the loop carries on after any Exception)."""
+
+
+def test_retention_prunes_again_every_interval(store, aged, tmp_path):
+    naps = []
+
+    def sleep(seconds):
+        naps.append(seconds)
+        if len(naps) == 1:  # an hour on, a run has grown old enough
+            record_run(store, "dada", NOW - dt.timedelta(days=31))
+            return
+        raise Stop
+
+    retention = Retention(store, RunIndex(store), LocalSideArea(tmp_path / "side"), 30, sleep=sleep)
+    with pytest.raises(Stop):
+        retention._loop()
+    assert naps == [3600.0, 3600.0]
+    assert store.list_ids() == [aged["new_dada"]]  # the three old ones at first, the one grown old after

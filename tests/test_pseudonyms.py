@@ -161,9 +161,12 @@ def test_the_xlsx_about_sheet_names_filters_by_pseudonym(site):
 def test_pseudonymized_exports_are_audited_as_such(site):
     fetch(site, f"/api/runs/{site['runs']['workshop-s1']}/export/csv?pseudonymize=true")
     fetch(site, f"/api/runs/{site['runs']['workshop-s1']}/export/csv")
+    parts = urlsplit(json.loads(fetch(site, "/api/runs/export/xml/link?pseudonymize=true")[1])["url"])
+    fetch(site, f"{parts.path}?{parts.query}", token=False)
     lines = [json.loads(line) for line in site["audit"].read_text().splitlines()]
     last_two = [line for line in lines if line["event"] == "export"][-2:]
     assert [line["pseudonymized"] for line in last_two] == [True, None]
+    assert [line for line in lines if line["event"] == "link_used"][-1]["pseudonymized"] is True
 
 
 def test_bad_values_are_400(site):
