@@ -63,11 +63,14 @@ def delete_run(store: RunStore, index: RunIndex, execution_id: str,
     :raises RunInProgress: while a live tracker still logs to it.
     :raises StorageError: if the file cannot be removed.
     """
-    if journal.is_locked(journal.journal_path(store, execution_id)):  # validates the id first
+    journal_file = journal.journal_path(store, execution_id)  # validates the id first
+    if journal.is_locked(journal_file):
         raise RunInProgress("This run is still in progress; it can be deleted once it has finished",
                             execution_id=execution_id)
     record = store.get(execution_id)
     doomed = media_only_named_by(store, record, media_root) if media_root is not None else []
+    # a journal left by a pipeline that died after publishing: recovery would bring the run back
+    journal_file.unlink(missing_ok=True)
     existed = store.delete(execution_id)
     index.forget([execution_id])  # also when the file was already gone: the index must not keep it
     if not existed:  # deleted meanwhile by another request

@@ -17,7 +17,7 @@ from app.auth import TokenStore
 from execution_history import ExecutionTracker, RunNotFound, RunStore
 from execution_history.filters import RunQuery
 from execution_history.index import RunIndex
-from execution_history.lifecycle import LEASE_KEY, PruneCriteria, Retention, prune, take_lease
+from execution_history.lifecycle import LEASE_KEY, PruneCriteria, Retention, delete_run, prune, take_lease
 from execution_history.side import LocalSideArea
 
 from .conftest import LiveServer, StepClock, assert_error
@@ -418,3 +418,16 @@ def test_retention_prunes_again_every_interval(store, aged, tmp_path):
         retention._loop()
     assert naps == [3600.0, 3600.0]
     assert store.list_ids() == [aged["new_dada"]]  # the three old ones at first, the one grown old after
+
+
+def test_a_leftover_journal_cannot_bring_a_deleted_run_back(store):
+    from execution_history import journal
+
+    with ExecutionTracker("dada", store=store) as run:
+        run.log_user_input_text("a flower")
+        leftover = journal.journal_path(store, run.execution_id).read_bytes()
+    # the pipeline died after publishing, before removing its journal
+    journal.journal_path(store, run.execution_id).write_bytes(leftover)
+    deleted = delete_run(store, RunIndex(store), run.execution_id)
+    assert deleted.config_name == "dada" and not journal.journal_path(store, run.execution_id).exists()
+    assert journal.recover(store) == [] and store.list_ids() == []
