@@ -69,8 +69,10 @@ def delete_run(store: RunStore, index: RunIndex, execution_id: str,
                             execution_id=execution_id)
     record = store.get(execution_id)
     doomed = media_only_named_by(store, record, media_root) if media_root is not None else []
-    # a journal left by a pipeline that died after publishing: recovery would bring the run back
-    journal_file.unlink(missing_ok=True)
+    # a journal left by a pipeline that died after publishing: recovery would bring the run back;
+    # one that recovery set aside as unreadable (.bad-) still holds the run's items
+    for leftover in (journal_file, journal_file.with_name(f".bad-{journal_file.name}")):
+        leftover.unlink(missing_ok=True)
     existed = store.delete(execution_id)
     index.forget([execution_id])  # also when the file was already gone: the index must not keep it
     if not existed:  # deleted meanwhile by another request

@@ -427,7 +427,10 @@ def test_a_leftover_journal_cannot_bring_a_deleted_run_back(store):
         run.log_user_input_text("a flower")
         leftover = journal.journal_path(store, run.execution_id).read_bytes()
     # the pipeline died after publishing, before removing its journal
-    journal.journal_path(store, run.execution_id).write_bytes(leftover)
+    path = journal.journal_path(store, run.execution_id)
+    path.write_bytes(leftover)
+    set_aside = path.with_name(f".bad-{path.name}")  # what recovery keeps of a journal it could not read
+    set_aside.write_bytes(leftover)
     deleted = delete_run(store, RunIndex(store), run.execution_id)
-    assert deleted.config_name == "dada" and not journal.journal_path(store, run.execution_id).exists()
+    assert deleted.config_name == "dada" and not path.exists() and not set_aside.exists()
     assert journal.recover(store) == [] and store.list_ids() == []
