@@ -22,3 +22,10 @@ accesslog = "-"
 # the query string and must never reach a log line.
 access_log_format = '%(h)s %(l)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)s "%(a)s"'
 errorlog = "-"
+
+
+def post_worker_init(worker):
+    """After the fork: start the app's background work (retention) in this worker at once."""
+    from app.lifecycle import start_background
+
+    start_background(worker.wsgi)

@@ -33,7 +33,7 @@ SECURITY_HEADERS = {
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then RUN_HISTORY_* from the environment, then *config*."""
-    from . import api, audit_hooks, auth, cli, pages
+    from . import api, audit_hooks, auth, cli, lifecycle, pages
 
     app = Flask(__name__)
     app.config.update(load_config(config))
@@ -65,6 +65,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.before_request(_assign_request_id)
     app.before_request(auth.authenticate_api)
+    lifecycle.setup_retention(app)  # RUN_HISTORY_RETENTION_DAYS: prune at start, then hourly
     app.after_request(audit_hooks.finish)
     app.after_request(_send_common_headers)
     register_error_handlers(app)

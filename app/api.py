@@ -8,12 +8,12 @@ from execution_history.errors import Forbidden
 from execution_history.exporters import get_exporter
 from execution_history.exporters.xml_writer import xsd_bytes
 
-from . import audit_hooks, downloads, get_index, get_links, get_store
+from . import audit_hooks, downloads, get_index, get_links, get_store, lifecycle
 from .auth import OPEN, Principal, load_visible, principal, tokens
 from .links import link_for_export
 from .listing import link_header, list_body
 from .openapi import build_spec
-from .params import LINK_PARAMS, LIST_PARAMS, export_params, load_params, load_query
+from .params import DELETE_PARAMS, LINK_PARAMS, LIST_PARAMS, export_params, load_params, load_query
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -106,3 +106,12 @@ def get_openapi() -> Response:
 def get_run(execution_id: str) -> Response:
     """One whole record (403 for another user's run)."""
     return jsonify(load_visible(get_store(), execution_id))
+
+
+@bp.delete("/runs/<path:execution_id>")
+def delete_run(execution_id: str) -> Response:
+    """Delete a finished run for good (admins only); ``media=true``: the media only it names too."""
+    audit_hooks.begin("delete", execution_id=execution_id)  # refusals are audited too
+    media = load_params(DELETE_PARAMS, request.args)["media"]
+    lifecycle.delete_as_admin(execution_id, media)
+    return Response(status=204)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 from collections.abc import Callable
 
@@ -14,10 +15,15 @@ from werkzeug.datastructures import MultiDict
 from execution_history import importer, journal
 from execution_history.errors import ExecutionHistoryError
 from execution_history.exporters import export_selection, get_exporter
+from execution_history.lifecycle import PruneCriteria, delete_run, prune
+from execution_history.media import default_media_root
+from execution_history.pseudonyms import prepare_export
+from execution_history.records import FINAL_STATUSES
 
 from . import get_index, get_store
 from .auth import ROLES, TokenStore, tokens
 from .params import (
+    COMMON_EXPORT_OPTIONS,
     EXPORT_OPTIONS,
     BulkExportLimitSchema,
     export_params,
@@ -82,7 +88,8 @@ def reindex_command() -> None:
 def _filter_options(command: Callable[..., None]) -> Callable[..., None]:
     """One --option per bulk-export parameter (list filters, limit, offset, order, writer options)."""
     schema = BulkExportLimitSchema()
-    for name in reversed([*schema.fields, *EXPORT_OPTIONS]):
+    writer_options = [name for name in EXPORT_OPTIONS if name not in COMMON_EXPORT_OPTIONS]  # those: flags
+    for name in reversed([*schema.fields, *writer_options]):
         field = schema.fields.get(name) or EXPORT_OPTIONS[name]
         command = click.option(f"--{name.replace('_', '-')}", name, default=None,
                                help=field.metadata.get("description"))(command)
@@ -95,20 +102,24 @@ def _filter_options(command: Callable[..., None]) -> Callable[..., None]:
 @click.option("--format", "fmt", required=True, help="json, jsonl, csv, xml, xlsx (excel).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               show_default=True, help="File to write; - for standard output.")
+@click.option("--pseudonymize", flag_value="true", default=None,
+              help="Replace user_id and session_id with keyed pseudonyms (content and metadata stay).")
 @_filter_options
 def export_command(execution_id: str | None, export_all: bool, fmt: str, output: str, **params: str | None) -> None:
     """Export one run (EXECUTION_ID) or, with --all, every run the filters select."""
     if bool(execution_id) == export_all:
         raise click.UsageError("Give either an EXECUTION_ID or --all.")
     args = MultiDict({name: value for name, value in params.items() if value is not None})
+    secret = current_app.config["SECRET_KEY"]
     try:
         exporter = get_exporter(fmt)
         if export_all:
             query, options = load_query(export_params(exporter, bulk=True), args)
-            _, chunks = export_selection(exporter, get_index(), get_store(), query, options)
+            _, chunks = export_selection(exporter, get_index(), get_store(), query, options, secret_key=secret)
         else:
             options = load_params(export_params(exporter, bulk=False), args)
-            chunks = exporter.write([get_store().get(execution_id)], bulk=False, **options)
+            records, _, options, _ = prepare_export([get_store().get(execution_id)], None, options, secret)
+            chunks = exporter.write(records, bulk=False, **options)
         with click.open_file(output, "wb", atomic=output != "-") as sink:
             for chunk in chunks:
                 sink.write(chunk)
@@ -154,8 +165,9 @@ def token_revoke_command(user: str) -> None:
 @runs.command("audit")
 @click.option("--user", default=None, help="Only this user's lines.")
 @click.option("--since", default=None, help="Only lines at or after this date or ISO datetime (UTC if no offset).")
-def audit_command(user: str | None, since: str | None) -> None:
-    """Print the audit trail (JSON lines) of exports, link creations and link uses."""
+@click.option("--event", default=None, help="Only lines of this event (export, link_created, link_used, delete, prune, ...).")
+def audit_command(user: str | None, since: str | None, event: str | None) -> None:
+    """Print the audit trail (JSON lines) of exports, link creations, link uses, deletes and prunes."""
     when = None
     if since:
         try:
@@ -165,7 +177,57 @@ def audit_command(user: str | None, since: str | None) -> None:
         when = when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
     log = current_app.extensions["run_history"]["audit"]
     for entry in log.iter_entries(user=user, since=when):
+        if event is not None and entry.get("event") != event:
+            continue
         click.echo(json.dumps(entry, ensure_ascii=False))
+
+
+def _older_than(value: str) -> int:
+    text = value.strip().lower().removesuffix("d")
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise click.BadParameter("a number of days, e.g. 30d", param_hint="--older-than")
+    return int(text)
+
+
+def _operator() -> str:
+    """Who runs a command on the host, for its audit lines."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return f"uid {os.getuid()}"
+
+
+@runs.command("prune")
+@click.option("--older-than", "older_than", required=True, metavar="<N>d",
+              help="Delete finished runs that started more than N days ago (e.g. 90d).")
+@click.option("--config", default=None, help="Only runs of this config_name.")
+@click.option("--status", type=click.Choice(FINAL_STATUSES), default=None, help="Only runs with this status.")
+@click.option("--dry-run", is_flag=True, help="Only print what would be deleted.")
+def prune_command(older_than: str, config: str | None, status: str | None, dry_run: bool) -> None:
+    """Delete finished runs older than N days (runs in progress never); prints each id, then the count."""
+    criteria = PruneCriteria(_older_than(older_than), config=config, status=status)
+    audit = current_app.extensions["run_history"]["audit"]
+    done = prune(get_store(), get_index(), criteria, dry_run=dry_run, audit=audit, who=(_operator(), "cli"),
+                 on_run=click.echo)
+    click.echo(f"{'Would delete' if dry_run else 'Deleted'} {len(done)} run(s).")
+
+
+@runs.command("delete")
+@click.argument("execution_id")
+@click.option("--media", is_flag=True, help="Also delete the media files that only this run names.")
+def delete_command(execution_id: str, media: bool) -> None:
+    """Delete one finished run for good (what DELETE /api/runs/<id> does for an admin)."""
+    root = default_media_root(current_app.config["RUN_HISTORY_MEDIA_DIR"]) if media else None
+    try:
+        deleted = delete_run(get_store(), get_index(), execution_id, media_root=root)
+    except ExecutionHistoryError as err:
+        _fail(err)
+    current_app.extensions["run_history"]["audit"].append(
+        "delete", user=_operator(), role="cli", execution_id=execution_id, config=deleted.config_name,
+        media_deleted=len(deleted.media_files) if media else None)
+    click.echo(f"Deleted {execution_id}" + (f" and {len(deleted.media_files)} media file(s)." if media else "."))
 
 
 @runs.command("recover")

@@ -7,10 +7,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
 
-from flask import Response, g
+from flask import Response, current_app, g
 
 from execution_history.exporters import Exporter, ExportInfo, export_selection
 from execution_history.filters import RunQuery
+from execution_history.pseudonyms import FILE_SUFFIX, OPTION, prepare_export
 
 from . import get_index, get_store
 from .audit_hooks import Counted, stream_audited
@@ -26,8 +27,10 @@ def export_run(exporter: Exporter, execution_id: str, options: dict[str, Any]) -
     :raises Forbidden: for another user's run.
     """
     rows = Counted([visible_record(get_store().get(execution_id))])  # finished runs only
-    chunks = exporter.write(rows, bulk=False, info=ExportInfo(count=1), **options)
-    return stream(chunks, exporter, execution_id, rows)
+    records, info, options, pseudo = prepare_export(rows, ExportInfo(count=1), options,
+                                                    current_app.config["SECRET_KEY"])
+    chunks = exporter.write(records, bulk=False, info=info, **options)
+    return stream(chunks, exporter, _marked(execution_id, pseudo), rows)
 
 
 def export_runs(exporter: Exporter, query: RunQuery, options: dict[str, Any]) -> Response:
@@ -39,10 +42,19 @@ def export_runs(exporter: Exporter, query: RunQuery, options: dict[str, Any]) ->
     now = dt.datetime.now(dt.timezone.utc)
     rows = Counted()
     runs, chunks = export_selection(exporter, get_index(), get_store(), query, options, principal().scope, now,
-                                    tap=rows.tap)
-    response = stream(chunks, exporter, f"runs_{now:%Y%m%d_%H%M%S}", rows)
+                                    tap=rows.tap, secret_key=current_app.config["SECRET_KEY"])
+    response = stream(chunks, exporter, _marked(f"runs_{now:%Y%m%d_%H%M%S}", bool(options.get(OPTION))), rows)
     response.headers["X-Total-Count"] = str(runs)
     return response
+
+
+def _marked(name: str, pseudonymized: bool) -> str:
+    """The download's name: ``_pseudonymized`` added when it is, which its audit line says too."""
+    if not pseudonymized:
+        return name
+    if "audit" in g:
+        g.audit["pseudonymized"] = True
+    return name + FILE_SUFFIX
 
 
 def stream(chunks: Iterable[bytes], exporter: Exporter, name: str, rows: Counted | None = None) -> Response:

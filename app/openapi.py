@@ -13,6 +13,8 @@ from execution_history.exporters import ALIASES, EXPORTERS, PLANNED
 from execution_history.records import STATUSES, RunItemSchema, RunRecordSchema
 
 from .params import (
+    COMMON_EXPORT_OPTIONS,
+    DELETE_PARAMS,
     EXPORT_OPTIONS,
     LINK_PARAMS,
     BulkExportLimitSchema,
@@ -93,7 +95,7 @@ def _options(fmt: str) -> list[dict[str, Any]]:
              "description": EXPORT_OPTIONS[name].metadata["description"],
              "schema": {"type": "boolean"} if isinstance(EXPORT_OPTIONS[name], fields.Boolean)
              else {"type": "string", "enum": EXPORT_OPTIONS[name].metadata["allowed"]}}
-            for name in EXPORTERS[fmt].options]
+            for name in (*EXPORTERS[fmt].options, *COMMON_EXPORT_OPTIONS)]
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -135,7 +137,16 @@ def build_spec() -> dict[str, Any]:
     spec.path(path="/api/runs/{execution_id}", operations={"get": {
         "operationId": "get_run", "summary": "One whole record", "parameters": [run_id],
         "responses": {"200": _json("The record", "RunRecord"), "401": _error("No valid bearer token"),
-                      "403": _error("Another user's run"), "404": _error("No such run")}}})
+                      "403": _error("Another user's run"), "404": _error("No such run")}},
+        "delete": {
+            "operationId": "delete_run", "summary": "Delete a finished run for good (admins only)",
+            "description": "The record leaves the store and at once every list, search, stats and export. "
+                           "With access control off every delete is refused (403).",
+            "parameters": [run_id, {"in": "query", "schema": DELETE_PARAMS}],
+            "responses": {"204": {"description": "Deleted"}, "400": _error("A bad or unknown parameter"),
+                          "401": _error("No valid bearer token"),
+                          "403": _error("Not an admin (or access control off)"), "404": _error("No such run"),
+                          "409": _error("RUN_IN_PROGRESS: the run is still logging")}}})
     def downloads(json_schema: dict[str, Any]) -> dict[str, Any]:
         content = {exporter.mimetype: {"schema": {"type": "string", "format": "binary"}}
                    for exporter in EXPORTERS.values()}
@@ -155,7 +166,8 @@ def build_spec() -> dict[str, Any]:
     plain = [name for name, exporter in EXPORTERS.items() if not exporter.options]
     variants = [("{fmt}", [{"in": "path", "name": "fmt", "required": True,
                             "description": "Export format, case-insensitive (excel = xlsx); pdf/docx: 501",
-                            "schema": {"type": "string", "enum": [*plain, *ALIASES, *PLANNED]}}], "")]
+                            "schema": {"type": "string", "enum": [*plain, *ALIASES, *PLANNED]}},
+                           *_options(plain[0])], "")]  # a plain format's options: the common ones
     variants += [(name, _options(name), f" ({name})") for name, exporter in EXPORTERS.items() if exporter.options]
     for segment, params, label in variants:
         suffix = "" if segment == "{fmt}" else f"_{segment}"

@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 from flask import Blueprint, g, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from execution_history.errors import Forbidden
+from execution_history.errors import Forbidden, InvalidParameter
 from execution_history.filters import ORDER_BY
 from execution_history.records import STATUSES
 from execution_history.taxonomy import TAXONOMY
@@ -129,6 +129,19 @@ def show_run(execution_id: str) -> str:
     sections = [(section, [item_view(item) for item in section.items]) for section in timeline(record)]
     base = _download_base(f"/api/runs/{execution_id}/export", f"/download/run/{execution_id}")
     return render_template("run.html", record=record, sections=sections, downloads=download_links(base))
+
+
+@bp.post("/runs/<execution_id>/delete")
+def delete_run(execution_id: str) -> BaseResponse:
+    """The run page's delete button (admins): a CSRF token and the ticked confirmation, then the list."""
+    from . import audit_hooks, lifecycle  # here: lifecycle imports the app package
+
+    audit_hooks.begin("delete", execution_id=execution_id)
+    _check_csrf()
+    if request.form.get("confirm") != "yes":
+        raise InvalidParameter("Tick the box to confirm the deletion", parameter="confirm", allowed=["yes"])
+    lifecycle.delete_as_admin(execution_id, media=request.form.get("media") == "yes")
+    return redirect(url_for("pages.browse_runs"), code=303)
 
 
 @bp.get("/stats")

@@ -122,6 +122,12 @@ LINK_PARAMS = Schema.from_dict({"link": fields.String(required=True, validate=va
     name="DownloadLinkParams")()
 
 
+#: DELETE /api/runs/<id>: whether the media files only that run names go too.
+DELETE_PARAMS = Schema.from_dict({"media": fields.Boolean(load_default=False, metadata={
+    "description": "Also delete the media files that only this run names (inside RUN_HISTORY_MEDIA_DIR).",
+    "allowed": "true or false"})}, name="DeleteRunParams")()
+
+
 class BulkExportLimitSchema(FilterParamsSchema):
     """GET /api/runs/export/<format>: the list filters; without ``limit``, every match."""
 
@@ -138,13 +144,20 @@ EXPORT_OPTIONS: dict[str, fields.Field] = {
         "description": "csv: start with a UTF-8 byte order mark (for Excel).", "allowed": "true or false"}),
     "raw": fields.Boolean(load_default=False, metadata={
         "description": "csv: do not neutralize formula-like cells (for scripts).", "allowed": "true or false"}),
+    # no default: absent unless asked for, so a writer never sees it (pseudonyms.prepare_export takes it)
+    "pseudonymize": fields.Boolean(metadata={
+        "description": "Replace user_id and session_id with keyed pseudonyms (u_..., s_...); the file name "
+                       "gains _pseudonymized. Content and metadata are not rewritten.",
+        "allowed": "true or false"}),
 }
+#: Options every export format takes (the others belong to the formats that list them).
+COMMON_EXPORT_OPTIONS = ("pseudonymize",)
 
 
 @functools.cache
 def export_params(exporter: Exporter, bulk: bool) -> Schema:
     """The parameter schema of an export route: filters (bulk) plus the format's options."""
-    options = {name: EXPORT_OPTIONS[name] for name in exporter.options}
+    options = {name: EXPORT_OPTIONS[name] for name in (*exporter.options, *COMMON_EXPORT_OPTIONS)}
     if not bulk:
         return Schema.from_dict(options, name=f"{exporter.name.title()}RunExportParams")()
     return type(f"{exporter.name.title()}BulkExportParams", (BulkExportLimitSchema,), dict(options))()

@@ -1,4 +1,4 @@
-"""The audit trail: one JSON line per export, link creation and link use, appended atomically."""
+"""The audit trail: one JSON line per export, link creation, link use, delete and prune, appended atomically."""
 from __future__ import annotations
 
 import datetime as dt
@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 #: The fields of every line, in this order (None where they do not apply).
 FIELDS = ("time", "event", "user", "role", "request_id", "client", "route", "execution_id", "filters",
-          "format", "rows", "bytes", "status", "complete")
+          "format", "rows", "bytes", "status", "complete",
+          "config", "media_deleted", "pseudonymized")  # deletes and prunes; pseudonymized exports
 
 
 class AuditLog:

@@ -78,6 +78,13 @@ class RunNotFound(ExecutionHistoryError):
     code = "NOT_FOUND"
 
 
+class RunInProgress(ExecutionHistoryError):
+    """A run whose pipeline is still logging (a live journal): it cannot be deleted yet."""
+
+    status_code = 409
+    code = "RUN_IN_PROGRESS"
+
+
 class FormatNotImplemented(ExecutionHistoryError):
     """A planned export format (pdf, docx)."""
 

@@ -580,6 +580,12 @@ class RunIndex:
                 conn.execute(f"DELETE FROM run_item_types WHERE run_id IN ({marks})", run_ids)
                 conn.execute(f"DELETE FROM run_models WHERE run_id IN ({marks})", run_ids)
 
+    @_sqlite_errors
+    def forget(self, execution_ids: list[str]) -> None:
+        """Drop these runs from the index at once, in one write transaction (after a delete), so
+        no list, search, stats or export shows them again, whatever the folder's mtime says."""
+        self._write(self._connection(), lambda c: self._delete(c, list(execution_ids)))
+
     def _store_batch(self, conn: sqlite3.Connection, parsed: list[Parsed]) -> None:
         """Index parsed files (unreadable ones as such), replacing what was indexed for them.
 

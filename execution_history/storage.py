@@ -244,6 +244,24 @@ class RunStore:
                     removed += 1
         return removed
 
+    def delete(self, execution_id: str) -> bool:
+        """Remove a run's record file for good (unlink, then fsync of the folder).
+
+        :returns: False if there was no such file.
+        :raises RunNotFound: if *execution_id* is not a well-formed id.
+        :raises StorageError: if the file exists but cannot be removed.
+        """
+        path = self.path_for(execution_id)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise StorageError("Run could not be deleted", execution_id=execution_id,
+                               reason=err.strerror or str(err)) from err
+        self._fsync_dir()  # the removal survives a power cut, like a publication
+        return True
+
     # ------------------------------------------------------------ reading
 
     def read_bytes(self, execution_id: str) -> bytes:

@@ -17,6 +17,7 @@ from .info import ExportInfo
 from .json_writer import write_json, write_jsonl
 from .xlsx_writer import EXCEL_MAX_ROWS, write_xlsx
 from .xml_writer import write_xml
+from ..pseudonyms import prepare_export  # after .info, which it imports
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,13 @@ def export_selection(exporter: Exporter, index: RunIndex, store: RunStore, query
                      options: dict[str, Any], user_scope: str | None = None,
                      now: dt.datetime | None = None,
                      tap: Callable[[Iterable[dict[str, Any]]], Iterable[dict[str, Any]]] = iter,
-                     ) -> tuple[int, Iterator[bytes]]:
+                     secret_key: str | None = None) -> tuple[int, Iterator[bytes]]:
     """(runs selected, the export's chunks) for every run *query* selects, in its order.
 
     Shared by the bulk route and the CLI. Records are read one at a time as chunks are
     taken, so memory stays flat whatever the selection. *tap* wraps the records on
-    their way to the writer (the audit trail counts them).
+    their way to the writer (the audit trail counts them). ``options["pseudonymize"]``
+    replaces user and session ids with pseudonyms keyed with *secret_key* (pseudonyms.py).
 
     :raises ExportTooLarge: if the format cannot hold the selection (before any chunk).
     """
@@ -83,4 +85,5 @@ def export_selection(exporter: Exporter, index: RunIndex, store: RunStore, query
     info = ExportInfo(count=runs, filters=query.filters.to_wire(),
                       exported_at=now or dt.datetime.now(dt.timezone.utc))
     records = tap(store.iter_records(index.iter_ids(query, user_scope)))
+    records, info, options, _ = prepare_export(records, info, options, secret_key)
     return runs, exporter.write(records, bulk=True, info=info, **options)

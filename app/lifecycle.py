@@ -1,0 +1,53 @@
+"""Request side of the data lifecycle: who may delete, and the app's retention thread."""
+from __future__ import annotations
+
+from flask import Flask, current_app, g
+
+from execution_history import lifecycle
+from execution_history.errors import Forbidden
+from execution_history.media import default_media_root
+
+from . import get_index, get_store
+from .auth import principal
+
+
+def delete_as_admin(execution_id: str, media: bool) -> lifecycle.Deleted:
+    """Delete a run for the current principal, who must be an admin (the API and the page).
+
+    With access control off there is no admin: every delete is refused, since anyone who
+    reaches the host could otherwise erase runs (``flask runs delete`` works on the host).
+
+    :raises Forbidden: for a researcher, or with access control off.
+    :raises RunNotFound: for an unknown run.
+    :raises RunInProgress: for a run still logging.
+    """
+    who = principal()
+    if who.role != "admin":
+        raise Forbidden("Only an admin may delete runs" if who.role != "open" else
+                        "Deleting runs needs access control on and an admin token (or `flask runs delete` on the host)",
+                        execution_id=execution_id)
+    root = default_media_root(current_app.config["RUN_HISTORY_MEDIA_DIR"]) if media else None
+    deleted = lifecycle.delete_run(get_store(), get_index(), execution_id, media_root=root)
+    if "audit" in g:  # the line written when the response goes out says what went
+        g.audit.update(config=deleted.config_name, media_deleted=len(deleted.media_files) if media else None)
+    return deleted
+
+
+def setup_retention(app: Flask) -> None:
+    """With ``RUN_HISTORY_RETENTION_DAYS`` set: a retention thread per process, started by
+    the process's first request or by gunicorn's ``post_worker_init`` (after the fork)."""
+    days = app.config["RUN_HISTORY_RETENTION_DAYS"]
+    if days is None:
+        return
+    extensions = app.extensions["run_history"]
+    retention = lifecycle.Retention(extensions["store"], extensions["index"], extensions["side"], days,
+                                    audit=extensions["audit"])
+    extensions["retention"] = retention
+    app.before_request(retention.start)
+
+
+def start_background(app: Flask) -> None:
+    """Start what the app runs in the background (gunicorn's post_worker_init calls this)."""
+    retention = getattr(app, "extensions", {}).get("run_history", {}).get("retention")  # another WSGI app: none
+    if retention is not None:
+        retention.start()
