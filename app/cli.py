@@ -64,7 +64,9 @@ def sample_command(count: int, if_empty: bool, seed: int) -> None:
     if if_empty and store.list_files():
         click.echo(f"{store.root} already holds runs; no samples recorded.")
         return
-    ids = list(iter_sample_runs(count, store, seed=seed))
+    from .media import media_root  # the sample media go where the app serves media from
+
+    ids = list(iter_sample_runs(count, store, seed=seed, media_root=media_root()))
     click.echo(f"Recorded {len(ids)} sample runs in {store.root}.")
 
 

@@ -16,6 +16,7 @@ from execution_history.taxonomy import TAXONOMY
 from . import get_index, get_store
 from .auth import Principal, hash_token, load_visible, principal, tokens
 from .links import link_for_export
+from .media import media_view
 from .params import LIST_PARAMS, load_query
 from .presenters import (
     day_bars,
@@ -126,7 +127,8 @@ def browse_runs() -> str:
 def show_run(execution_id: str) -> str:
     """One run: metadata, its items as a timeline, downloads."""
     record = load_visible(get_store(), execution_id)
-    sections = [(section, [item_view(item) for item in section.items]) for section in timeline(record)]
+    sections = [(section, [{**item_view(item), "media": media_view(record["execution_id"], item)}
+                           for item in section.items]) for section in timeline(record)]
     base = _download_base(f"/api/runs/{execution_id}/export", f"/download/run/{execution_id}")
     return render_template("run.html", record=record, sections=sections, downloads=download_links(base))
 
