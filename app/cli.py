@@ -17,6 +17,7 @@ from execution_history.exporters import export_selection, get_exporter
 
 from . import get_index, get_store
 from .auth import ROLES, TokenStore, tokens
+from .downloads import with_media_root
 from .params import (
     EXPORT_OPTIONS,
     BulkExportLimitSchema,
@@ -94,7 +95,7 @@ def _filter_options(command: Callable[..., None]) -> Callable[..., None]:
 @runs.command("export")
 @click.argument("execution_id", required=False)
 @click.option("--all", "export_all", is_flag=True, help="Export every run the filters select.")
-@click.option("--format", "fmt", required=True, help="json, jsonl, csv, xml, xlsx (excel).")
+@click.option("--format", "fmt", required=True, help="json, jsonl, csv, xml, xlsx (excel), zip (records and media).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               show_default=True, help="File to write; - for standard output.")
 @_filter_options
@@ -107,10 +108,10 @@ def export_command(execution_id: str | None, export_all: bool, fmt: str, output:
         exporter = get_exporter(fmt)
         if export_all:
             query, options = load_query(export_params(exporter, bulk=True), args)
-            _, chunks = export_selection(exporter, get_index(), get_store(), query, options)
+            _, chunks = export_selection(exporter, get_index(), get_store(), query, with_media_root(exporter, options))
         else:
             options = load_params(export_params(exporter, bulk=False), args)
-            chunks = exporter.write([get_store().get(execution_id)], bulk=False, **options)
+            chunks = exporter.write([get_store().get(execution_id)], bulk=False, **with_media_root(exporter, options))
         with click.open_file(output, "wb", atomic=output != "-") as sink:
             for chunk in chunks:
                 sink.write(chunk)

@@ -26,7 +26,7 @@ def export_run(exporter: Exporter, execution_id: str, options: dict[str, Any]) -
     :raises Forbidden: for another user's run.
     """
     rows = Counted([visible_record(get_store().get(execution_id))])  # finished runs only
-    chunks = exporter.write(rows, bulk=False, info=ExportInfo(count=1), **options)
+    chunks = exporter.write(rows, bulk=False, info=ExportInfo(count=1), **with_media_root(exporter, options))
     return stream(chunks, exporter, execution_id, rows)
 
 
@@ -38,11 +38,20 @@ def export_runs(exporter: Exporter, query: RunQuery, options: dict[str, Any]) ->
     """
     now = dt.datetime.now(dt.timezone.utc)
     rows = Counted()
-    runs, chunks = export_selection(exporter, get_index(), get_store(), query, options, principal().scope, now,
-                                    tap=rows.tap)
+    runs, chunks = export_selection(exporter, get_index(), get_store(), query, with_media_root(exporter, options),
+                                    principal().scope, now, tap=rows.tap)
     response = stream(chunks, exporter, f"runs_{now:%Y%m%d_%H%M%S}", rows)
     response.headers["X-Total-Count"] = str(runs)
     return response
+
+
+def with_media_root(exporter: Exporter, options: dict[str, Any]) -> dict[str, Any]:
+    """*options*, plus the app's media dir for a writer that bundles media files (zip)."""
+    if not exporter.media:
+        return options
+    from .media import media_root  # here: app.media imports this module
+
+    return {**options, "media_root": media_root()}
 
 
 def stream(chunks: Iterable[bytes], exporter: Exporter, name: str, rows: Counted | None = None) -> Response:

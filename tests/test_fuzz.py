@@ -3,6 +3,7 @@ import csv
 import datetime as dt
 import io
 import json
+import zipfile
 
 import openpyxl
 import pytest
@@ -124,6 +125,10 @@ def excel_value(name, value):
 def test_any_record_survives_every_format(record):
     outputs = {fmt: b"".join(exporter.write([record], bulk=True)) for fmt, exporter in EXPORTERS.items()}
     assert json.loads(outputs["json"]) == [record]
+    archive = zipfile.ZipFile(io.BytesIO(outputs["zip"]))
+    assert archive.testzip() is None
+    assert [json.loads(archive.read(run["record"]["path"])) for run in json.loads(archive.read("manifest.json"))["runs"]] \
+        == [record]
     assert [json.loads(line) for line in outputs["jsonl"].splitlines()] == [record]
     document = etree.fromstring(outputs["xml"], parser=etree.XMLParser(huge_tree=True))
     XSD.assertValid(document)
