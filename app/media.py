@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from flask import Blueprint, Flask, Response, current_app, request, send_file, url_for
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from execution_history.audit import AuditLog
+from execution_history.errors import InvalidParameter, RunNotFound
 from execution_history.media import (
     MediaFile,
     MediaNotFound,
@@ -84,6 +86,36 @@ def first_image(record: dict[str, Any]) -> dict[str, Any] | None:
 def _etag(media: MediaFile, salt: str = "") -> str:
     return hashlib.sha256(f"{media.path}\0{media.size}\0{media.mtime_ns}\0{salt}".encode("utf-8",
                           "surrogateescape")).hexdigest()[:32]
+
+
+#: The list page's views (``?view=``): the table, or a gallery of thumbnails.
+VIEWS = ("table", "gallery")
+
+
+def split_view(args: MultiDict[str, str]) -> tuple[MultiDict[str, str], str]:
+    """The list page's arguments without ``view`` (the list and export parameters), and the view.
+
+    :raises InvalidParameter: for a view other than VIEWS.
+    """
+    rest = args.copy()
+    view = rest.pop("view", "") or "table"
+    if view not in VIEWS:
+        raise InvalidParameter("Invalid value for view", parameter="view", value=view[:100], allowed=list(VIEWS))
+    return rest, view
+
+
+def gallery_cards(executions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each listed run (at most a page, 100) with its thumbnail URL, or None if it has no image."""
+    cards = []
+    for run in executions:
+        try:
+            record = get_store().get(run["execution_id"])
+        except RunNotFound:  # in progress (no record file yet) or gone meanwhile
+            record = None
+        has_image = record is not None and first_image(record) is not None
+        cards.append({**run, "thumbnail": url_for("media.get_thumbnail", execution_id=run["execution_id"])
+                      if has_image else None})
+    return cards
 
 
 @bp.get("/runs/<execution_id>/items/<sequence_number>/file")

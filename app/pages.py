@@ -16,7 +16,7 @@ from execution_history.taxonomy import TAXONOMY
 from . import get_index, get_store
 from .auth import Principal, hash_token, load_visible, principal, tokens
 from .links import link_for_export
-from .media import media_view
+from .media import gallery_cards, media_view, split_view
 from .params import LIST_PARAMS, load_query
 from .presenters import (
     day_bars,
@@ -113,14 +113,16 @@ def _download_base(api_base: str, page_base: str) -> str:
 @bp.get("/")
 def browse_runs() -> str:
     """The run browser: the list API's filters as a form, a sortable table, pages, downloads."""
-    query, _ = load_query(LIST_PARAMS, request.args)
+    args, view = split_view(request.args)  # ?view=gallery: the page's own, not a list parameter
+    query, _ = load_query(LIST_PARAMS, args)
     index = get_index()
     scope = principal().scope
     executions, total = index.query(query, scope)
     base = _download_base("/api/runs/export", "/download/runs")
     return render_template("index.html", query=query, executions=executions, total=total,
                            args=request.args, stats=index.stats(scope), statuses=STATUSES, item_types=TAXONOMY,
-                           sortable=ORDER_BY, downloads=download_links(base, request.args))
+                           sortable=ORDER_BY, downloads=download_links(base, args), view=view,
+                           gallery=gallery_cards(executions) if view == "gallery" else None)
 
 
 @bp.get("/runs/<execution_id>")

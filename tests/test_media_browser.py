@@ -107,3 +107,33 @@ def test_long_unbroken_text_does_not_widen_the_page(media_site, page):
     page.locator("details.content summary").click()
     assert page.evaluate("document.documentElement.scrollWidth") <= 1366
     screenshot(page, "run-unbroken-text")
+
+
+def test_gallery_view_shows_thumbnails_and_works_without_javascript(media_site, browser):
+    server, store, ids, _ = media_site
+    context = browser.new_context(java_script_enabled=False, viewport={"width": 1366, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        page.goto(server.url + "/?config=stillepost")
+        page.click(".view-toggle a:has-text('Gallery')")
+        page.wait_for_url(lambda url: "view=gallery" in url and "config=stillepost" in url)
+        cards = page.locator(".gallery .card")
+        expected = sorted((i for i in ids if store.load(i)["config_name"] == "stillepost"), reverse=True)
+        assert cards.count() == len(expected)
+        for n in range(cards.count()):
+            image = cards.nth(n).locator("img")
+            image.scroll_into_view_if_needed()
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+            assert image.evaluate("img => [img.naturalWidth, new URL(img.currentSrc).pathname]") == [
+                160, f"/api/runs/{expected[n]}/thumbnail"]  # the sample image is already small: kept at 160 px
+        screenshot(page, "runs-gallery")
+        page.select_option("#status", "completed")
+        page.click("button[type=submit]")  # the filter form keeps the view
+        page.wait_for_url(lambda url: "status=completed" in url and "view=gallery" in url)
+        page.goto(server.url + "/?view=gallery&config=dada")
+        assert page.locator(".gallery .no-image").count() == page.locator(".gallery .card").count() > 0
+        page.click(".view-toggle a:has-text('Table')")
+        assert page.locator("table.runs").count() == 1 and "view=" not in page.url
+    finally:
+        context.close()
