@@ -251,3 +251,25 @@ def test_media_is_scoped_like_the_run(media_app):
     response = client.get(target, headers={"Authorization": f"Bearer {bob}"})
     assert response.status_code == 200 and response.mimetype == "image/png"
     response.close()
+
+
+def test_the_pages_sign_in_session_loads_media(media_app):
+    import re
+
+    app, store, execution_id, root, _ = media_app
+    tokens = TokenStore(root.parent / "tokens.json")
+    alice, bob = tokens.create("alice", "researcher"), tokens.create("bob", "researcher")
+    app = create_app({"TESTING": True, "RUN_HISTORY_DIR": str(store.root), "RUN_HISTORY_MEDIA_DIR": str(root),
+                      "RUN_HISTORY_TOKENS": str(tokens.path)})
+    target = url(execution_id, seq_of(store, execution_id, "exports/media/flower.png"))
+    for token, status in [(bob, 200), (alice, 403)]:
+        client = app.test_client()
+        csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
+        assert client.post("/login", data={"token": token, "csrf": csrf}).status_code == 302
+        response = client.get(target)
+        assert response.status_code == status
+        response.close()
+        assert client.get(f"/runs/{execution_id}").status_code == status
+        assert_error(client.get("/api/runs"), 401, "UNAUTHORIZED")  # the session opens media only
+    tokens.revoke("alice")  # the last client's session dies with its token
+    assert_error(client.get(target), 401, "UNAUTHORIZED")
