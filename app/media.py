@@ -1,8 +1,9 @@
 """`bp` for media: an item's file (Range, ETag, 304, HEAD) and a run's thumbnail, scoped and audited.
 
 What may be read is decided by execution_history/media.py alone; this module only turns
-an opened file into a response. :func:`open_item_file` is the seam where media on S3
-(``RUN_HISTORY_MEDIA_DIR=s3://...``) will plug in: every reader of media goes through it.
+an opened file into a response. Media on S3 (``RUN_HISTORY_MEDIA_DIR=s3://...``) plug in at
+``execution_history.media.open_media``, which every reader goes through: the routes here
+(by way of :func:`open_item_file`) and the zip writer.
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def media_view(execution_id: str, item: dict[str, Any]) -> dict[str, Any] | None
         return {"found": False}
     return {"found": True, "kind": found.kind, "name": safe_name(item["file_path"]),
             "url": url_for("media.get_item_file", execution_id=execution_id,
-                                          sequence_number=item["sequence_number"])}
+                           sequence_number=item["sequence_number"])}
 
 
 def first_image(record: dict[str, Any]) -> dict[str, Any] | None:
@@ -83,9 +84,10 @@ def first_image(record: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _etag(media: MediaFile, salt: str = "") -> str:
-    return hashlib.sha256(f"{media.path}\0{media.size}\0{media.mtime_ns}\0{salt}".encode("utf-8",
-                          "surrogateescape")).hexdigest()[:32]
+def _etag(media: MediaFile) -> str:
+    # a hash: changes with the file, and shows no server path to the client
+    key = f"{media.path}\0{media.size}\0{media.mtime_ns}".encode("utf-8", "surrogateescape")
+    return hashlib.sha256(key).hexdigest()[:32]
 
 
 #: The list page's views (``?view=``): the table, or a gallery of thumbnails.
