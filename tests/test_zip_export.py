@@ -1,7 +1,9 @@
 """The zip export: records and media, manifest.json and SHA256SUMS, checked with zipfile, unzip and sha256sum."""
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import hashlib
 import io
 import json
 import subprocess
@@ -95,7 +97,7 @@ def test_bulk_zip_takes_the_filters_and_keeps_names_safe(site, tmp_path):
     assert [m["file_path"] for m in run["missing"]] == ["../../etc/passwd.png"]  # refused, never read
     everything = client.get("/api/runs/export/zip?order=asc")
     manifest = check_with_real_tools(everything.get_data(), tmp_path / "all")
-    assert [r["execution_id"] for r in manifest["runs"]] == sorted(ids)
+    assert [r["execution_id"] for r in manifest["runs"]] == ids  # started in this order (timestamp asc)
 
 
 def test_a_file_that_vanishes_mid_export_is_listed_as_missing(site, tmp_path):
@@ -171,3 +173,68 @@ def test_a_record_of_any_shape_still_makes_a_valid_archive(tmp_path):
     manifest = check_with_real_tools(data, tmp_path / "odd")
     assert [r["record"]["path"] for r in manifest["runs"]] == ["evil/record.json", "evil_2/record.json"]
     assert dt.datetime.fromisoformat(manifest["exported_at"]).tzinfo is not None
+
+
+class PartialArchive(io.RawIOBase):
+    """A seekable view of a streamed archive of which only the head and the tail were kept (zeros between)."""
+
+    def __init__(self, head: bytes, tail: bytes, length: int) -> None:
+        super().__init__()
+        self.head, self.tail, self.length, self.pos = head, tail, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = {0: 0, 1: self.pos, 2: self.length}[whence] + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        size = min(len(buffer), self.length - self.pos)
+        tail_start = self.length - len(self.tail)
+        data = bytearray(size)
+        for n in range(size):  # slow per byte, but only headers and small entries are read
+            at = self.pos + n
+            data[n] = self.head[at] if at < len(self.head) else self.tail[at - tail_start] if at >= tail_start else 0
+        buffer[:size] = data
+        self.pos += size
+        return size
+
+
+def test_a_file_past_4_gib_makes_a_zip64_archive(tmp_path):
+    """A real 4 GiB + 1 MiB (sparse) file: its entry and every offset after it need ZIP64."""
+    media = tmp_path / "media"
+    media.mkdir()
+    big_size = 4 * 2**30 + 2**20
+    with open(media / "big.mp4", "wb") as handle:
+        handle.truncate(big_size)
+    small = write_png(media / "small.png")
+    record = {"execution_id": "exec_20251103_205239_896e054c", "items": [
+        {"sequence_number": 1, "item_type": "output_video", "file_path": "big.mp4"},
+        {"sequence_number": 2, "item_type": "output_image", "file_path": "small.png"}]}
+    head, last, kept, length = b"", collections.deque(), 0, 0  # the archive itself is never kept whole
+    for chunk in write_zip([record], media_root=media):
+        if len(head) < 65536:
+            head += chunk[:65536 - len(head)]
+        last.append(chunk)
+        kept += len(chunk)
+        while kept - len(last[0]) >= 4 * 2**20:  # the last 4 MiB or more: small entries and directories
+            kept -= len(last.popleft())
+        length += len(chunk)
+    assert length > big_size
+    archive = zipfile.ZipFile(PartialArchive(head, b"".join(last), length))
+    entries = {info.filename: info for info in archive.infolist()}
+    prefix = record["execution_id"]
+    assert entries[f"{prefix}/media/1_big.mp4"].file_size == big_size
+    assert entries[f"{prefix}/media/2_small.png"].header_offset > 2**32
+    assert archive.read(f"{prefix}/media/2_small.png") == small  # found through the ZIP64 records, CRC checked
+    manifest = json.loads(archive.read("manifest.json"))
+    assert [f["size"] for f in manifest["runs"][0]["files"]] == [big_size, len(small)]
+    sums = dict(reversed(line.split("  ", 1)) for line in archive.read("SHA256SUMS").decode().splitlines())
+    assert sums[f"{prefix}/media/2_small.png"] == hashlib.sha256(small).hexdigest()
