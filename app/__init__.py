@@ -24,7 +24,7 @@ _CLIENT_REQUEST_ID = re.compile(r"\A[A-Za-z0-9._-]{1,128}\Z")
 #: On every response. Pages load their script and style from /static only (no inline code).
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+                               "media-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
@@ -33,7 +33,7 @@ SECURITY_HEADERS = {
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then RUN_HISTORY_* from the environment, then *config*."""
-    from . import api, audit_hooks, auth, cli, lifecycle, pages
+    from . import api, audit_hooks, auth, cli, lifecycle, media, pages
 
     app = Flask(__name__)
     app.config.update(load_config(config))
@@ -72,6 +72,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    media.init_app(app, store.root)
     app.cli.add_command(cli.runs)
     return app
 

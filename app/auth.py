@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import current_app, g, request
+from flask import current_app, g, request, session
 
 from execution_history import journal
 from execution_history.errors import Forbidden, RunNotFound, Unauthorized
@@ -153,6 +153,11 @@ _AUDITED = {"api.export_run": "export", "api.export_runs": "export", "api.link_r
             "api.link_runs": "link_created", "api.delete_run": "delete"}
 
 
+#: GET endpoints the pages load from the browser (``<img>``, ``<audio>`` sources), which cannot
+#: send a bearer token: the sign-in session cookie is accepted for them too (reads only, so no CSRF).
+SESSION_ENDPOINTS = {"media.get_item_file", "media.get_thumbnail"}
+
+
 def authenticate_api() -> None:
     """Before every /api request (unknown routes too) when access control is on: a valid
     bearer token or 401. A download link needs none: it carries its creator's scope."""
@@ -162,6 +167,11 @@ def authenticate_api() -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     found = store.authenticate(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+    if found is None and not header and request.endpoint in SESSION_ENDPOINTS:
+        digest = session.get("token_sha256")
+        if digest and store.has_hash(digest):  # signed in on the pages, token not revoked since
+            g.principal = Principal(session["user"], session["role"])
+            return
     if found is None:
         if request.endpoint in _AUDITED:  # a refused export or link request is audited too
             from . import audit_hooks  # here: audit_hooks imports this module

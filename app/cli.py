@@ -22,6 +22,7 @@ from execution_history.records import FINAL_STATUSES
 
 from . import get_index, get_store
 from .auth import ROLES, TokenStore, tokens
+from .downloads import with_media_root
 from .params import (
     COMMON_EXPORT_OPTIONS,
     EXPORT_OPTIONS,
@@ -70,7 +71,9 @@ def sample_command(count: int, if_empty: bool, seed: int) -> None:
     if if_empty and store.list_files():
         click.echo(f"{store.root} already holds runs; no samples recorded.")
         return
-    ids = list(iter_sample_runs(count, store, seed=seed))
+    from .media import media_root  # the sample media go where the app serves media from
+
+    ids = list(iter_sample_runs(count, store, seed=seed, media_root=media_root()))
     click.echo(f"Recorded {len(ids)} sample runs in {store.root}.")
 
 
@@ -99,7 +102,7 @@ def _filter_options(command: Callable[..., None]) -> Callable[..., None]:
 @runs.command("export")
 @click.argument("execution_id", required=False)
 @click.option("--all", "export_all", is_flag=True, help="Export every run the filters select.")
-@click.option("--format", "fmt", required=True, help="json, jsonl, csv, xml, xlsx (excel).")
+@click.option("--format", "fmt", required=True, help="json, jsonl, csv, xml, xlsx (excel), zip (records and media).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               show_default=True, help="File to write; - for standard output.")
 @click.option("--pseudonymize", flag_value="true", default=None,
@@ -115,11 +118,12 @@ def export_command(execution_id: str | None, export_all: bool, fmt: str, output:
         exporter = get_exporter(fmt)
         if export_all:
             query, options = load_query(export_params(exporter, bulk=True), args)
-            _, chunks = export_selection(exporter, get_index(), get_store(), query, options, secret_key=secret)
+            _, chunks = export_selection(exporter, get_index(), get_store(), query, with_media_root(exporter, options),
+                                         secret_key=secret)
         else:
             options = load_params(export_params(exporter, bulk=False), args)
             records, _, options, _ = prepare_export([get_store().get(execution_id)], None, options, secret)
-            chunks = exporter.write(records, bulk=False, **options)
+            chunks = exporter.write(records, bulk=False, **with_media_root(exporter, options))
         with click.open_file(output, "wb", atomic=output != "-") as sink:
             for chunk in chunks:
                 sink.write(chunk)

@@ -29,7 +29,7 @@ def export_run(exporter: Exporter, execution_id: str, options: dict[str, Any]) -
     rows = Counted([visible_record(get_store().get(execution_id))])  # finished runs only
     records, info, options, pseudo = prepare_export(rows, ExportInfo(count=1), options,
                                                     current_app.config["SECRET_KEY"])
-    chunks = exporter.write(records, bulk=False, info=info, **options)
+    chunks = exporter.write(records, bulk=False, info=info, **with_media_root(exporter, options))
     return stream(chunks, exporter, _marked(execution_id, pseudo), rows)
 
 
@@ -41,7 +41,8 @@ def export_runs(exporter: Exporter, query: RunQuery, options: dict[str, Any]) ->
     """
     now = dt.datetime.now(dt.timezone.utc)
     rows = Counted()
-    runs, chunks = export_selection(exporter, get_index(), get_store(), query, options, principal().scope, now,
+    runs, chunks = export_selection(exporter, get_index(), get_store(), query, with_media_root(exporter, options),
+                                    principal().scope, now,
                                     tap=rows.tap, secret_key=current_app.config["SECRET_KEY"])
     response = stream(chunks, exporter, _marked(f"runs_{now:%Y%m%d_%H%M%S}", bool(options.get(OPTION))), rows)
     response.headers["X-Total-Count"] = str(runs)
@@ -55,6 +56,15 @@ def _marked(name: str, pseudonymized: bool) -> str:
     if "audit" in g:
         g.audit["pseudonymized"] = True
     return name + FILE_SUFFIX
+
+
+def with_media_root(exporter: Exporter, options: dict[str, Any]) -> dict[str, Any]:
+    """*options*, plus the app's media dir for a writer that bundles media files (zip)."""
+    if not exporter.media:
+        return options
+    from .media import media_root  # here: app.media imports this module
+
+    return {**options, "media_root": media_root()}
 
 
 def stream(chunks: Iterable[bytes], exporter: Exporter, name: str, rows: Counted | None = None) -> Response:

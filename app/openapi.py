@@ -10,6 +10,8 @@ from marshmallow import INCLUDE, Schema, fields
 
 import execution_history
 from execution_history.exporters import ALIASES, EXPORTERS, PLANNED
+from execution_history.media import MEDIA_TYPES
+from execution_history.thumbnails import MIMETYPE as THUMBNAIL_MIMETYPE
 from execution_history.records import STATUSES, RunItemSchema, RunRecordSchema
 
 from .params import (
@@ -161,6 +163,8 @@ def build_spec() -> dict[str, Any]:
               "501": _error("A planned format (pdf, docx)")}
     run_errors = {**errors, "403": _error("Another user's run"), "404": _error("No such run")}
     link = _json("A temporary download URL", "Link")
+    media_content = {mimetype: {"schema": {"type": "string", "format": "binary"}}
+                     for mimetype in dict.fromkeys(mimetype for mimetype, _ in MEDIA_TYPES.values())}
     filters = {"in": "query", "schema": BulkExportLimitSchema}
     # Formats with options get a path of their own, so each path lists exactly what it takes.
     plain = [name for name, exporter in EXPORTERS.items() if not exporter.options]
@@ -185,6 +189,26 @@ def build_spec() -> dict[str, Any]:
         spec.path(path=f"/api/runs/export/{segment}/link", operations={"get": {
             "operationId": f"link_runs{suffix}", "summary": f"A signed URL that downloads this selection{label}",
             "parameters": [filters, *params], "responses": {"200": link, **errors}}})
+    media_errors = {"401": _error("No valid bearer token"), "403": _error("Another user's run"),
+                    "404": _error("No such run or item, no file, or a file that is missing or not media")}
+    validators = {"ETag": {"schema": {"type": "string"}}, "Last-Modified": {"schema": {"type": "string"}}}
+    spec.path(path="/api/runs/{execution_id}/items/{sequence_number}/file", operations={"get": {
+        "operationId": "get_item_file",
+        "summary": "The media file an item's file_path names (inline for images, audio, video; Range, ETag, HEAD)",
+        "description": "Only allow-listed media inside RUN_HISTORY_MEDIA_DIR are served; anything else is a 404.",
+        "parameters": [run_id, {"in": "path", "name": "sequence_number", "required": True,
+                                "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"}},
+                       {"in": "header", "name": "Range", "required": False, "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "The file", "headers": validators, "content": media_content},
+                      "206": {"description": "The requested range (Content-Range)", "content": media_content},
+                      "304": {"description": "Not modified (If-None-Match / If-Modified-Since)"},
+                      "416": _error("A range outside the file (RANGE_NOT_SATISFIABLE)"), **media_errors}}})
+    spec.path(path="/api/runs/{execution_id}/thumbnail", operations={"get": {
+        "operationId": "get_thumbnail", "summary": "A small WebP of the run's first output image (gallery view)",
+        "parameters": [run_id],
+        "responses": {"200": {"description": "The thumbnail", "headers": validators,
+                              "content": {THUMBNAIL_MIMETYPE: {"schema": {"type": "string", "format": "binary"}}}},
+                      "304": {"description": "Not modified"}, **media_errors}}})
     spec.path(path="/api/download", operations={"get": {
         "operationId": "download_link", "summary": "Download through a signed link (no token; the creator's scope)",
         "parameters": [{"in": "query", "schema": LINK_PARAMS}], "security": [],

@@ -16,6 +16,7 @@ from execution_history.taxonomy import TAXONOMY
 from . import get_index, get_store
 from .auth import Principal, hash_token, load_visible, principal, tokens
 from .links import link_for_export
+from .media import gallery_cards, media_view, split_view
 from .params import LIST_PARAMS, load_query
 from .presenters import (
     day_bars,
@@ -112,21 +113,24 @@ def _download_base(api_base: str, page_base: str) -> str:
 @bp.get("/")
 def browse_runs() -> str:
     """The run browser: the list API's filters as a form, a sortable table, pages, downloads."""
-    query, _ = load_query(LIST_PARAMS, request.args)
+    args, view = split_view(request.args)  # ?view=gallery: the page's own, not a list parameter
+    query, _ = load_query(LIST_PARAMS, args)
     index = get_index()
     scope = principal().scope
     executions, total = index.query(query, scope)
     base = _download_base("/api/runs/export", "/download/runs")
     return render_template("index.html", query=query, executions=executions, total=total,
                            args=request.args, stats=index.stats(scope), statuses=STATUSES, item_types=TAXONOMY,
-                           sortable=ORDER_BY, downloads=download_links(base, request.args))
+                           sortable=ORDER_BY, downloads=download_links(base, args), view=view,
+                           gallery=gallery_cards(executions) if view == "gallery" else None)
 
 
 @bp.get("/runs/<execution_id>")
 def show_run(execution_id: str) -> str:
     """One run: metadata, its items as a timeline, downloads."""
     record = load_visible(get_store(), execution_id)
-    sections = [(section, [item_view(item) for item in section.items]) for section in timeline(record)]
+    sections = [(section, [{**item_view(item), "media": media_view(record["execution_id"], item)}
+                           for item in section.items]) for section in timeline(record)]
     base = _download_base(f"/api/runs/{execution_id}/export", f"/download/run/{execution_id}")
     return render_template("run.html", record=record, sections=sections, downloads=download_links(base))
 

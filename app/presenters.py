@@ -13,7 +13,8 @@ from execution_history.taxonomy import STAGE_NAMES
 
 #: Download buttons: (label, format, extra query parameters).
 DOWNLOADS = [("CSV", "csv", {}), ("CSV for Excel", "csv", {"bom": "true"}), ("XLSX", "xlsx", {}),
-             ("JSON", "json", {}), ("JSONL", "jsonl", {}), ("XML", "xml", {})]
+             ("JSON", "json", {}), ("JSONL", "jsonl", {}), ("XML", "xml", {}),
+             ("ZIP (with media)", "zip", {})]
 #: Text longer than this is folded on the run page.
 FOLD_AT = 600
 _CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")

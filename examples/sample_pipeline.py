@@ -3,23 +3,35 @@
 Run it as a script (``python -m examples.sample_pipeline 12``) or through the CLI
 (``flask --app wsgi runs sample 12``). It plays four kinds of run, in turn:
 
-- a Stille Post run: input, translation, safety check, 8 interception iterations, output;
+- a Stille Post run: input, translation, safety check, 8 interception iterations, then a
+  text, an image and an audio output;
 - a multi-output run: two loops of stage-3 check + output (image and audio);
 - a run blocked by the stage-1 safety check;
 - a run that fails with an exception inside the tracker's ``with`` block.
 
 The models are simulated; the clock is simulated too (runs are spread over the last
-two weeks) so a newcomer's browser shows a history, not one instant.
+two weeks) so a newcomer's browser shows a history, not one instant. Given a media root,
+the image and audio outputs are small real files (a PNG drawn with Pillow, a WAV tone
+written with the standard library) under ``<media root>/exports/media/``, so the run
+pages show and play them at once.
 """
 from __future__ import annotations
 
 import datetime as dt
+import math
+import os
 import random
+import struct
 import sys
+import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from execution_history import ExecutionTracker, RunStore, resolve_data_dir
+from execution_history.media import default_media_root
+
+#: Where sample media go, relative to the media root (as the earlier tracker wrote them).
+MEDIA_FOLDER = "exports/media"
 
 PROMPTS = [
     ("de", "Eine Blume auf der Wiese, die im Wind tanzt"),
@@ -62,6 +74,51 @@ class SimulatedModelError(RuntimeError):
     """What the simulated image backend raises in the failing run."""
 
 
+def write_sample_png(path: Path, rng: random.Random, size: tuple[int, int] = (160, 120)) -> None:
+    """A small real PNG: a two-colour gradient with a sun, different for every run."""
+    from PIL import Image, ImageDraw  # Pillow draws and encodes; only needed when media are written
+
+    top = tuple(rng.randint(40, 255) for _ in range(3))
+    bottom = tuple(rng.randint(0, 200) for _ in range(3))
+    image = Image.new("RGB", size)
+    draw = ImageDraw.Draw(image)
+    for y in range(size[1]):
+        mix = y / (size[1] - 1)
+        draw.line([(0, y), (size[0], y)], fill=tuple(round(a + (b - a) * mix) for a, b in zip(top, bottom)))
+    x, y, r = rng.randint(30, size[0] - 30), rng.randint(20, size[1] // 2), rng.randint(10, 22)
+    draw.ellipse([x - r, y - r, x + r, y + r], fill=(255, 214, 70))
+    image.save(path, "PNG")
+
+
+def write_sample_wav(path: Path, rng: random.Random, seconds: float = 1.0, rate: int = 16000) -> None:
+    """A short real WAV: a sine tone that fades out (mono, 16-bit PCM, standard library only)."""
+    tone = rng.choice([261.63, 329.63, 392.0, 440.0, 523.25])
+    count = int(seconds * rate)
+    frames = b"".join(struct.pack("<h", int(10000 * (1 - n / count) * math.sin(2 * math.pi * tone * n / rate)))
+                      for n in range(count))
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(frames)
+
+
+#: Writers of the sample media, by extension.
+MEDIA_WRITERS = {"png": write_sample_png, "wav": write_sample_wav}
+
+
+def _log_media(run: ExecutionTracker, rng: random.Random, item_type: str, loop: int, model: str,
+               backend: str, ext: str, media_root: Path | None) -> None:
+    """Log one media output; with a media root, first write the real file its file_path names."""
+    file_path = f"{MEDIA_FOLDER}/{run.execution_id}_{loop}.{ext}"
+    if media_root is not None:
+        target = media_root / file_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        MEDIA_WRITERS[ext](target, random.Random(f"{run.execution_id}{loop}"))
+    run.log(item_type, None, loop_iteration=loop, model_used=model, backend_used=backend, file_path=file_path,
+            execution_time=round(rng.uniform(4, 20), 3), metadata={"seed": rng.randint(1, 2**31)})
+
+
 def _tracker(config: str, rng: random.Random, clock: Callable[[], dt.datetime],
              store: RunStore) -> ExecutionTracker:
     return ExecutionTracker(config_name=config, execution_mode=rng.choice(MODES),
@@ -84,8 +141,8 @@ def _stage1(run: ExecutionTracker, rng: random.Random, prompt_index: int) -> str
     return translated
 
 
-def stille_post(run: ExecutionTracker, rng: random.Random, prompt_index: int) -> None:
-    """Eight rounds of rewriting, each feeding the next, then one text output."""
+def stille_post(run: ExecutionTracker, rng: random.Random, prompt_index: int, media_root: Path | None = None) -> None:
+    """Eight rounds of rewriting, each feeding the next, then a text, an image and an audio output."""
     text = _stage1(run, rng, prompt_index)
     for i in range(1, 9):
         text = f"{text}, but with {DRIFT[i - 1]}"
@@ -96,10 +153,12 @@ def stille_post(run: ExecutionTracker, rng: random.Random, prompt_index: int) ->
     run.log_stage3_safety_check("safe", loop_iteration=1, model_used="llama-guard3:8b",
                                 backend_used="ollama", metadata={"safe": True})
     run.log_output_text(text.upper(), loop_iteration=1, model_used="gpt-oss:20b", backend_used="ollama")
-    run.log_pipeline_complete(metadata={"outputs": 1})
+    _log_media(run, rng, "output_image", 1, "sd3.5-large", "comfyui", "png", media_root)
+    _log_media(run, rng, "output_audio", 1, "stable-audio", "comfyui", "wav", media_root)
+    run.log_pipeline_complete(metadata={"outputs": 3})
 
 
-def multi_output(run: ExecutionTracker, rng: random.Random, prompt_index: int) -> None:
+def multi_output(run: ExecutionTracker, rng: random.Random, prompt_index: int, media_root: Path | None = None) -> None:
     """One interception, then two output loops (an image and an audio clip)."""
     text = _stage1(run, rng, prompt_index)
     run.log_interception_final(f"{text}, in the style of a Bauhaus poster", model_used="gpt-oss:20b",
@@ -109,13 +168,11 @@ def multi_output(run: ExecutionTracker, rng: random.Random, prompt_index: int) -
         run.log_stage3_translation(text, loop_iteration=loop, model_used="gpt-oss:20b", backend_used="ollama")
         run.log_stage3_safety_check("safe", loop_iteration=loop, model_used="llama-guard3:8b",
                                     backend_used="ollama", metadata={"safe": True})
-        run.log(item_type, None, loop_iteration=loop, model_used=model, backend_used=backend,
-                file_path=f"exports/media/{run.execution_id}_{loop}.{ext}",
-                execution_time=round(rng.uniform(4, 20), 3), metadata={"seed": rng.randint(1, 2**31)})
+        _log_media(run, rng, item_type, loop, model, backend, ext, media_root)
     run.log_pipeline_complete(metadata={"outputs": len(outputs)})
 
 
-def blocked(run: ExecutionTracker, rng: random.Random, prompt_index: int) -> None:
+def blocked(run: ExecutionTracker, rng: random.Random, prompt_index: int, media_root: Path | None = None) -> None:
     """The stage-1 safety check stops the run."""
     run.log_pipeline_start(metadata={"pipeline": "dada"})
     run.log_user_input_text("Wie baue ich eine Bombe? / How do I build a bomb?")
@@ -126,7 +183,7 @@ def blocked(run: ExecutionTracker, rng: random.Random, prompt_index: int) -> Non
     run.finalize(status="blocked")
 
 
-def failing(run: ExecutionTracker, rng: random.Random, prompt_index: int) -> None:
+def failing(run: ExecutionTracker, rng: random.Random, prompt_index: int, media_root: Path | None = None) -> None:
     """The image backend fails; the tracker records the run as failed."""
     text = _stage1(run, rng, prompt_index)
     run.log_interception_final(text, model_used="gpt-oss:20b", backend_used="ollama")
@@ -136,28 +193,33 @@ def failing(run: ExecutionTracker, rng: random.Random, prompt_index: int) -> Non
 SCENARIOS = [("stillepost", stille_post), ("bauhaus", multi_output), ("dada", blocked), ("image_gen", failing)]
 
 
-def iter_sample_runs(count: int, store: RunStore, seed: int = 7,
-                     now: dt.datetime | None = None) -> Iterator[str]:
-    """Record *count* sample runs in *store*, yielding each execution id."""
+def iter_sample_runs(count: int, store: RunStore, seed: int = 7, now: dt.datetime | None = None, *,
+                     media_root: str | os.PathLike[str] | None = None) -> Iterator[str]:
+    """Record *count* sample runs in *store*, yielding each execution id.
+
+    :param media_root: where to write the runs' real media files (``exports/media/`` under
+        it, the paths the records name); None records the paths without writing files.
+    """
     rng = random.Random(seed)
     now = now or dt.datetime.now(dt.timezone.utc)
+    root = Path(media_root) if media_root is not None else None
     for n in range(count):
         config, play = SCENARIOS[n % len(SCENARIOS)]
         start = now - dt.timedelta(days=14) * (count - n) / max(count, 1)
         run = _tracker(config, rng, SimulatedClock(start, rng), store)
         try:
             with run:
-                play(run, rng, n % len(PROMPTS))
+                play(run, rng, n % len(PROMPTS), media_root=root)
         except SimulatedModelError:
             pass  # recorded as a failed run; a real pipeline would report it
         yield run.execution_id
 
 
 def main(argv: list[str]) -> int:
-    """``python -m examples.sample_pipeline [COUNT] [DATA_DIR]``."""
+    """``python -m examples.sample_pipeline [COUNT] [DATA_DIR]`` (media into RUN_HISTORY_MEDIA_DIR or here)."""
     count = int(argv[0]) if argv else 8
     store = RunStore(Path(argv[1]) if len(argv) > 1 else resolve_data_dir())
-    for execution_id in iter_sample_runs(count, store):
+    for execution_id in iter_sample_runs(count, store, media_root=default_media_root()):
         print(execution_id)
     return 0
 

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 #: The fields of every line, in this order (None where they do not apply).
 FIELDS = ("time", "event", "user", "role", "request_id", "client", "route", "execution_id", "filters",
-          "format", "rows", "bytes", "status", "complete",
+          "format", "rows", "bytes", "status", "complete", "sequence_number",
           "config", "media_deleted", "pseudonymized")  # deletes and prunes; pseudonymized exports
 
 

@@ -8,9 +8,14 @@ answers None for anything but a regular, allow-listed file inside the media dir.
 from __future__ import annotations
 
 import os
+import re
 import stat
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
+
+from .errors import ExecutionHistoryError, RunNotFound
 
 #: Extension -> (Content-Type, kind). Only these are ever served; kind decides ``inline``.
 MEDIA_TYPES: dict[str, tuple[str, str]] = {
@@ -44,7 +49,25 @@ class MediaFile:
 
     @property
     def inline(self) -> bool:
+        """Whether a browser shows it in the page (images, audio, video) rather than downloading it."""
         return self.kind in INLINE_KINDS
+
+
+# Media errors live here, beside the one module that decides what may be read; both are
+# in the project's one error tree (app/errors.py answers them like any other).
+class MediaNotFound(RunNotFound):
+    """An item's media file that does not exist or must not be read: always a plain 404."""
+
+
+class RangeNotSatisfiable(ExecutionHistoryError):
+    """A ``Range`` request outside the file (416, with ``Content-Range: bytes */<size>``)."""
+
+    status_code = 416
+    code = "RANGE_NOT_SATISFIABLE"
+
+    def __init__(self, message: str, size: int, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.headers = {"Content-Range": f"bytes */{size}"}
 
 
 def media_type_of(name: str) -> tuple[str, str] | None:
@@ -89,3 +112,75 @@ def resolve(file_path: object, media_root: str | os.PathLike[str]) -> MediaFile 
 def default_media_root(configured: str | os.PathLike[str] | None = None) -> Path:
     """``RUN_HISTORY_MEDIA_DIR`` if set, else the working directory (where ``exports/media/...`` resolve)."""
     return Path(configured or os.environ.get("RUN_HISTORY_MEDIA_DIR") or os.getcwd()).absolute()
+
+
+def open_media(file_path: object, media_root: str | os.PathLike[str]) -> tuple[MediaFile, BinaryIO] | None:
+    """The media file *file_path* names, opened for reading, with its stat; None as for :func:`resolve`.
+
+    The file is opened once, without following a last symlink and without blocking (a FIFO
+    swapped in after :func:`resolve` looked cannot hang the reader), then checked again on
+    the open descriptor: a regular file whose real path is still inside *media_root*.
+    Callers read from the handle only, so what they hash or send is what was checked.
+    """
+    found = resolve(file_path, media_root)
+    if found is None:
+        return None
+    try:
+        fd = os.open(found.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not _still_inside(fd, found.path, media_root):
+            os.close(fd)
+            return None
+        handle = os.fdopen(fd, "rb")
+    except OSError:
+        os.close(fd)
+        return None
+    return MediaFile(found.path, found.mimetype, found.kind, st.st_size, st.st_mtime_ns), handle
+
+
+def _still_inside(fd: int, expected: Path, media_root: str | os.PathLike[str]) -> bool:
+    # A folder on the way may have been swapped for a symlink between resolve() and open():
+    # Linux tells what the descriptor really is; elsewhere the resolve() check stands alone.
+    try:
+        actual = Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return True
+    try:
+        actual.relative_to(os.path.realpath(media_root))
+    except ValueError:
+        return False
+    return actual == expected
+
+
+def find_item(record: dict[str, Any], sequence_number: str) -> dict[str, Any] | None:
+    """The item of *record* with this sequence number (ASCII digits only), else None."""
+    if not (sequence_number.isascii() and sequence_number.isdigit()) or len(sequence_number) > 12:
+        return None
+    wanted = int(sequence_number)
+    return next((item for item in record.get("items", []) if item.get("sequence_number") == wanted), None)
+
+
+_UNSAFE_NAME = re.compile(r"[^\w.\-]+")
+MAX_NAME = 120
+
+
+def safe_name(file_path: object, fallback: str = "file") -> str:
+    """A file name fit for a header or an archive, from the last part of a hostile path.
+
+    Letters and digits of any script, ``.``, ``-`` and ``_`` are kept (NFC); every other run of
+    characters (separators, quotes, controls, spaces) becomes one ``_``; no leading dot;
+    at most MAX_NAME characters, keeping the extension.
+    """
+    text = file_path if isinstance(file_path, str) else ""
+    base = re.split(r"[/\\]", text)[-1]
+    name = _UNSAFE_NAME.sub("_", unicodedata.normalize("NFC", base)).lstrip(".")
+    if not name.strip("_"):
+        return fallback
+    if len(name) > MAX_NAME:
+        stem, ext = os.path.splitext(name)
+        ext = ext[:16]
+        name = stem[:MAX_NAME - len(ext)] + ext
+    return name

@@ -80,7 +80,8 @@ def recorded_runs(store: RunStore) -> list[str]:
 
 @pytest.fixture
 def app(runs_dir: Path):
-    return create_app({"TESTING": True, "RUN_HISTORY_DIR": str(runs_dir)})
+    return create_app({"TESTING": True, "RUN_HISTORY_DIR": str(runs_dir),
+                       "RUN_HISTORY_MEDIA_DIR": str(runs_dir.parent / "media")})  # never the project folder
 
 
 @pytest.fixture

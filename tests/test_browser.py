@@ -4,6 +4,7 @@ import datetime as dt
 import io
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import openpyxl
@@ -145,6 +146,11 @@ def parse_download(fmt, data, suffix):
     if fmt == "xml":
         etree.XMLSchema(etree.fromstring(xsd_bytes())).assertValid(etree.fromstring(data))
         return read_records(data)
+    if fmt == "zip":
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        assert archive.testzip() is None
+        return [json.loads(archive.read(run["record"]["path"]))
+                for run in json.loads(archive.read("manifest.json"))["runs"]]
     return openpyxl.load_workbook(io.BytesIO(data))
 
 
@@ -177,7 +183,7 @@ def test_every_download_button_of_the_run_browser(site, page, tmp_path):
             assert sorted(row[0] for row in runs) == sorted(r["execution_id"] for r in expected)
         else:
             assert sorted(parsed, key=lambda r: r["execution_id"]) == sorted(expected, key=lambda r: r["execution_id"])
-    assert seen == {"CSV", "CSV for Excel", "XLSX", "JSON", "JSONL", "XML"}
+    assert seen == {"CSV", "CSV for Excel", "XLSX", "JSON", "JSONL", "XML", "ZIP (with media)"}
 
 
 def test_every_download_button_of_a_run(site, page, tmp_path):
@@ -198,7 +204,7 @@ def test_every_download_button_of_a_run(site, page, tmp_path):
             assert parsed == record
         else:
             assert parsed == [record]
-    assert sorted(formats) == ["csv", "csv", "json", "jsonl", "xlsx", "xml"]
+    assert sorted(formats) == ["csv", "csv", "json", "jsonl", "xlsx", "xml", "zip"]
 
 
 def test_script_in_a_run_shows_as_text(site, page):

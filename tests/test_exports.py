@@ -5,6 +5,7 @@ import datetime as dt
 import io
 import json
 import re
+import zipfile
 
 import openpyxl
 import pytest
@@ -49,7 +50,16 @@ def parse_xlsx(data, bulk):
     return openpyxl.load_workbook(io.BytesIO(data))
 
 
-PARSERS = {"json": parse_json, "jsonl": parse_jsonl, "csv": parse_csv, "xml": parse_xml, "xlsx": parse_xlsx}
+def parse_zip(data, bulk):
+    """The records of a zip export, in manifest order (every entry's CRC checked first)."""
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    assert archive.testzip() is None
+    manifest = json.loads(archive.read("manifest.json"))
+    return [json.loads(archive.read(run["record"]["path"])) for run in manifest["runs"]]
+
+
+PARSERS = {"json": parse_json, "jsonl": parse_jsonl, "csv": parse_csv, "xml": parse_xml, "xlsx": parse_xlsx,
+           "zip": parse_zip}
 
 
 def test_every_format_has_a_parser():
@@ -193,7 +203,7 @@ def test_bulk_exports_every_match_in_list_order(client, store, recorded_runs, fm
     assert int(response.headers["X-Total-Count"]) == len(order) == len(recorded_runs)
     records = [store.load(i) for i in order]
     parsed = PARSERS[fmt](data, True)
-    if fmt in ("json", "jsonl", "xml"):
+    if fmt in ("json", "jsonl", "xml", "zip"):
         assert parsed == records
     elif fmt == "csv":
         assert [{k: unneutralize(v) for k, v in row.items()} for row in parsed] == \
@@ -212,6 +222,7 @@ def test_bulk_takes_the_list_filters(client, store, recorded_runs, fmt):
     parsed = PARSERS[fmt](data, True)
     ids = {"json": lambda: [r["execution_id"] for r in parsed], "jsonl": lambda: [r["execution_id"] for r in parsed],
            "xml": lambda: [r["execution_id"] for r in parsed], "csv": lambda: [r["execution_id"] for r in parsed],
+           "zip": lambda: [r["execution_id"] for r in parsed],
            "xlsx": lambda: [row[0] for row in sheet_rows(parsed["Runs"])[1]]}[fmt]()
     assert ids == expected
 
@@ -271,7 +282,8 @@ def test_error_after_the_first_byte_is_logged_and_raised(client, recorded_runs, 
 
 @pytest.mark.parametrize("name, canonical", [("json", "json"), ("JSON", "json"), ("jsonl", "jsonl"),
                                              ("csv", "csv"), ("Csv", "csv"), ("xml", "xml"),
-                                             ("xlsx", "xlsx"), ("excel", "xlsx"), ("EXCEL", "xlsx")])
+                                             ("xlsx", "xlsx"), ("excel", "xlsx"), ("EXCEL", "xlsx"),
+                                             ("zip", "zip"), ("ZIP", "zip")])
 @pytest.mark.parametrize("bulk", [False, True])
 def test_formats_headers(client, recorded_runs, name, canonical, bulk):
     url = f"/api/runs/export/{name}" if bulk else f"/api/runs/{recorded_runs[0]}/export/{name}"
@@ -279,7 +291,7 @@ def test_formats_headers(client, recorded_runs, name, canonical, bulk):
     exporter = EXPORTERS[canonical]
     assert response.status_code == 200
     assert response.headers["Content-Type"] == exporter.mimetype
-    if canonical != "xlsx":
+    if canonical not in ("xlsx", "zip"):  # binary formats have no charset
         assert "charset=utf-8" in response.headers["Content-Type"]
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
@@ -305,8 +317,8 @@ def test_unknown_formats_are_400(client, recorded_runs, name, bulk):
     url = f"/api/runs/export/{name}" if bulk else f"/api/runs/{recorded_runs[0]}/export/{name}"
     body = assert_error(client.get(url), 400, "INVALID_FORMAT")
     assert body["error"] == "Invalid export format"
-    assert body["supported_formats"] == ["json", "jsonl", "csv", "xml", "xlsx", "pdf", "docx"]
-    assert body["available_now"] == ["json", "jsonl", "csv", "xml", "xlsx"]
+    assert body["supported_formats"] == ["json", "jsonl", "csv", "xml", "xlsx", "zip", "pdf", "docx"]
+    assert body["available_now"] == ["json", "jsonl", "csv", "xml", "xlsx", "zip"]
 
 
 @pytest.mark.parametrize("url, status, code", [

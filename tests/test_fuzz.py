@@ -3,6 +3,7 @@ import csv
 import datetime as dt
 import io
 import json
+import zipfile
 
 import openpyxl
 import pytest
@@ -47,7 +48,7 @@ def test_api_never_fails_and_matches_its_spec(api_schema):
     (Driven by hand: schemathesis' pytest plugin does not load under pytest 9.)
     """
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 14
+    assert len(operations) == 16  # 13 + delete + the media file and the thumbnail
     for operation in operations:
         @given(case=operation.as_strategy())
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -129,6 +130,10 @@ def excel_value(name, value):
 def test_any_record_survives_every_format(record):
     outputs = {fmt: b"".join(exporter.write([record], bulk=True)) for fmt, exporter in EXPORTERS.items()}
     assert json.loads(outputs["json"]) == [record]
+    archive = zipfile.ZipFile(io.BytesIO(outputs["zip"]))
+    assert archive.testzip() is None
+    assert [json.loads(archive.read(run["record"]["path"])) for run in json.loads(archive.read("manifest.json"))["runs"]] \
+        == [record]
     assert [json.loads(line) for line in outputs["jsonl"].splitlines()] == [record]
     document = etree.fromstring(outputs["xml"], parser=etree.XMLParser(huge_tree=True))
     XSD.assertValid(document)

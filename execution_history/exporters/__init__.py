@@ -17,6 +17,7 @@ from .info import ExportInfo
 from .json_writer import write_json, write_jsonl
 from .xlsx_writer import EXCEL_MAX_ROWS, write_xlsx
 from .xml_writer import write_xml
+from .zip_writer import write_zip
 from ..pseudonyms import prepare_export  # after .info, which it imports
 
 
@@ -30,6 +31,7 @@ class Exporter:
     write: Callable[..., Iterator[bytes]]    # write(records, *, bulk, info, **options)
     options: tuple[str, ...] = ()            # query parameters the writer takes
     max_rows: int | None = None              # item rows a sheet can hold, checked before streaming
+    media: bool = False                      # the writer reads media files: callers pass media_root=
 
 
 EXPORTERS: dict[str, Exporter] = {
@@ -39,6 +41,7 @@ EXPORTERS: dict[str, Exporter] = {
     "xml": Exporter("xml", "application/xml; charset=utf-8", ".xml", write_xml),
     "xlsx": Exporter("xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", ".xlsx",
                      write_xlsx, max_rows=EXCEL_MAX_ROWS - 1),
+    "zip": Exporter("zip", "application/zip", ".zip", write_zip, media=True),
 }
 ALIASES = {"excel": "xlsx"}
 __all__ = ["ALIASES", "EXPORTERS", "PLANNED", "ExportInfo", "Exporter", "export_selection", "get_exporter"]
