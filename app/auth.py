@@ -162,6 +162,12 @@ def authenticate_api() -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     found = store.authenticate(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+    if found is None and not header:  # the pages' own calls (export jobs): the sign-in session
+        from .jobs_api import session_principal  # here: jobs_api imports this module
+
+        if (found := session_principal()) is not None:
+            g.principal = found
+            return
     if found is None:
         if request.endpoint in _AUDITED:  # a refused export or link request is audited too
             from . import audit_hooks  # here: audit_hooks imports this module

@@ -50,6 +50,7 @@ def test_every_api_route_is_documented(app, spec):
     for rule in app.url_map.iter_rules():
         if rule.rule.startswith("/api/"):
             path = rule.rule.replace("<path:execution_id>", "{execution_id}")
-            routes.add(path.replace("<execution_id>", "{execution_id}").replace("<fmt>", "{fmt}"))
+            routes.add(path.replace("<execution_id>", "{execution_id}").replace("<fmt>", "{fmt}")
+                       .replace("<job_id>", "{job_id}"))
     documented = {path.replace("/csv", "/{fmt}") for path in spec["paths"]}  # csv has paths of its own
     assert routes == documented
