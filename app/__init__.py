@@ -33,7 +33,7 @@ SECURITY_HEADERS = {
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then RUN_HISTORY_* from the environment, then *config*."""
-    from . import api, audit_hooks, auth, cli, jobs_api, pages
+    from . import api, audit_hooks, auth, cli, job_pages, jobs_api, pages  # noqa: F401 - job_pages adds pages
 
     app = Flask(__name__)
     app.config.update(load_config(config))

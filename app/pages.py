@@ -119,7 +119,9 @@ def browse_runs() -> str:
     base = _download_base("/api/runs/export", "/download/runs")
     return render_template("index.html", query=query, executions=executions, total=total,
                            args=request.args, stats=index.stats(scope), statuses=STATUSES, item_types=TAXONOMY,
-                           sortable=ORDER_BY, downloads=download_links(base, request.args))
+                           sortable=ORDER_BY, downloads=download_links(base, request.args),
+                           modes=index.distinct_values("execution_mode", scope),
+                           safety_levels=index.distinct_values("safety_level", scope))
 
 
 @bp.get("/runs/<execution_id>")
