@@ -150,7 +150,7 @@ def principal() -> Principal:
 
 #: Endpoints whose refusals belong in the audit trail, with their event.
 _AUDITED = {"api.export_run": "export", "api.export_runs": "export", "api.link_run": "link_created",
-            "api.link_runs": "link_created"}
+            "api.link_runs": "link_created", "jobs.create_export_job": "export_job"}
 
 
 def authenticate_api() -> None:

@@ -124,3 +124,18 @@ def test_pages_call_the_jobs_api_with_the_session_and_a_csrf_token(secured):
     assert client.delete(f"/api/exports/{job['id']}", headers={"X-CSRF-Token": csrf}, **https).status_code == 204
     # Other API routes still need a bearer token: the session is for the pages' job calls only.
     assert_error(client.get("/api/runs", **https), 401, "UNAUTHORIZED")
+
+
+def test_a_job_is_refused_like_a_direct_export_when_too_large(client, recorded_runs, monkeypatch, tmp_path):
+    import dataclasses
+    import json
+
+    from execution_history.exporters import EXPORTERS
+
+    monkeypatch.setitem(EXPORTERS, "xlsx", dataclasses.replace(EXPORTERS["xlsx"], max_rows=3))
+    direct = assert_error(client.get("/api/runs/export/xlsx"), 400, "EXPORT_TOO_LARGE")
+    body = assert_error(client.post("/api/exports", json={"format": "xlsx"}), 400, "EXPORT_TOO_LARGE")
+    assert {k: body[k] for k in ("runs", "item_rows", "max_rows")} == {k: direct[k] for k in ("runs", "item_rows", "max_rows")}
+    assert client.get("/api/exports").get_json()["jobs"] == []
+    audit = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    assert [(e["event"], e["status"]) for e in audit][-1] == ("export_job", 400)
