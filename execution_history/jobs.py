@@ -57,8 +57,9 @@ log = logging.getLogger(__name__)
 STATES = ("queued", "running", "done", "failed", "cancelled", "expired")
 FINISHED = ("done", "failed", "cancelled", "expired")
 JOB_ID = re.compile(r"\A[0-9a-f]{32}\Z")
-#: A running job writes its progress this often (the contract: at least once a second).
-HEARTBEAT_SECONDS = 0.25
+#: A running job writes its progress this often (the contract: at least once a second; on S3
+#: each beat is a few requests, so not much more often).
+HEARTBEAT_SECONDS = 0.5
 #: A claim whose holder showed no sign of life for this long is stale (well above a heartbeat,
 #: so a busy host is not mistaken for a dead one).
 STALE_SECONDS = 15.0

@@ -143,7 +143,7 @@ def test_bad_requests_get_the_contract_errors(many):
 
 
 def test_delete_cancels_a_job_and_then_it_is_gone(many):
-    server, _, _ = many
+    server, runs_dir, _ = many
     _, _, data = call(f"{server.url}/api/exports", "POST", {"format": "xlsx"})
     job = json.loads(data)
     status, _, _ = call(job["status_url"], "DELETE")
@@ -153,6 +153,12 @@ def test_delete_cancels_a_job_and_then_it_is_gone(many):
     assert call(job["status_url"], "DELETE")[0] == 404
     _, _, listed = call(f"{server.url}/api/exports")
     assert job["id"] not in [j["id"] for j in json.loads(listed)["jobs"]]
+    # Its runner (if it had started) stops, and housekeeping removes whatever it wrote meanwhile.
+    jobs_dir = runs_dir / ".side" / "jobs"
+    deadline = time.monotonic() + 60
+    while sorted(p.name for p in jobs_dir.glob(f"{job['id']}.*")) != [f"{job['id']}.deleted"]:
+        assert time.monotonic() < deadline, sorted(p.name for p in jobs_dir.glob(f"{job['id']}.*"))
+        time.sleep(0.2)
 
 
 def test_the_file_is_gone_after_the_ttl(tmp_path):
