@@ -33,7 +33,7 @@ SECURITY_HEADERS = {
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then RUN_HISTORY_* from the environment, then *config*."""
-    from . import api, audit_hooks, auth, cli, lifecycle, media, pages
+    from . import api, audit_hooks, auth, cli, job_pages, jobs_api, lifecycle, media, pages  # noqa: F401 - job_pages adds pages
 
     app = Flask(__name__)
     app.config.update(load_config(config))
@@ -73,6 +73,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     media.init_app(app, store.root)
+    jobs_api.install(app)  # export jobs: store, executor, /api/exports
     app.cli.add_command(cli.runs)
     return app
 

@@ -150,12 +150,36 @@ def principal() -> Principal:
 
 #: Endpoints whose refusals belong in the audit trail, with their event.
 _AUDITED = {"api.export_run": "export", "api.export_runs": "export", "api.link_run": "link_created",
-            "api.link_runs": "link_created", "api.delete_run": "delete"}
+            "api.link_runs": "link_created", "api.delete_run": "delete",
+            "jobs.create_export_job": "export_job"}
 
 
 #: GET endpoints the pages load from the browser (``<img>``, ``<audio>`` sources), which cannot
 #: send a bearer token: the sign-in session cookie is accepted for them too (reads only, so no CSRF).
-SESSION_ENDPOINTS = {"media.get_item_file", "media.get_thumbnail"}
+SESSION_ENDPOINTS = {"media.get_item_file", "media.get_thumbnail",
+                     # the pages' export-job calls (POST and DELETE need the CSRF token)
+                     "jobs.create_export_job", "jobs.list_export_jobs", "jobs.get_export_job",
+                     "jobs.download_export_job", "jobs.delete_export_job"}
+
+
+def session_principal() -> Principal | None:
+    """The signed-in page user, for a page-called API route (SESSION_ENDPOINTS) without a bearer token.
+
+    POST and DELETE need the session's CSRF token in ``X-CSRF-Token`` (a cross-site form
+    cannot set a header). This is the one place that reads the session for the API.
+
+    :raises Forbidden: for a signed-in POST or DELETE without the right CSRF token.
+    """
+    store = tokens()
+    digest = session.get("token_sha256")
+    if store is None or request.endpoint not in SESSION_ENDPOINTS or not digest or not store.has_hash(digest):
+        return None
+    if request.method not in ("GET", "HEAD"):
+        sent = request.headers.get("X-CSRF-Token", "")
+        if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
+            raise Forbidden("Missing or wrong CSRF token (X-CSRF-Token)")
+    g.token_sha256 = digest
+    return Principal(session["user"], session["role"])
 
 
 def authenticate_api() -> None:
@@ -167,10 +191,9 @@ def authenticate_api() -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     found = store.authenticate(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
-    if found is None and not header and request.endpoint in SESSION_ENDPOINTS:
-        digest = session.get("token_sha256")
-        if digest and store.has_hash(digest):  # signed in on the pages, token not revoked since
-            g.principal = Principal(session["user"], session["role"])
+    if found is None and not header:  # the pages' own calls (media, export jobs): the sign-in session
+        if (found := session_principal()) is not None:
+            g.principal = found
             return
     if found is None:
         if request.endpoint in _AUDITED:  # a refused export or link request is audited too

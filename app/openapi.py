@@ -108,6 +108,94 @@ def _json(description: str, schema: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+class JobSchema(Schema):
+    """An export job (GET /api/exports/{job_id})."""
+
+    id = fields.String(required=True)
+    state = fields.String(required=True, metadata={"enum": ["queued", "running", "done", "failed", "cancelled",
+                                                            "expired"]})
+    format = fields.String(required=True)
+    filters = fields.Dict(required=True, metadata={"description": "The list filters that selected the runs"})
+    options = fields.Dict(required=True, metadata={"description": "The writer options (shape, bom, raw, ...)"})
+    user = fields.String(allow_none=True, required=True, metadata={"description": "Who queued it"})
+    runs_total = fields.Integer(required=True, metadata={"description": "Runs selected when it was queued"})
+    runs_done = fields.Integer(required=True)
+    percent = fields.Float(required=True)
+    eta_seconds = fields.Float(allow_none=True, required=True)
+    created_at = fields.String(required=True, metadata={"format": "date-time"})
+    started_at = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
+    finished_at = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
+    size_bytes = fields.Integer(allow_none=True, required=True)
+    status_url = fields.String(required=True, metadata={"format": "uri"})
+    download_url = fields.String(allow_none=True, required=True, metadata={"format": "uri"})
+    error = fields.String(allow_none=True, required=True)
+
+
+class JobListSchema(Schema):
+    """GET /api/exports."""
+
+    jobs = fields.List(fields.Nested(JobSchema), required=True)
+
+
+def _job_paths(spec: APISpec, download: dict[str, Any]) -> None:
+    """/api/exports: export jobs."""
+    spec.components.schema("Job", schema=JobSchema)
+    spec.components.schema("JobList", schema=JobListSchema)
+    filters = {name: {k: v for k, v in prop.items() if k != "in"}
+               for name, prop in ((p["name"], {**p["schema"], "description": p.get("description", "")})
+                                  for p in _query_parameters(BulkExportLimitSchema()))}
+    def option(field: fields.Field) -> dict[str, Any]:
+        return {"type": "boolean"} if isinstance(field, fields.Boolean) else {"type": "string",
+                                                                             "enum": field.metadata["allowed"]}
+
+    # One body per format: each lists only the options its writer takes (others are a 400).
+    variants = []
+    for name, exporter in EXPORTERS.items():
+        names = [name, *(alias for alias, target in ALIASES.items() if target == name)]
+        variants.append((names, {option_name: option(EXPORT_OPTIONS[option_name]) for option_name in exporter.options}))
+    variants.append((list(PLANNED), {}))
+    body = {"oneOf": [{"type": "object", "required": ["format"], "additionalProperties": False, "properties": {
+        "format": {"type": "string", "enum": names, "description": "Export format, case-insensitive; pdf/docx: 501"},
+        "filters": {"type": "object", "properties": filters, "additionalProperties": False,
+                    "description": "The list parameters (as for GET /api/runs/export/{fmt})"},
+        "options": {"type": "object", "properties": options, "additionalProperties": False,
+                    "description": "The writer options of the format (csv: shape, bom, raw)"}}}
+        for names, options in variants]}
+    job_id = {"in": "path", "name": "job_id", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
+    denied = {"401": _error("No valid bearer token (or session)"), "404": _error("No such job, or another user's")}
+    spec.path(path="/api/exports", operations={
+        "post": {"operationId": "create_export_job",
+                 "summary": "Queue an export of the runs the filters select now (or the same as form fields)",
+                 "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+                 "responses": {"202": {**_json("Queued (Location: its status URL)", "Job"),
+                                       "headers": {"Location": {"schema": {"type": "string"}}}},
+                               "400": _error("Unknown format, bad or unknown parameter, or EXPORT_TOO_LARGE"),
+                               "401": _error("No valid bearer token (or session)"),
+                               "403": _error("A session call without its CSRF token"),
+                               "413": _error("Body over 64 KB"), "501": _error("A planned format (pdf, docx)")}},
+        "get": {"operationId": "list_export_jobs", "summary": "The caller's export jobs, newest first (admin: all)",
+                "responses": {"200": _json("Jobs", "JobList"), "400": _error("An unknown parameter"),
+                              "401": _error("No valid bearer token (or session)")}}})
+    spec.path(path="/api/exports/{job_id}", operations={
+        "get": {"operationId": "get_export_job", "summary": "A job's state and progress", "parameters": [job_id],
+                "responses": {"200": _json("The job", "Job"), **denied}},
+        "delete": {"operationId": "delete_export_job", "summary": "Cancel or delete a job (then it is 404)",
+                   "parameters": [job_id], "responses": {"204": {"description": "Deleted"}, **denied,
+                                                         "403": _error("A session call without its CSRF token")}}})
+    spec.path(path="/api/exports/{job_id}/download", operations={"get": {
+        "operationId": "download_export_job", "summary": "A done job's file, as a direct download would send it",
+        "parameters": [job_id], "responses": {"200": download, **denied, "409": _error("NOT_READY: not done"),
+                                              "410": _error("EXPORT_EXPIRED: past RUN_HISTORY_EXPORT_TTL")}}})
+
+
+def _query_parameters(schema: Schema) -> list[dict[str, Any]]:
+    """A params schema as OpenAPI query parameters (what apispec makes of it)."""
+    from apispec.ext.marshmallow.openapi import OpenAPIConverter
+
+    converter = OpenAPIConverter(openapi_version="3.0.3", schema_name_resolver=lambda s: None, spec=None)
+    return converter.schema2parameters(schema, location="query")
+
+
 @functools.cache
 def build_spec() -> dict[str, Any]:
     """The OpenAPI document served at /api/openapi.json."""
@@ -214,6 +302,7 @@ def build_spec() -> dict[str, Any]:
         "parameters": [{"in": "query", "schema": LINK_PARAMS}], "security": [],
         "responses": {"200": downloads({}), "400": _error("No link given"), "403": _error("A tampered link"),
                       "404": _error("The run is gone"), "410": _error("An expired link")}}})
+    _job_paths(spec, downloads({}))
     spec.path(path="/api/schema/execution_record.xsd", operations={"get": {
         "operationId": "get_xsd", "summary": "The XSD every XML export validates against",
         "responses": {"200": {"description": "XML Schema", "content": {"application/xml": {"schema": {"type": "string"}}}}}}})

@@ -122,7 +122,9 @@ def browse_runs() -> str:
     return render_template("index.html", query=query, executions=executions, total=total,
                            args=request.args, stats=index.stats(scope), statuses=STATUSES, item_types=TAXONOMY,
                            sortable=ORDER_BY, downloads=download_links(base, args), view=view,
-                           gallery=gallery_cards(executions) if view == "gallery" else None)
+                           gallery=gallery_cards(executions) if view == "gallery" else None,
+                           modes=index.distinct_values("execution_mode", scope),
+                           safety_levels=index.distinct_values("safety_level", scope))
 
 
 @bp.get("/runs/<execution_id>")

@@ -15,6 +15,8 @@ from execution_history.taxonomy import STAGE_NAMES
 DOWNLOADS = [("CSV", "csv", {}), ("CSV for Excel", "csv", {"bom": "true"}), ("XLSX", "xlsx", {}),
              ("JSON", "json", {}), ("JSONL", "jsonl", {}), ("XML", "xml", {}),
              ("ZIP (with media)", "zip", {})]
+#: Bulk formats whose button starts an export job (progress, then the download) when JavaScript runs.
+JOB_FORMATS = ("xlsx", "zip")
 #: Text longer than this is folded on the run page.
 FOLD_AT = 600
 _CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -38,7 +40,8 @@ def download_links(base: str, args: MultiDict[str, str] | None = None) -> list[d
     links = []
     for label, fmt, extra in DOWNLOADS:
         query = urlencode({**kept, **extra})
-        links.append({"label": label, "format": fmt, "url": f"{base}/{fmt}" + (f"?{query}" if query else "")})
+        links.append({"label": label, "format": fmt, "url": f"{base}/{fmt}" + (f"?{query}" if query else ""),
+                      "job": fmt if args is not None and fmt in JOB_FORMATS else None})
     return links
 
 

@@ -71,6 +71,20 @@ class LinkExpired(ExecutionHistoryError):
     code = "LINK_EXPIRED"
 
 
+class NotReady(ExecutionHistoryError):
+    """An export job's file asked for before the job is done."""
+
+    status_code = 409
+    code = "NOT_READY"
+
+
+class ExportExpired(ExecutionHistoryError):
+    """An export job's file past RUN_HISTORY_EXPORT_TTL: it has been deleted."""
+
+    status_code = 410
+    code = "EXPORT_EXPIRED"
+
+
 class RunNotFound(ExecutionHistoryError):
     """No readable run with that id (malformed ids included: they never become paths)."""
 

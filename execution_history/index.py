@@ -764,6 +764,22 @@ class RunIndex:
         return [((epoch + dt.timedelta(days=d)).isoformat(), rows.get(d, 0))
                 for d in range(first_day, first_day + days)]
 
+    #: Columns the pages offer as choices (a fixed list: the name goes into the SQL).
+    DISTINCT_COLUMNS = ("execution_mode", "safety_level")
+
+    @_sqlite_errors
+    def distinct_values(self, column: str, user_scope: str | None = None) -> list[str]:
+        """The values of *column* present in the finished runs (a researcher's own), sorted; for
+        the pages' choices (Mode, Safety level)."""
+        if column not in self.DISTINCT_COLUMNS:
+            raise ValueError(f"not a choice column: {column}")
+        self.sync()
+        conn = self._connection()
+        scope, params = (f"source = '{FILE}' AND user_id = ?", [user_scope]) if user_scope is not None \
+            else (f"source = '{FILE}'", [])
+        return self._cached(conn, ("distinct", column, user_scope), lambda: [value for (value,) in conn.execute(
+            f"SELECT DISTINCT {column} FROM runs WHERE {scope} AND {column} IS NOT NULL ORDER BY 1", params)])
+
     def _stats(self, conn: sqlite3.Connection, user_scope: str | None) -> dict[str, Any]:
         # record files only (the contract's total_records): runs in progress are listed, not counted here
         scope, params = (f"WHERE source = '{FILE}'", [])

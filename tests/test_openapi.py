@@ -51,6 +51,7 @@ def test_every_api_route_is_documented(app, spec):
         if rule.rule.startswith("/api/"):
             path = rule.rule.replace("<path:execution_id>", "{execution_id}")
             routes.add(path.replace("<execution_id>", "{execution_id}").replace("<fmt>", "{fmt}")
-                       .replace("<sequence_number>", "{sequence_number}"))
+                       .replace("<sequence_number>", "{sequence_number}")
+                       .replace("<job_id>", "{job_id}"))
     documented = {path.replace("/csv", "/{fmt}") for path in spec["paths"]}  # csv has paths of its own
     assert routes == documented

@@ -44,7 +44,7 @@ EXPORTERS: dict[str, Exporter] = {
     "zip": Exporter("zip", "application/zip", ".zip", write_zip, media=True),
 }
 ALIASES = {"excel": "xlsx"}
-__all__ = ["ALIASES", "EXPORTERS", "PLANNED", "ExportInfo", "Exporter", "export_selection", "get_exporter"]
+__all__ = ["ALIASES", "EXPORTERS", "PLANNED", "ExportInfo", "Exporter", "check_fits", "export_selection", "get_exporter"]
 #: Formats announced but not built yet (501).
 PLANNED = {"pdf": "PDF", "docx": "DOCX"}
 
@@ -66,6 +66,21 @@ def get_exporter(name: str) -> Exporter:
                         available_now=list(EXPORTERS))
 
 
+def check_fits(exporter: Exporter, index: RunIndex, query: RunQuery, user_scope: str | None = None) -> int:
+    """How many finished runs *query* selects, once it is sure the format can hold them.
+
+    Shared by the bulk route, the CLI and export jobs (checked when a job is queued).
+
+    :raises ExportTooLarge: if the format cannot hold the selection.
+    """
+    runs, item_rows = index.count_rows(query, user_scope)
+    if exporter.max_rows is not None and max(runs, item_rows) > exporter.max_rows:
+        raise ExportTooLarge(f"Export too large for {exporter.name}", format=exporter.name, runs=runs,
+                             item_rows=item_rows, max_rows=exporter.max_rows,
+                             hint="Narrow the filters, or export as csv or jsonl, which have no row limit")
+    return runs
+
+
 def export_selection(exporter: Exporter, index: RunIndex, store: RunStore, query: RunQuery,
                      options: dict[str, Any], user_scope: str | None = None,
                      now: dt.datetime | None = None,
@@ -80,11 +95,7 @@ def export_selection(exporter: Exporter, index: RunIndex, store: RunStore, query
 
     :raises ExportTooLarge: if the format cannot hold the selection (before any chunk).
     """
-    runs, item_rows = index.count_rows(query, user_scope)
-    if exporter.max_rows is not None and max(runs, item_rows) > exporter.max_rows:
-        raise ExportTooLarge(f"Export too large for {exporter.name}", format=exporter.name, runs=runs,
-                             item_rows=item_rows, max_rows=exporter.max_rows,
-                             hint="Narrow the filters, or export as csv or jsonl, which have no row limit")
+    runs = check_fits(exporter, index, query, user_scope)
     info = ExportInfo(count=runs, filters=query.filters.to_wire(),
                       exported_at=now or dt.datetime.now(dt.timezone.utc))
     records = tap(store.iter_records(index.iter_ids(query, user_scope)))

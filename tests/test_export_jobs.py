@@ -1,0 +1,246 @@
+"""Export jobs through a real gunicorn: progress, the file, 409/410, delete, scoping, a killed server."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import openpyxl
+import pytest
+
+from app.auth import TokenStore
+from bench.common import make_record
+from execution_history.records import dump_record
+
+from .conftest import LiveServer
+
+RUNS = 1500
+
+
+def write_runs(folder: Path, count: int, start: int = 0, user: str | None = None) -> list[str]:
+    """Record files written directly (the tracker is too slow for thousands)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for n in range(start, start + count):
+        record = make_record(n)
+        if user is not None:
+            record["user_id"] = user
+        (folder / f"{record['execution_id']}.json").write_bytes(dump_record(record))
+        ids.append(record["execution_id"])
+    return ids
+
+
+def call(url: str, method: str = "GET", body: dict | None = None, token: str | None = None):
+    """(status, headers, bytes) of one request."""
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+def wait_for(url: str, states=("done", "failed", "expired"), token: str | None = None, timeout: float = 180.0):
+    """Poll a job until it reaches one of *states*; returns every body seen."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, _, data = call(url, token=token)
+        assert status == 200, data
+        seen.append(json.loads(data))
+        if seen[-1]["state"] in states:
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"job still {seen[-1]['state']} after {timeout} s")
+
+
+def workbook_rows(data: bytes) -> dict[str, list[tuple]]:
+    book = openpyxl.load_workbook(io.BytesIO(data))
+    rows = {name: list(book[name].iter_rows(values_only=True)) for name in ("Runs", "Items")}
+    rows["About"] = [row for row in book["About"].iter_rows(values_only=True) if row[0] != "exported_at (UTC)"]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    """A gunicorn (two workers) over 1,500 runs."""
+    root = tmp_path_factory.mktemp("jobs")
+    ids = write_runs(root / "runs", RUNS)
+    server = LiveServer(root / "runs", root / "gunicorn.log")
+    yield server, root / "runs", ids
+    server.stop()
+
+
+def test_a_job_reports_progress_and_delivers_the_direct_export(many):
+    server, runs_dir, ids = many
+    query = "order_by=timestamp&order=asc"
+    status, _, direct = call(f"{server.url}/api/runs/export/xlsx?{query}")
+    assert status == 200
+    status, headers, data = call(f"{server.url}/api/exports", "POST",
+                                 {"format": "xlsx", "filters": {"order_by": "timestamp", "order": "asc"}})
+    assert status == 202, data
+    job = json.loads(data)
+    assert job["state"] == "queued" and job["runs_total"] == RUNS and headers["Location"] == job["status_url"]
+    status, _, data = call(f"{server.url}/api/exports/{job['id']}/download")
+    assert status == 409 and json.loads(data)["code"] == "NOT_READY"
+    # A run recorded after the job was queued is not in its file (the selection is the POST's).
+    late = write_runs(runs_dir, 1, start=RUNS + 10)[0]
+    seen = wait_for(job["status_url"])
+    final = seen[-1]
+    assert final["state"] == "done", final
+    percents = [body["percent"] for body in seen]
+    assert percents == sorted(percents)
+    assert len({p for p in percents if 0 < p < 100}) >= 2, percents  # progress moved while running
+    running = [body for body in seen if body["state"] == "running"]
+    assert any(0 < body["runs_done"] < RUNS for body in running)
+    assert any(body["eta_seconds"] is not None and body["eta_seconds"] > 0 for body in running)
+    status, headers, data = call(final["download_url"])
+    assert status == 200 and headers["Content-Disposition"].startswith('attachment; filename="runs_')
+    assert headers["Content-Type"] == "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    assert headers["Cache-Control"] == "no-store" and headers["X-Content-Type-Options"] == "nosniff"
+    assert len(data) == final["size_bytes"]
+    assert workbook_rows(data) == workbook_rows(direct)
+    assert [row[0] for row in workbook_rows(data)["Runs"][1:]] == ids
+    _, _, after = call(f"{server.url}/api/runs/export/jsonl?{query}")
+    assert late in [json.loads(line)["execution_id"] for line in after.splitlines()]  # the filters do select it
+
+
+def test_jsonl_job_equals_the_direct_export_with_filters(many):
+    server, _, _ = many
+    status, _, direct = call(f"{server.url}/api/runs/export/jsonl?config=dada&status=completed")
+    status, _, data = call(f"{server.url}/api/exports", "POST",
+                           {"format": "JSONL", "filters": {"config": "dada", "status": "completed"}})
+    assert status == 202
+    final = wait_for(json.loads(data)["status_url"])[-1]
+    assert final["state"] == "done" and final["format"] == "jsonl"
+    _, headers, got = call(final["download_url"])
+    assert headers["Content-Type"] == "application/x-ndjson; charset=utf-8"
+    assert [json.loads(line) for line in got.splitlines()] == [json.loads(line) for line in direct.splitlines()]
+
+
+def test_bad_requests_get_the_contract_errors(many):
+    server, _, _ = many
+    for body, status, code in [({"format": "txt"}, 400, "INVALID_FORMAT"),
+                               ({"format": "pdf"}, 501, "FORMAT_NOT_IMPLEMENTED"),
+                               ({"format": "csv", "filters": {"colour": "red"}}, 400, "UNKNOWN_PARAMETER"),
+                               ({"format": "csv", "options": {"shape": "cubes"}}, 400, "INVALID_PARAMETER"),
+                               ({"format": "csv", "filters": {"config": {"a": 1}}}, 400, "INVALID_PARAMETER"),
+                               ({"fmt": "csv"}, 400, "UNKNOWN_PARAMETER"), ({}, 400, "INVALID_PARAMETER")]:
+        got, _, data = call(f"{server.url}/api/exports", "POST", body)
+        assert (got, json.loads(data)["code"]) == (status, code), body
+    for path in ("exports/0123456789abcdef0123456789abcdef", "exports/../etc", "exports/x/download"):
+        got, _, data = call(f"{server.url}/api/{path}")
+        assert got == 404 and json.loads(data)["code"] == "NOT_FOUND"
+
+
+def test_delete_cancels_a_job_and_then_it_is_gone(many):
+    server, runs_dir, _ = many
+    _, _, data = call(f"{server.url}/api/exports", "POST", {"format": "xlsx"})
+    job = json.loads(data)
+    status, _, _ = call(job["status_url"], "DELETE")
+    assert status == 204
+    assert call(job["status_url"])[0] == 404
+    assert call(job["status_url"] + "/download")[0] == 404
+    assert call(job["status_url"], "DELETE")[0] == 404
+    _, _, listed = call(f"{server.url}/api/exports")
+    assert job["id"] not in [j["id"] for j in json.loads(listed)["jobs"]]
+    # Its runner (if it had started) stops, and housekeeping removes whatever it wrote meanwhile.
+    jobs_dir = runs_dir / ".side" / "jobs"
+    deadline = time.monotonic() + 60
+    while sorted(p.name for p in jobs_dir.glob(f"{job['id']}.*")) != [f"{job['id']}.deleted"]:
+        assert time.monotonic() < deadline, sorted(p.name for p in jobs_dir.glob(f"{job['id']}.*"))
+        time.sleep(0.2)
+
+
+def test_the_file_is_gone_after_the_ttl(tmp_path):
+    runs = tmp_path / "runs"
+    write_runs(runs, 5)
+    server = LiveServer(runs, tmp_path / "gunicorn.log", extra_env={"RUN_HISTORY_EXPORT_TTL": "0"})
+    try:
+        _, _, data = call(f"{server.url}/api/exports", "POST", {"format": "csv", "options": {"bom": True}})
+        job = json.loads(data)
+        final = wait_for(job["status_url"], states=("expired", "failed"))[-1]
+        assert final["state"] == "expired" and final["download_url"] is None
+        status, _, data = call(job["status_url"] + "/download")
+        assert status == 410 and json.loads(data)["code"] == "EXPORT_EXPIRED"
+        assert not (runs / ".side" / "jobs" / f"{job['id']}.file").exists()
+    finally:
+        server.stop()
+
+
+def test_researchers_see_only_their_own_jobs(tmp_path):
+    runs = tmp_path / "runs"
+    alice_runs = write_runs(runs, 4, user="alice")
+    write_runs(runs, 3, start=100, user="bob")
+    tokens = TokenStore(tmp_path / "tokens.json")
+    alice, bob, admin = (tokens.create("alice", "researcher"), tokens.create("bob", "researcher"),
+                         tokens.create("root", "admin"))
+    server = LiveServer(runs, tmp_path / "gunicorn.log", extra_env={"RUN_HISTORY_TOKENS": str(tokens.path)})
+    try:
+        assert call(f"{server.url}/api/exports", "POST", {"format": "json"})[0] == 401
+        _, _, data = call(f"{server.url}/api/exports", "POST", {"format": "json"}, token=alice)
+        job = json.loads(data)
+        assert job["runs_total"] == 4 and job["user"] == "alice"
+        assert call(job["status_url"], token=bob)[0] == 404
+        assert call(job["status_url"], "DELETE", token=bob)[0] == 404
+        assert json.loads(call(f"{server.url}/api/exports", token=bob)[2])["jobs"] == []
+        assert [j["id"] for j in json.loads(call(f"{server.url}/api/exports", token=admin)[2])["jobs"]] == [job["id"]]
+        final = wait_for(job["status_url"], token=alice)[-1]
+        assert call(final["download_url"], token=bob)[0] == 404
+        status, _, got = call(final["download_url"], token=alice)
+        assert status == 200 and sorted(r["execution_id"] for r in json.loads(got)) == sorted(alice_runs)
+        audit = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+        events = [(e["event"], e["user"], e["status"]) for e in audit if e["event"].startswith("export_")]
+        assert ("export_job", "alice", 202) in events and ("export_download", "alice", 200) in events
+        assert ("export_download", "bob", 404) in events
+    finally:
+        server.stop()
+
+
+def gunicorn_pids(server: LiveServer) -> list[int]:
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+    return [server.proc.pid, *map(int, children)]
+
+
+def test_a_job_of_a_killed_server_ends_failed_never_running(tmp_path):
+    runs = tmp_path / "runs"
+    write_runs(runs, 300)
+    # The test hook makes the job slow (0.1 s a run) so that it is surely mid-run when killed.
+    server = LiveServer(runs, tmp_path / "first.log", extra_env={"RUN_HISTORY_TEST_EXPORT_DELAY": "0.1"})
+    try:
+        _, _, data = call(f"{server.url}/api/exports", "POST", {"format": "xlsx"})
+        job = json.loads(data)
+        seen = wait_for(job["status_url"], states=("running",))
+        while seen[-1]["runs_done"] == 0:
+            seen = wait_for(job["status_url"], states=("running",))
+        for pid in gunicorn_pids(server):  # arbiter and workers at once: nothing gets to clean up
+            os.kill(pid, signal.SIGKILL)
+        server.proc.wait(timeout=30)
+    finally:
+        server.stop()
+    path = job["status_url"].split("/api/", 1)[1]
+    restarted = LiveServer(runs, tmp_path / "second.log")
+    try:
+        start = time.monotonic()
+        final = wait_for(f"{restarted.url}/api/{path}", states=("failed", "done"), timeout=60)[-1]
+        assert time.monotonic() - start < 60
+        assert final["state"] == "failed" and "heartbeat" in final["error"], final
+        # Housekeeping records it too (not only reads): the stored state says failed.
+        deadline = time.monotonic() + 60
+        stored = runs / ".side" / "jobs" / f"{job['id']}.json"
+        while json.loads(stored.read_text())["state"] != "failed":
+            assert time.monotonic() < deadline, "the restarted server never recorded the failure"
+            time.sleep(0.2)
+        status, _, data = call(f"{restarted.url}/api/{path}/download")
+        assert status == 409 and json.loads(data)["code"] == "NOT_READY"
+    finally:
+        restarted.stop()
