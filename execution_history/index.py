@@ -48,6 +48,7 @@ from . import journal
 from .errors import InvalidRecord, StorageError
 from .filters import ITEM_SEPARATOR, RunQuery, fold_text, to_key
 from .records import parse_record, parse_timestamp
+from .regular import NotARegularFile, read_regular, special_identity
 from .storage import Malformed, RunStore, SavedFile, summarize_stats
 
 log = logging.getLogger(__name__)
@@ -161,15 +162,16 @@ def extract(record: dict[str, Any], identity: tuple[int, int, int], last_activit
 
 def read_indexed(path: Path, execution_id: str) -> IndexedRun | tuple[int, int, int] | None:
     """Parse one file for the index: an IndexedRun, its identity if unreadable, None if gone."""
+    identity: tuple[int, int, int] | None = None
     for _ in range(3):  # a file replaced while we read it is read again
         try:
-            with open(path, "rb") as handle:
-                before = os.fstat(handle.fileno())
-                raw = handle.read()
+            raw, before = read_regular(path)  # never blocks on a FIFO, never reads a device
         except FileNotFoundError:
             return None
-        except OSError:
-            return None
+        except NotARegularFile as err:  # FIFO, socket, device, folder, dangling symlink
+            return err.identity
+        except OSError:  # there but unreadable (permissions, I/O error): counted as such
+            return special_identity(path)
         identity = (before.st_ino, before.st_size, before.st_mtime_ns)
         try:
             after = os.stat(path)

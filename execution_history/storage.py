@@ -15,6 +15,7 @@ from typing import Any, ContextManager
 
 from .errors import InvalidRecord, RunAlreadyExists, RunNotFound, StorageError
 from .records import dump_record, is_valid_execution_id, parse_record, parse_timestamp
+from .regular import NotARegularFile, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -230,13 +231,14 @@ class RunStore:
     def read_bytes(self, execution_id: str) -> bytes:
         """The raw bytes of a run's file.
 
-        :raises RunNotFound: if the id is malformed or no such file exists.
+        :raises RunNotFound: if the id is malformed, no such file exists or it is not a regular
+            file (FIFO, socket, device, folder, dangling symlink: counted unreadable, never served).
         :raises StorageError: if the file exists but cannot be read.
         """
         path = self.path_for(execution_id)
         try:
-            return path.read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return read_regular(path)[0]  # never blocks on a FIFO, never reads a device
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, NotARegularFile):
             raise RunNotFound("Execution not found", execution_id=execution_id) from None
         except OSError as err:
             raise StorageError("Run could not be read", execution_id=execution_id,
@@ -299,8 +301,11 @@ class RunStore:
         for execution_id, entry in self._iter_entries(malformed):
             try:
                 st = entry.stat()
-            except OSError:  # deleted between listing and stat
-                continue
+            except OSError:  # deleted since the listing, or a dangling symlink (an unreadable record)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
             files.append(RecordFile(execution_id, st.st_ino, st.st_size, st.st_mtime_ns))
         return files
 
