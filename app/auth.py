@@ -191,5 +191,7 @@ def load_visible(store: RunStore, execution_id: str) -> dict[str, Any]:
     except RunNotFound:
         running = journal.load_running(store, execution_id)
         if running is None:
+            from . import get_index
+            get_index().recheck([execution_id])  # a listed run that is gone: the list stops showing it
             raise
         return visible_record(running)

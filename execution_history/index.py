@@ -37,7 +37,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -45,9 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from . import journal
-from .errors import InvalidRecord, StorageError
+from .errors import InvalidRecord, RunNotFound, SelectionChanged, StorageError
 from .filters import ITEM_SEPARATOR, RunQuery, fold_text, to_key
-from .records import parse_record, parse_timestamp
+from .records import is_valid_execution_id, parse_record, parse_timestamp
 from .regular import NotARegularFile, read_regular, special_identity
 from .storage import Malformed, RunStore, SavedFile, summarize_stats
 
@@ -718,6 +718,41 @@ class RunIndex:
                     yield execution_id
         finally:
             conn.close()
+
+    def iter_listed_records(self, store: RunStore, execution_ids: Iterable[str]) -> Iterator[dict[str, Any]]:
+        """Records for ids the index listed, in order, for an export whose count was already given.
+
+        A run that vanished or turned unreadable since is looked at again at once (so lists
+        stop showing it) and raises: skipping it would send fewer runs than counted.
+
+        :raises SelectionChanged: when a listed run can no longer be read.
+        """
+        for execution_id in execution_ids:
+            try:
+                yield store.load(execution_id)
+            except (RunNotFound, InvalidRecord, StorageError) as err:
+                self.recheck([execution_id])
+                raise SelectionChanged("A run changed while the export was streaming; please retry",
+                                       execution_id=execution_id) from err
+
+    def recheck(self, execution_ids: list[str]) -> None:
+        """Index these record files as they are now (a load found one gone or unreadable, so
+        lists must stop showing it at once). Never raises: the caller's answer stands."""
+        ids = [i for i in execution_ids if is_valid_execution_id(i)]
+        if not ids:
+            return
+        try:
+            conn = self._connection()
+            marks = ", ".join("?" * len(ids))
+            # only runs indexed from files: a run in progress keeps its journal row
+            filed = [row[0] for row in conn.execute(
+                f"SELECT execution_id FROM runs WHERE source = '{FILE}' AND execution_id IN ({marks})"
+                f" UNION SELECT execution_id FROM unreadable WHERE execution_id IN ({marks})", ids * 2)]
+            if filed:
+                parsed = [(i, read_indexed(self.store.path_for(i), i)) for i in filed]
+                self._write(conn, lambda c: self._store_batch(c, parsed))
+        except (sqlite3.Error, StorageError) as err:
+            log.warning("index: could not recheck %s (%s)", ", ".join(ids), err)
 
     @staticmethod
     def _where(query: RunQuery, user_scope: str | None, finished_only: bool = False) -> tuple[str, list[Any]]:
