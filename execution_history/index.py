@@ -19,8 +19,8 @@ version, and is kept in step with them like this:
 - Runs in progress come from their journals (``journal.py``), looked at about once a second.
 
 Several gunicorn workers and pipeline processes share the index: connections are opened
-lazily per process and thread (never before a fork), the database is in WAL mode (readers
-never wait for writers; WAL needs a local disk), one process at a time scans (an
+lazily per process and thread (never before a fork), the database uses a rollback journal
+(``journal_mode = TRUNCATE``, not WAL: see ``JOURNAL_MODE``), one process at a time scans (an
 ``flock`` on a lock file), and writes are ``BEGIN IMMEDIATE`` transactions with a long
 busy timeout, retried, so "database is locked" does not reach a client.
 """
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "5"
 #: The index lives in a hidden subfolder of the data folder: SQLite creates and deletes its
-#: -wal/-shm files as connections come and go, which must not touch the data folder's mtime.
+#: journal files as connections come and go, which must not touch the data folder's mtime.
 INDEX_DIR = ".index"
 INDEX_NAME = "runs.sqlite3"
 #: How old the folder's mtime must be before it is listed: a change in the same clock tick as
@@ -121,6 +121,13 @@ INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('dir_mtime_ns',
 
 _INSERT_RUN = f"""INSERT INTO runs (id, {', '.join(SUMMARY_COLUMNS)}, ts_key, source, inode, size, mtime_ns)
 VALUES ({', '.join('?' * (len(SUMMARY_COLUMNS) + 6))})"""
+#: Not WAL: in WAL mode every process mmaps the ``-shm`` file, and when anything truncates
+#: it under a live server the next access to a mapped page is a SIGBUS that kills the
+#: worker (and the others stall on its locks). A rollback journal has no shared memory
+#: file; readers take a shared lock for each (short) read, and writers hold the exclusive
+#: lock only while committing (``cache_spill`` off: never in the middle of a batch).
+#: Nothing keeps a read transaction open for long (``iter_ids`` reads its ids at once).
+JOURNAL_MODE = "truncate"
 #: SQLite page cache per connection (KiB).
 CACHE_KIB = 8 * 1024
 #: Below this many files to read, a scan parses them itself; above, worker processes help.
@@ -225,14 +232,38 @@ def iter_parsed(store: RunStore, execution_ids: list[str]) -> Iterator[list[Pars
         yield read_chunk(str(store.root), chunk)
 
 
+#: SQLITE_CORRUPT and SQLITE_NOTADB (primary result codes).
+_CORRUPT_CODES = {11, 26}
+
+
+def _is_corrupt(err: BaseException | None) -> bool:
+    """Whether *err* says the index file is damaged (as opposed to busy, locked, full)."""
+    if not isinstance(err, sqlite3.DatabaseError) or isinstance(err, sqlite3.OperationalError):
+        return False
+    code = getattr(err, "sqlite_errorcode", None)
+    return code is None or code & 0xFF in _CORRUPT_CODES
+
+
 def _sqlite_errors(method: Callable[..., Any]) -> Callable[..., Any]:
-    """sqlite3.Error -> StorageError, where it enters (a clean 500 with a logged cause)."""
+    """sqlite3.Error -> StorageError, where it enters (a clean 500 with a logged cause).
+
+    An index found damaged while serving is thrown away and the call made once more, so
+    it answers from a rebuilt index instead of failing until someone runs ``reindex``.
+    """
     @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except sqlite3.Error as err:
-            raise StorageError("Run index unavailable", reason=str(err)) from err
+    def wrapper(self: RunIndex, *args: Any, **kwargs: Any) -> Any:
+        for attempt in (1, 2):
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.Error as err:
+                if attempt == 1 and _is_corrupt(err) and self._discard_if_corrupt():
+                    continue
+                raise StorageError("Run index unavailable", reason=str(err)) from err
+            except StorageError as err:  # sync() translated it already
+                if attempt == 1 and _is_corrupt(err.__cause__) and self._discard_if_corrupt():
+                    continue
+                raise
+        raise AssertionError("unreachable")
 
     return wrapper
 
@@ -286,9 +317,13 @@ class RunIndex:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                self._write(conn, lambda c: c.execute("PRAGMA journal_mode = WAL"), begin=False)
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != JOURNAL_MODE:
+                try:
+                    conn.execute(f"PRAGMA journal_mode = {JOURNAL_MODE}")
+                except sqlite3.OperationalError as err:  # an older WAL index still open elsewhere
+                    log.info("index: journal mode stays for now (%s)", err)
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA cache_spill = OFF")
             conn.execute(f"PRAGMA cache_size = {-CACHE_KIB}")
             if not self._schema_ok(conn):
                 self._write(conn, self._create_schema)
@@ -317,8 +352,35 @@ class RunIndex:
             if statement.strip():
                 conn.execute(statement)
 
+    def _discard_if_corrupt(self) -> bool:
+        """Check the index file afresh; if damaged, remove it (the next use rebuilds it).
+
+        :returns: whether it was removed (or already replaced by another process).
+        """
+        with self._scan_lock():
+            before = getattr(self._local, "inode", None)
+            try:
+                current = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                return True
+            if current != before:  # another thread or process replaced it meanwhile
+                return True
+            try:
+                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+                try:
+                    healthy = conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+                finally:
+                    conn.close()
+            except sqlite3.DatabaseError as err:
+                healthy = isinstance(err, sqlite3.OperationalError)  # busy or locked: not damage
+            if healthy:
+                return False
+            log.warning("index %s is damaged; rebuilding it from the record files", self.path)
+            self._remove_files()
+            return True
+
     def _remove_files(self) -> None:
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-journal", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{self.path}{suffix}")
 
@@ -702,22 +764,25 @@ class RunIndex:
             f"SELECT COUNT(*), COALESCE(SUM(MAX(items_count, 1)), 0) FROM ({sql})", args).fetchone())
 
     def iter_ids(self, query: RunQuery, user_scope: str | None = None) -> Iterator[str]:
-        """Every selected finished run's id in the query's order (its page applied), in batches.
+        """Every selected finished run's id in the query's order (its page applied).
 
-        Uses a connection of its own, so a long export holds one consistent snapshot.
+        One consistent snapshot, read at once: a long export must not hold a read lock (it
+        would keep every writer out). The ids are kept packed, ~30 bytes a run.
         """
         self.sync()
         where, params = self._where(query, user_scope, finished_only=True)
-        conn = self._open_checked()
-        try:
-            cursor = conn.execute(
-                f"SELECT r.execution_id FROM runs r WHERE {where} ORDER BY {query.order_sql()} LIMIT ? OFFSET ?",
-                [*params, query.limit if query.limit is not None else -1, query.offset])
-            while rows := cursor.fetchmany(BATCH):
-                for (execution_id,) in rows:
-                    yield execution_id
-        finally:
-            conn.close()
+        cursor = self._connection().execute(
+            f"SELECT r.execution_id FROM runs r WHERE {where} ORDER BY {query.order_sql()} LIMIT ? OFFSET ?",
+            [*params, query.limit if query.limit is not None else -1, query.offset])
+        packed = bytearray()  # ids are ASCII: bytes take a fraction of a list of str's memory
+        while rows := cursor.fetchmany(BATCH):
+            packed += ",".join(row[0] for row in rows).encode("ascii") + b","
+        cursor.close()  # the statement's read lock goes now, before the first record is read
+        start = 0
+        while start < len(packed):
+            end = packed.find(b",", start)
+            yield packed[start:end].decode("ascii")
+            start = end + 1
 
     def iter_listed_records(self, store: RunStore, execution_ids: Iterable[str]) -> Iterator[dict[str, Any]]:
         """Records for ids the index listed, in order, for an export whose count was already given.
