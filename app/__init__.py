@@ -33,7 +33,7 @@ SECURITY_HEADERS = {
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then RUN_HISTORY_* from the environment, then *config*."""
-    from . import api, audit_hooks, auth, cli, pages
+    from . import api, audit_hooks, auth, cli, health, pages
 
     app = Flask(__name__)
     app.config.update(load_config(config))
@@ -68,6 +68,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
     app.register_blueprint(pages.bp)
     app.cli.add_command(cli.runs)
     return app

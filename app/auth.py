@@ -153,11 +153,15 @@ _AUDITED = {"api.export_run": "export", "api.export_runs": "export", "api.link_r
             "api.link_runs": "link_created"}
 
 
+#: /api routes that need no token: a signed link carries its creator's scope; health is public.
+_OPEN_ENDPOINTS = {"api.download_link", "health.get_health"}
+
+
 def authenticate_api() -> None:
     """Before every /api request (unknown routes too) when access control is on: a valid
     bearer token or 401. A download link needs none: it carries its creator's scope."""
     store = tokens()
-    if store is None or not request.path.startswith("/api/") or request.endpoint == "api.download_link":
+    if store is None or not request.path.startswith("/api/") or request.endpoint in _OPEN_ENDPOINTS:
         return
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")

@@ -784,6 +784,19 @@ class RunIndex:
             yield packed[start:end].decode("ascii")
             start = end + 1
 
+    def state(self) -> dict[str, Any]:
+        """``{"index": "ready" | "building", "runs_indexed": N}`` without building anything:
+        building until the first scan of the folder has finished (or while the file is missing)."""
+        if not self.path.exists():
+            return {"index": "building", "runs_indexed": 0}
+        try:
+            conn = self._connection()
+            done = conn.execute("SELECT value FROM meta WHERE key = 'dir_mtime_ns'").fetchone()
+            indexed = conn.execute(f"SELECT COUNT(*) FROM runs WHERE source = '{FILE}'").fetchone()[0]
+        except (sqlite3.Error, StorageError):
+            return {"index": "building", "runs_indexed": 0}
+        return {"index": "ready" if done and done[0] is not None else "building", "runs_indexed": indexed}
+
     def iter_listed_records(self, store: RunStore, execution_ids: Iterable[str]) -> Iterator[dict[str, Any]]:
         """Records for ids the index listed, in order, for an export whose count was already given.
 

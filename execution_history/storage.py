@@ -106,6 +106,22 @@ class RunStore:
         except OSError as err:
             raise StorageError("Data folder cannot be created", reason=err.strerror) from err
 
+    def check(self) -> None:
+        """Whether the store answers (``/api/health``): the local folder can be listed.
+
+        A missing folder is created, as the first request would.
+
+        :raises StorageError: if the folder cannot be listed.
+        """
+        try:
+            try:
+                os.scandir(self.root).close()
+            except FileNotFoundError:
+                self.ensure_root()
+                os.scandir(self.root).close()
+        except OSError as err:
+            raise StorageError("Data folder cannot be listed", reason=err.strerror) from err
+
     # ------------------------------------------------------------ writing
 
     def save(self, record: dict[str, Any]) -> SavedFile:
