@@ -53,7 +53,7 @@ from .storage import Malformed, RunStore, SavedFile, summarize_stats
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "6"
 #: The index lives in a hidden subfolder of the data folder: SQLite creates and deletes its
 #: journal files as connections come and go, which must not touch the data folder's mtime.
 INDEX_DIR = ".index"
@@ -113,6 +113,22 @@ CREATE INDEX runs_session_ts ON runs (session_id, ts_key, execution_id);
 CREATE INDEX runs_config_id ON runs (config_name, execution_id);
 CREATE INDEX runs_time ON runs (total_execution_time, execution_id);
 CREATE INDEX runs_items ON runs (items_count, execution_id);
+-- Maintained aggregates for stats: record-file runs per (owner, config, status), kept by
+-- triggers in the same transaction as the rows, so stats read a few rows instead of
+-- scanning every run (owner: user_id, char(0) for none; rows at zero stay, filtered out).
+CREATE TABLE run_counts (owner TEXT NOT NULL, config_name TEXT NOT NULL, status TEXT NOT NULL,
+    runs INTEGER NOT NULL, size INTEGER NOT NULL, PRIMARY KEY (owner, config_name, status)) WITHOUT ROWID;
+CREATE TRIGGER run_counts_insert AFTER INSERT ON runs WHEN NEW.source = 'file' BEGIN
+    INSERT INTO run_counts VALUES (COALESCE(NEW.user_id, char(0)), NEW.config_name, NEW.status, 1, NEW.size)
+    ON CONFLICT (owner, config_name, status) DO UPDATE SET runs = runs + 1, size = size + excluded.size;
+END;
+CREATE TRIGGER run_counts_delete AFTER DELETE ON runs WHEN OLD.source = 'file' BEGIN
+    UPDATE run_counts SET runs = runs - 1, size = size - OLD.size
+    WHERE owner = COALESCE(OLD.user_id, char(0)) AND config_name = OLD.config_name AND status = OLD.status;
+END;
+CREATE TRIGGER run_counts_update AFTER UPDATE ON runs BEGIN
+    SELECT RAISE(ABORT, 'runs rows are replaced, never updated: run_counts would drift');
+END;
 -- contentless: the text lives in the record files, the index keeps only its search terms
 CREATE VIRTUAL TABLE run_text USING fts5(content, content='', tokenize='unicode61 remove_diacritics 2');
 INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('dir_mtime_ns', NULL), ('full_check_at', 0),
@@ -348,9 +364,13 @@ class RunIndex:
             " AND name NOT LIKE 'run_text_%'")]
         for table in tables:
             conn.execute(f'DROP TABLE IF EXISTS "{table}"')
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        statement = ""
+        for piece in _SCHEMA.split(";"):  # a trigger's body holds ";" too: join until complete
+            statement += piece + ";"
+            if sqlite3.complete_statement(statement):
+                if statement.strip(" \n;"):
+                    conn.execute(statement)
+                statement = ""
 
     def _discard_if_corrupt(self) -> bool:
         """Check the index file afresh; if damaged, remove it (the next use rebuilds it).
@@ -872,11 +892,13 @@ class RunIndex:
         scope, params = (f"WHERE source = '{FILE}'", [])
         if user_scope is not None:
             scope, params = f"{scope} AND user_id = ?", [user_scope]
-        by_config = dict(conn.execute(f"SELECT config_name, COUNT(*) FROM runs {scope} GROUP BY 1", params))
-        by_status = dict(conn.execute(f"SELECT status, COUNT(*) FROM runs {scope} GROUP BY 1", params))
+        # counts and sizes from the maintained aggregates (run_counts), not a scan of runs
+        counted = "WHERE runs > 0" + (" AND owner = ?" if user_scope is not None else "")
+        by_config = dict(conn.execute(f"SELECT config_name, SUM(runs) FROM run_counts {counted} GROUP BY 1", params))
+        by_status = dict(conn.execute(f"SELECT status, SUM(runs) FROM run_counts {counted} GROUP BY 1", params))
         size, first, last = conn.execute(
             f"SELECT COALESCE(SUM(size), 0), (SELECT timestamp FROM runs {scope} ORDER BY ts_key LIMIT 1),"
-            f" (SELECT timestamp FROM runs {scope} ORDER BY ts_key DESC LIMIT 1) FROM runs {scope}",
+            f" (SELECT timestamp FROM runs {scope} ORDER BY ts_key DESC LIMIT 1) FROM run_counts {counted}",
             params * 3).fetchone()
         unreadable = size_unreadable = 0
         if user_scope is None:  # an unreadable file has no owner: only unscoped stats count it
