@@ -338,7 +338,10 @@ class RunIndex:
                     conn.execute(f"PRAGMA journal_mode = {JOURNAL_MODE}")
                 except sqlite3.OperationalError as err:  # an older WAL index still open elsewhere
                     log.info("index: journal mode stays for now (%s)", err)
-            conn.execute("PRAGMA synchronous = NORMAL")
+            # The index is a cache of the files: no fsync while holding the lock that keeps
+            # readers out (a killed process still leaves it whole; after a power cut a damaged
+            # index is found and rebuilt). Measured: p50 1.3 s -> 6 ms at 100 req/s + 4 writers.
+            conn.execute("PRAGMA synchronous = OFF")
             conn.execute("PRAGMA cache_spill = OFF")
             conn.execute(f"PRAGMA cache_size = {-CACHE_KIB}")
             if not self._schema_ok(conn):
