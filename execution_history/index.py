@@ -53,7 +53,7 @@ from .storage import Malformed, RunStore, SavedFile, summarize_stats
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "6"
+SCHEMA_VERSION = "7"
 #: The index lives in a hidden subfolder of the data folder: SQLite creates and deletes its
 #: journal files as connections come and go, which must not touch the data folder's mtime.
 INDEX_DIR = ".index"
@@ -111,6 +111,16 @@ CREATE INDEX runs_status_ts ON runs (status, ts_key, execution_id, config_name, 
 CREATE INDEX runs_user_ts ON runs (user_id, ts_key, execution_id, config_name, status, execution_mode, safety_level);
 CREATE INDEX runs_session_ts ON runs (session_id, ts_key, execution_id);
 CREATE INDEX runs_config_id ON runs (config_name, execution_id);
+-- every sort under each common filter (config, status, user): a deep offset walks one index
+-- instead of sorting every match
+CREATE INDEX runs_config_time ON runs (config_name, total_execution_time, execution_id);
+CREATE INDEX runs_config_items ON runs (config_name, items_count, execution_id);
+CREATE INDEX runs_status_config ON runs (status, config_name, execution_id);
+CREATE INDEX runs_status_time ON runs (status, total_execution_time, execution_id);
+CREATE INDEX runs_status_items ON runs (status, items_count, execution_id);
+CREATE INDEX runs_user_config ON runs (user_id, config_name, execution_id);
+CREATE INDEX runs_user_time ON runs (user_id, total_execution_time, execution_id);
+CREATE INDEX runs_user_items ON runs (user_id, items_count, execution_id);
 CREATE INDEX runs_time ON runs (total_execution_time, execution_id);
 CREATE INDEX runs_items ON runs (items_count, execution_id);
 -- Maintained aggregates for stats: record-file runs per (owner, config, status), kept by
