@@ -33,7 +33,7 @@ SECURITY_HEADERS = {
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then RUN_HISTORY_* from the environment, then *config*."""
-    from . import api, audit_hooks, auth, cli, job_pages, jobs_api, lifecycle, media, pages  # noqa: F401 - job_pages adds pages
+    from . import api, audit_hooks, auth, cli, health, job_pages, jobs_api, lifecycle, media, pages  # noqa: F401 - job_pages adds pages
 
     app = Flask(__name__)
     app.config.update(load_config(config))
@@ -71,6 +71,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
     app.register_blueprint(pages.bp)
     media.init_app(app, store.root)
     jobs_api.install(app)  # export jobs: store, executor, /api/exports

@@ -182,11 +182,15 @@ def session_principal() -> Principal | None:
     return Principal(session["user"], session["role"])
 
 
+#: /api routes that need no token: a signed link carries its creator's scope; health is public.
+_OPEN_ENDPOINTS = {"api.download_link", "health.get_health"}
+
+
 def authenticate_api() -> None:
     """Before every /api request (unknown routes too) when access control is on: a valid
     bearer token or 401. A download link needs none: it carries its creator's scope."""
     store = tokens()
-    if store is None or not request.path.startswith("/api/") or request.endpoint == "api.download_link":
+    if store is None or not request.path.startswith("/api/") or request.endpoint in _OPEN_ENDPOINTS:
         return
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -224,5 +228,7 @@ def load_visible(store: RunStore, execution_id: str) -> dict[str, Any]:
     except RunNotFound:
         running = journal.load_running(store, execution_id)
         if running is None:
+            from . import get_index
+            get_index().recheck([execution_id])  # a listed run that is gone: the list stops showing it
             raise
         return visible_record(running)

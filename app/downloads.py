@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 from flask import Response, current_app, g
 
+from execution_history.errors import RunNotFound
 from execution_history.exporters import Exporter, ExportInfo, export_selection
 from execution_history.filters import RunQuery
 from execution_history.pseudonyms import FILE_SUFFIX, OPTION, prepare_export
@@ -26,7 +27,11 @@ def export_run(exporter: Exporter, execution_id: str, options: dict[str, Any]) -
     :raises RunNotFound: for an unknown or malformed id (before any byte is sent).
     :raises Forbidden: for another user's run.
     """
-    rows = Counted([visible_record(get_store().get(execution_id))])  # finished runs only
+    try:
+        rows = Counted([visible_record(get_store().get(execution_id))])  # finished runs only
+    except RunNotFound:
+        get_index().recheck([execution_id])  # a listed run that is gone: the list stops showing it
+        raise
     records, info, options, pseudo = prepare_export(rows, ExportInfo(count=1), options,
                                                     current_app.config["SECRET_KEY"])
     chunks = exporter.write(records, bulk=False, info=info, **with_media_root(exporter, options))
@@ -69,6 +74,7 @@ def with_media_root(exporter: Exporter, options: dict[str, Any]) -> dict[str, An
 
 def stream(chunks: Iterable[bytes], exporter: Exporter, name: str, rows: Counted | None = None) -> Response:
     """A streamed attachment. *name* is an id or a time stamp, never a request string."""
+    chunks = _started(chunks)
     body = stream_audited(_cut_on_error(chunks, g.request_id), rows)
     response = Response(body, mimetype=None,
                         content_type=exporter.mimetype, direct_passthrough=True)
@@ -84,6 +90,25 @@ def content_disposition(filename: str) -> str:
     if safe == filename:
         return f'attachment; filename="{filename}"'
     return f"attachment; filename=\"{safe}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def _started(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The chunks, the first one already taken: a failure before the first byte (a run gone
+    since it was counted, an XLSX that cannot be built) is still an error response with its
+    status, here in the view, rather than a 200 whose body breaks off."""
+    iterator = iter(chunks)
+    first = next(iterator, b"")
+
+    def rest() -> Iterator[bytes]:
+        try:
+            yield first
+            yield from iterator
+        finally:  # closed early (client gone): the writer's temp files go now
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    return rest()
 
 
 def _cut_on_error(chunks: Iterable[bytes], request_id: str) -> Iterator[bytes]:

@@ -306,6 +306,18 @@ def build_spec() -> dict[str, Any]:
     spec.path(path="/api/schema/execution_record.xsd", operations={"get": {
         "operationId": "get_xsd", "summary": "The XSD every XML export validates against",
         "responses": {"200": {"description": "XML Schema", "content": {"application/xml": {"schema": {"type": "string"}}}}}}})
+    health = {"type": "object", "required": ["store", "index"], "properties": {
+        "store": {"type": "string", "enum": ["ok", "unavailable"]},
+        "index": {"type": "string", "enum": ["ready", "building"]},
+        "runs_indexed": {"type": "integer"}, "error": {"type": "string"}, "code": {"type": "string"}}}
+    spec.path(path="/api/health", operations={"get": {
+        "operationId": "get_health", "summary": "Readiness for a load balancer (no token needed)",
+        "security": [],
+        "responses": {"200": {"description": "Store reachable; the index ready or building",
+                              "content": {"application/json": {"schema": health}}},
+                      "503": {"description": "The store is unreachable (Retry-After)",
+                              "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                              "content": {"application/json": {"schema": health}}}}}})
     spec.path(path="/api/openapi.json", operations={"get": {
         "operationId": "get_openapi", "summary": "This document",
         "responses": {"200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}}}}})

@@ -2,6 +2,7 @@
 4 writer processes finalize runs; prints requests/s, p50/p99, errors, runs written vs found.
 
     python -m bench.load [--runs 10000] [--clients 50] [--seconds 30] [--writers 4]
+    python -m bench.load --rate 200 --seconds 30   # open loop: a fixed arrival rate
     python -m bench.load --short        # the CI version: small and quick
 
 Every request loop is bounded in count and time and targets 127.0.0.1 only.
@@ -12,6 +13,7 @@ import argparse
 import http.client
 import json
 import multiprocessing
+import queue
 import random
 import statistics
 import tempfile
@@ -76,12 +78,68 @@ def _client(port: int, deadline: float, max_requests: int, ids: list[str], resul
     conn.close()
 
 
+def _path(rng: random.Random, ids: list[str]) -> tuple[str, str]:
+    kinds, weights = zip(*MIX)
+    kind = rng.choices(kinds, weights)[0]
+    return kind, {"list": f"/api/runs?limit=20&offset={rng.randint(0, 200)}",
+                  "filtered": "/api/runs?config=dada&status=completed&order_by=items_count",
+                  "get": f"/api/runs/{rng.choice(ids)}",
+                  "export": "/api/runs/export/csv?config=stillepost&limit=50&shape=items"}[kind]
+
+
+def _open_loop(port: int, rate: float, seconds: float, ids: list[str], result: Result, senders: int = 64) -> None:
+    """Requests at a fixed arrival rate, whatever the server's pace: request k is due at
+    start + k / rate, and its latency runs from that scheduled time, so time spent queued
+    (no free sender, a slow server) counts, as it does for real users."""
+    tasks: queue.Queue = queue.Queue()
+    rng = random.Random(7)
+    lock = threading.Lock()
+
+    def sender() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while (task := tasks.get()) is not None:
+            due, kind, path = task
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                body = response.read()
+                ok = response.status == 200
+            except (OSError, http.client.HTTPException) as err:
+                ok, body = False, type(err).__name__.encode()
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            latency = time.perf_counter() - due
+            with lock:
+                if ok:
+                    result.latencies[kind].append(latency)
+                else:
+                    result.errors.append(f"{path}: {body[:200]!r}")
+        conn.close()
+
+    threads = [threading.Thread(target=sender) for _ in range(senders)]
+    for thread in threads:
+        thread.start()
+    start = time.perf_counter()
+    for k in range(int(rate * seconds)):
+        due = start + k / rate
+        pause = due - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        tasks.put((due, *_path(rng, ids)))
+    for _ in threads:
+        tasks.put(None)
+    for thread in threads:
+        thread.join()
+
+
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) >= 2 else (values[0] if values else 0.0)
 
 
-def run_load(folder: Path, clients: int, seconds: float, writers: int, max_requests: int = 100_000) -> dict:
-    """Serve *folder*, drive the load, and return the figures (also printed)."""
+def run_load(folder: Path, clients: int, seconds: float, writers: int, max_requests: int = 100_000,
+             rate: float | None = None) -> dict:
+    """Serve *folder*, drive the load (closed loop: *clients* back to back; open loop: *rate*
+    requests/s), and return the figures (also printed)."""
     store = RunStore(folder)
     ids = store.list_ids()[:500]
     server = Gunicorn(folder)
@@ -95,8 +153,11 @@ def run_load(folder: Path, clients: int, seconds: float, writers: int, max_reque
         for proc in procs:
             proc.start()
         deadline = time.monotonic() + seconds
-        threads = [threading.Thread(target=_client, args=(server.port, deadline, max_requests // clients, ids, result, n))
-                   for n in range(clients)]
+        if rate:
+            threads = [threading.Thread(target=_open_loop, args=(server.port, rate, seconds, ids, result))]
+        else:
+            threads = [threading.Thread(target=_client, args=(server.port, deadline, max_requests // clients, ids,
+                                                              result, n)) for n in range(clients)]
         started = time.monotonic()
         for thread in threads:
             thread.start()
@@ -123,7 +184,7 @@ def run_load(folder: Path, clients: int, seconds: float, writers: int, max_reque
         server.stop()
     total = sum(len(v) for v in result.latencies.values())
     figures = {
-        "clients": clients, "seconds": round(elapsed, 1), "requests": total, "requests_per_s": round(total / elapsed, 1),
+        "mode": f"open loop, {rate} req/s" if rate else f"closed loop, {clients} clients", "seconds": round(elapsed, 1), "requests": total, "requests_per_s": round(total / elapsed, 1),
         "errors": len(result.errors), "runs_written": len(written), "runs_lost": len(missing) + len(unlisted),
         "latency_ms": {kind: {"n": len(v), "p50": round(pct(v, 50) * 1000, 1), "p99": round(pct(v, 99) * 1000, 1)}
                        for kind, v in result.latencies.items()},
@@ -139,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--writers", type=int, default=4)
+    parser.add_argument("--rate", type=float, default=None,
+                        help="open loop: this many requests/s, latency from each one's scheduled send time")
     parser.add_argument("--dir", type=Path, default=Path(__file__).parent / "out")
     parser.add_argument("--short", action="store_true", help="CI size: 300 runs, 12 clients, 6 s")
     args = parser.parse_args(argv)
@@ -147,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.dir = Path(tempfile.mkdtemp(prefix="load-"))
     folder = args.dir / f"load_{args.runs}"
     generate(folder, args.runs)
-    return run_load(folder, args.clients, args.seconds, args.writers)
+    return run_load(folder, args.clients, args.seconds, args.writers, rate=args.rate)
 
 
 if __name__ == "__main__":

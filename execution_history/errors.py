@@ -116,3 +116,13 @@ class RunAlreadyExists(ExecutionHistoryError):
 
 class StorageError(ExecutionHistoryError):
     """The data folder could not be read or written (permissions, disk full)."""
+
+
+class SelectionChanged(ExecutionHistoryError):
+    """A listed run turned unreadable or vanished before its turn in a bulk export: the count
+    sent cannot be kept. Before the first byte a 503 (retry: the index has caught up);
+    after it, the download is cut."""
+
+    status_code = 503
+    code = "STORE_UNAVAILABLE"
+    headers = {"Retry-After": "1"}

@@ -16,6 +16,7 @@ from typing import Any, ContextManager
 from . import atomic
 from .errors import InvalidRecord, RunAlreadyExists, RunNotFound, StorageError
 from .records import dump_record, is_valid_execution_id, parse_record, parse_timestamp
+from .regular import NotARegularFile, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,22 @@ class RunStore:
             (self.root / JOURNAL_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise StorageError("Data folder cannot be created", reason=err.strerror) from err
+
+    def check(self) -> None:
+        """Whether the store answers (``/api/health``): the local folder can be listed.
+
+        A missing folder is created, as the first request would.
+
+        :raises StorageError: if the folder cannot be listed.
+        """
+        try:
+            try:
+                os.scandir(self.root).close()
+            except FileNotFoundError:
+                self.ensure_root()
+                os.scandir(self.root).close()
+        except OSError as err:
+            raise StorageError("Data folder cannot be listed", reason=err.strerror) from err
 
     # ------------------------------------------------------------ writing
 
@@ -267,13 +284,14 @@ class RunStore:
     def read_bytes(self, execution_id: str) -> bytes:
         """The raw bytes of a run's file.
 
-        :raises RunNotFound: if the id is malformed or no such file exists.
+        :raises RunNotFound: if the id is malformed, no such file exists or it is not a regular
+            file (FIFO, socket, device, folder, dangling symlink: counted unreadable, never served).
         :raises StorageError: if the file exists but cannot be read.
         """
         path = self.path_for(execution_id)
         try:
-            return path.read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return read_regular(path)[0]  # never blocks on a FIFO, never reads a device
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, NotARegularFile):
             raise RunNotFound("Execution not found", execution_id=execution_id) from None
         except OSError as err:
             raise StorageError("Run could not be read", execution_id=execution_id,
@@ -336,8 +354,11 @@ class RunStore:
         for execution_id, entry in self._iter_entries(malformed):
             try:
                 st = entry.stat()
-            except OSError:  # deleted between listing and stat
-                continue
+            except OSError:  # deleted since the listing, or a dangling symlink (an unreadable record)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
             files.append(RecordFile(execution_id, st.st_ino, st.st_size, st.st_mtime_ns))
         return files
 

@@ -48,7 +48,7 @@ def test_api_never_fails_and_matches_its_spec(api_schema):
     (Driven by hand: schemathesis' pytest plugin does not load under pytest 9.)
     """
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 21  # 13 + delete + media file + thumbnail + 5 export-job operations
+    assert len(operations) == 22  # 13 + delete, media file, thumbnail, 5 export-job operations, health
     for operation in operations:
         @given(case=operation.as_strategy())
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)

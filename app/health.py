@@ -1,0 +1,28 @@
+"""`bp` for GET /api/health: readiness for a load balancer (no token needed, nothing private)."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from execution_history.errors import StorageError
+
+from . import get_index, get_store
+
+bp = Blueprint("health", __name__, url_prefix="/api")
+#: Seconds a load balancer should wait before asking again when the store is unreachable.
+RETRY_AFTER = "5"
+
+
+@bp.get("/health")
+def get_health() -> Response:
+    """200 ``{"store": "ok", "index": "ready" | "building", "runs_indexed": N}``; 503 when the
+    store cannot be reached. Never builds the index itself: it must stay cheap."""
+    try:
+        get_store().check()
+    except StorageError:
+        # no reason or path in the body: the route is public
+        response = jsonify({"store": "unavailable", "index": get_index().state()["index"],
+                            "error": "Run store unavailable", "code": "STORE_UNAVAILABLE"})
+        response.status_code = 503
+        response.headers["Retry-After"] = RETRY_AFTER
+        return response
+    return jsonify({"store": "ok", **get_index().state()})

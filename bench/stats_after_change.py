@@ -1,0 +1,103 @@
+"""Benchmark stats, totals and text search right after the index changed, on the realistic corpus.
+
+    python -m bench.stats_after_change [--runs 10000] [--rounds 20]
+
+The corpus is ``../shared/corpus/`` (gen_runs.py + to_contract.py), generated on first use
+into ``bench/out/`` (or copied from an existing converted set, ``--source``). Each round
+publishes one run through the tracker (so every cache is invalid), then times, in the
+same process and against the same SQLite file:
+
+- ``stats``: RunIndex.stats() (maintained aggregates), beside the floor: the GROUP BY
+  scans over every run that stats used before (what Datasette's facet counts do);
+- ``q=<word>`` and ``q="<phrase>"``: RunIndex.query, beside the floor: the bare FTS5
+  MATCH count plus the page.
+
+Figures are medians over the rounds, in ms, measured in-process (no HTTP).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from execution_history import ExecutionTracker, RunStore
+from execution_history.filters import RunFilters, RunQuery
+from execution_history.index import RunIndex
+
+from .common import PROJECT
+
+CORPUS = PROJECT.parent / "shared" / "corpus"
+OUT = PROJECT / "bench" / "out"
+
+
+def corpus(runs: int, source: Path | None) -> Path:
+    """A folder of *runs* realistic records (made once, reused)."""
+    folder = OUT / f"corpus{runs}"
+    if folder.exists() and len(list(folder.glob("exec_*.json"))) >= runs:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    if source is not None and source.exists():
+        for path in sorted(source.glob("exec_*.json"))[:runs]:
+            shutil.copy2(path, folder / path.name)
+        return folder
+    raw = OUT / f"raw{runs}"
+    subprocess.run([sys.executable, str(CORPUS / "gen_runs.py"), str(raw), str(runs), "--seed", "42"], check=True)
+    subprocess.run([sys.executable, str(CORPUS / "to_contract.py"), str(raw), str(folder)], check=True)
+    return folder
+
+
+def timed(work) -> float:
+    started = time.perf_counter()
+    work()
+    return (time.perf_counter() - started) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--source", type=Path, default=Path("/tmp/corpus/runs20k"))
+    args = parser.parse_args()
+    folder = corpus(args.runs, args.source)
+    shutil.rmtree(folder / ".index", ignore_errors=True)
+    store = RunStore(folder)
+    index = RunIndex(store)
+    build = timed(index.sync)
+    conn = index._connection()
+    word = "the"
+    phrase = '"the light"'
+    figures: dict[str, list[float]] = {k: [] for k in
+                                       ("stats", "stats floor", "q word", "q word floor", "q phrase", "q phrase floor")}
+
+    def floor_stats() -> None:
+        conn.execute("SELECT config_name, COUNT(*) FROM runs WHERE source = 'file' GROUP BY 1").fetchall()
+        conn.execute("SELECT status, COUNT(*) FROM runs WHERE source = 'file' GROUP BY 1").fetchall()
+        conn.execute("SELECT SUM(size) FROM runs WHERE source = 'file'").fetchall()
+
+    def floor_search(terms: str) -> None:
+        conn.execute("SELECT COUNT(*) FROM run_text WHERE run_text MATCH ?", (terms,)).fetchall()
+        conn.execute("SELECT rowid FROM run_text WHERE run_text MATCH ? LIMIT 20", (terms,)).fetchall()
+
+    for n in range(args.rounds):
+        with ExecutionTracker(f"bench{n % 3}", store=store) as run:
+            run.log_user_input_text("the light on the meadow")
+        figures["stats"].append(timed(index.stats))
+        figures["stats floor"].append(timed(floor_stats))
+        figures["q word"].append(timed(lambda: index.query(RunQuery(RunFilters(q=word)))))
+        figures["q word floor"].append(timed(lambda: floor_search(word)))
+        figures["q phrase"].append(timed(lambda: index.query(RunQuery(RunFilters(q=phrase)))))
+        figures["q phrase floor"].append(timed(lambda: floor_search(phrase)))
+    print(f"runs: {args.runs} (realistic corpus), rounds: {args.rounds}, in-process, "
+          f"2 CPUs shared with other work")
+    print(f"cold index build: {build / 1000:.1f} s")
+    for name in ("stats", "q word", "q phrase"):
+        print(f"{name:10} after a change: {statistics.median(figures[name]):7.2f} ms   "
+              f"floor: {statistics.median(figures[name + ' floor']):7.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
