@@ -46,8 +46,13 @@ def export_runs(exporter: Exporter, query: RunQuery, options: dict[str, Any]) ->
 
 
 def stream(chunks: Iterable[bytes], exporter: Exporter, name: str, rows: Counted | None = None) -> Response:
-    """A streamed attachment. *name* is an id or a time stamp, never a request string."""
-    body = stream_audited(_cut_on_error(chunks, g.request_id), rows)
+    """A streamed attachment. *name* is an id or a time stamp, never a request string.
+
+    The first chunk is taken here, inside the view: whatever fails before the first byte
+    (an XLSX is built whole before it yields) becomes the app's JSON error, not the
+    server's own HTML 500.
+    """
+    body = stream_audited(_cut_on_error(_Primed(chunks), g.request_id), rows)
     response = Response(body, mimetype=None,
                         content_type=exporter.mimetype, direct_passthrough=True)
     response.headers["Content-Disposition"] = content_disposition(name + exporter.extension)
@@ -62,6 +67,26 @@ def content_disposition(filename: str) -> str:
     if safe == filename:
         return f'attachment; filename="{filename}"'
     return f"attachment; filename=\"{safe}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+class _Primed:
+    """An iterable of chunks whose first chunk was already taken (so its failure raises now)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._first: bytes | None = next(self._chunks, None)
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        yield from self._chunks
+
+    def close(self) -> None:
+        """Close the writer's generator (its temp file goes), read or not."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def _cut_on_error(chunks: Iterable[bytes], request_id: str) -> Iterator[bytes]:
