@@ -18,7 +18,9 @@ preload_app = False     # the app (and any SQLite connection) is built after the
 limit_request_line = 8190
 limit_request_fields = 100
 accesslog = "-"
-# The path without its query string, and no referer: a download link's signature rides in
-# the query string and must never reach a log line.
-access_log_format = '%(h)s %(l)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)s "%(a)s"'
+# The path without its query string, and no request header at all (no referer, no user
+# agent, no cookie): a token, a link signature or a session cookie may ride in any of them
+# and must never reach a log line.
+access_log_format = '%(h)s %(l)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)s'
+logger_class = "app.access_log.RedactingLogger"  # long path segments redacted too (app/access_log.py)
 errorlog = "-"

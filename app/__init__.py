@@ -14,6 +14,7 @@ from execution_history.audit import AuditLog
 from execution_history.index import RunIndex
 from execution_history.side import LocalSideArea
 
+from . import auth
 from .config import load_config
 from .errors import register_error_handlers
 from .links import LinkSigner
@@ -95,7 +96,9 @@ def get_links() -> LinkSigner:
 
 def _assign_request_id() -> None:
     sent = request.headers.get("X-Request-ID", "")
-    g.request_id = sent if _CLIENT_REQUEST_ID.match(sent) else uuid.uuid4().hex
+    # The id is echoed into every log line: never one that is a token or link the client also sent
+    ok = _CLIENT_REQUEST_ID.match(sent) and not auth.is_secret_like(sent)
+    g.request_id = sent if ok else uuid.uuid4().hex
 
 
 def _send_common_headers(response: Response) -> Response:

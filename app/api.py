@@ -39,16 +39,17 @@ def get_stats() -> Response:
 @bp.get("/runs/export/<fmt>")
 def export_runs(fmt: str) -> Response:
     """Every run the list filters select, as one streamed download."""
-    audit_hooks.begin("export", filters=request.args.to_dict(), format=fmt.lower())
+    audit_hooks.begin("export", filters=None, format=fmt)  # filters once validated: never raw arguments
     exporter = get_exporter(fmt)
     query, options = load_query(export_params(exporter, bulk=True), request.args)
+    audit_hooks.note_filters(query)
     return downloads.export_runs(exporter, query, options)
 
 
 @bp.get("/runs/<execution_id>/export/<fmt>")
 def export_run(execution_id: str, fmt: str) -> Response:
     """One run as a download."""
-    audit_hooks.begin("export", execution_id=execution_id, format=fmt.lower())
+    audit_hooks.begin("export", execution_id=execution_id, format=fmt)
     exporter = get_exporter(fmt)
     options = load_params(export_params(exporter, bulk=False), request.args)
     return downloads.export_run(exporter, execution_id, options)
@@ -85,8 +86,9 @@ def download_link() -> Response:
     if payload["k"] == "run":
         audit_hooks.begin("link_used", execution_id=payload["id"], format=exporter.name)
         return downloads.export_run(exporter, payload["id"], load_params(export_params(exporter, False), args))
-    audit_hooks.begin("link_used", filters=args.to_dict(), format=exporter.name)
+    audit_hooks.begin("link_used", filters=None, format=exporter.name)
     query, options = load_query(export_params(exporter, bulk=True), args)
+    audit_hooks.note_filters(query)
     return downloads.export_runs(exporter, query, options)
 
 

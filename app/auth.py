@@ -166,11 +166,39 @@ def authenticate_api() -> None:
         if request.endpoint in _AUDITED:  # a refused export or link request is audited too
             from . import audit_hooks  # here: audit_hooks imports this module
 
-            audit_hooks.begin(_AUDITED[request.endpoint], format=(request.view_args or {}).get("fmt", "").lower(),
+            audit_hooks.begin(_AUDITED[request.endpoint], format=(request.view_args or {}).get("fmt"),
                               execution_id=(request.view_args or {}).get("execution_id"))
         raise Unauthorized("A valid bearer token is required" if header else "Authorization required")
     g.principal = found
     g.token_sha256 = hash_token(token.strip())  # links made now stop working if this token is revoked
+
+
+def is_secret(value: str) -> bool:
+    """Whether *value* is, or is part of, a secret a log line must not hold: an access token
+    or its hash, the request's bearer token or cookies, a session cookie or a download link
+    signed with this app's key (checked by verifying, so it is found wherever it was put)."""
+    if not value or len(value) < 16:  # every secret here is longer
+        return False
+    sent = [request.headers.get("Authorization", "").partition(" ")[2].strip(), *request.cookies.values()]
+    if any(value in secret for secret in sent if secret):
+        return True
+    store = current_app.extensions["run_history"]["tokens"]
+    if store is not None and (store.has_hash(hash_token(value)) or store.has_hash(value.lower())):
+        return True
+    serializer = current_app.session_interface.get_signing_serializer(current_app)
+    if serializer is not None:
+        try:
+            serializer.loads(value)
+            return True
+        except Exception:  # not a session cookie of ours (any itsdangerous or decoding error)
+            pass
+    return current_app.extensions["run_history"]["links"].is_signed(value)
+
+
+def is_secret_like(value: str) -> bool:
+    """Whether a client's X-Request-ID (echoed into every log line) must not be used: a
+    secret (:func:`is_secret`), or a value the request also carries as a query value."""
+    return bool(value) and (is_secret(value) or any(len(value) >= 16 and value in v for v in request.args.values()))
 
 
 def visible_record(record: dict[str, Any]) -> dict[str, Any]:

@@ -59,6 +59,17 @@ class LinkSigner:
             raise Forbidden("This download link is not valid") from None
 
 
+    def is_signed(self, token: str) -> bool:
+        """Whether *token* carries this signer's signature (valid or expired): a link."""
+        try:
+            self.verify(token)
+        except LinkExpired:
+            return True
+        except Forbidden:
+            return False
+        return True
+
+
 def link_for_export(kind: str, fmt: str, execution_id: str | None = None) -> tuple[str, str]:
     """(token, expires_at) for the current request's export (``run`` or ``bulk``), in the
     current principal's scope: checked as the export itself would be, so a bad link is
@@ -69,14 +80,14 @@ def link_for_export(kind: str, fmt: str, execution_id: str | None = None) -> tup
     from .auth import principal, visible_record
     from .params import export_params, load_params, load_query
 
-    audit_hooks.begin("link_created", format=fmt.lower(), **(
-        {"execution_id": execution_id} if kind == "run" else {"filters": request.args.to_dict()}))
+    audit_hooks.begin("link_created", format=fmt, **(
+        {"execution_id": execution_id} if kind == "run" else {"filters": None}))  # filters once validated
     exporter = get_exporter(fmt)
     if kind == "run":
         load_params(export_params(exporter, bulk=False), request.args)
         visible_record(get_store().get(execution_id))  # finished runs only, like the export
     else:
-        load_query(export_params(exporter, bulk=True), request.args)
+        audit_hooks.note_filters(load_query(export_params(exporter, bulk=True), request.args)[0])
     signer: LinkSigner = current_app.extensions["run_history"]["links"]
     return signer.create(principal(), kind, exporter.name, list(request.args.items(multi=True)), execution_id,
                          token_sha256=g.get("token_sha256"))
