@@ -15,6 +15,10 @@ timeout = 30            # a worker silent this long is restarted; streaming does
 graceful_timeout = 30
 keepalive = 5
 preload_app = False     # the app (and any SQLite connection) is built after the fork
+# gunicorn believes X-Forwarded-Proto from 127.0.0.1 by default; the app decides instead
+# (ProxyFix, as many hops as RUN_HISTORY_TRUSTED_PROXIES says), so gunicorn believes none.
+forwarded_allow_ips = ""
+secure_scheme_headers: dict[str, str] = {}
 limit_request_line = 8190
 limit_request_fields = 100
 accesslog = "-"

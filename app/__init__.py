@@ -14,7 +14,7 @@ from execution_history.audit import AuditLog
 from execution_history.index import RunIndex
 from execution_history.side import LocalSideArea
 
-from . import auth
+from . import auth, hosts
 from .config import load_config
 from .errors import register_error_handlers
 from .links import LinkSigner
@@ -63,6 +63,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     }
 
     app.before_request(_assign_request_id)
+    hosts.configure(app)  # the Host check runs before anything else looks at the request
     app.before_request(auth.authenticate_api)
     app.after_request(audit_hooks.finish)
     app.after_request(_send_common_headers)

@@ -10,6 +10,7 @@ from execution_history.exporters.xml_writer import xsd_bytes
 
 from . import audit_hooks, downloads, get_index, get_links, get_store
 from .auth import OPEN, Principal, load_visible, principal, tokens
+from .hosts import external_url
 from .links import link_for_export
 from .listing import link_header, list_body
 from .openapi import build_spec
@@ -25,7 +26,7 @@ def list_runs() -> Response:
     executions, total = get_index().query(query, principal().scope)
     response = jsonify(list_body(query, executions, total))
     response.headers["X-Total-Count"] = str(total)
-    if links := link_header(request.base_url, request.args, query, total):
+    if links := link_header(external_url(request.path), request.args, query, total):
         response.headers["Link"] = links
     return response
 
@@ -68,7 +69,8 @@ def link_run(execution_id: str, fmt: str) -> Response:
 
 
 def _link_response(token: str, expires_at: str) -> Response:
-    return jsonify({"url": url_for("api.download_link", link=token, _external=True), "expires_at": expires_at})
+    path = url_for("api.download_link", link=token)[len(request.script_root):]
+    return jsonify({"url": external_url(path), "expires_at": expires_at})
 
 
 @bp.get("/download")
