@@ -78,16 +78,17 @@ def download_link() -> Response:
     """A signed link's download: no token needed, the creator's scope, never more."""
     audit_hooks.begin("link_used")  # a refused link (tampered, expired) is audited too
     link = load_params(LINK_PARAMS, request.args)["link"]
-    payload = get_links().verify(link)
+    record = get_links().verify(link)
     store = tokens()
-    if store is not None and (payload["r"] == OPEN.role or not store.has_hash(payload.get("t") or "")):
+    if store is not None and (record["role"] == OPEN.role or not store.has_hash(record["token_sha256"] or "")):
         raise Forbidden("This link was made with an access token that is no longer valid")
-    g.principal = Principal(payload["u"], payload["r"])
-    args = MultiDict(payload["a"])
-    exporter = get_exporter(payload["f"])
-    if payload["k"] == "run":
-        audit_hooks.begin("link_used", execution_id=payload["id"], format=exporter.name)
-        return downloads.export_run(exporter, payload["id"], load_params(export_params(exporter, False), args))
+    g.principal = Principal(record["user"], record["role"])
+    args = MultiDict([tuple(pair) for pair in record["args"]])
+    exporter = get_exporter(record["format"])
+    if record["kind"] == "run":
+        audit_hooks.begin("link_used", execution_id=record["execution_id"], format=exporter.name)
+        return downloads.export_run(exporter, record["execution_id"],
+                                    load_params(export_params(exporter, False), args))
     audit_hooks.begin("link_used", filters=None, format=exporter.name)
     query, options = load_query(export_params(exporter, bulk=True), args)
     audit_hooks.note_filters(query)
