@@ -14,7 +14,7 @@ from execution_history.audit import AuditLog
 from execution_history.index import RunIndex
 from execution_history.side import LocalSideArea
 
-from . import auth, hosts
+from . import auth, hosts, sessions
 from .config import load_config
 from .errors import register_error_handlers
 from .links import LinkSigner
@@ -62,6 +62,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         "side": LocalSideArea(store.root / SIDE_DIR),  # export jobs, sessions, leases
     }
 
+    app.session_interface = sessions.SideSessionInterface()  # sign-in sessions live server-side
     app.before_request(_assign_request_id)
     hosts.configure(app)  # the Host check runs before anything else looks at the request
     app.before_request(auth.authenticate_api)

@@ -100,6 +100,10 @@ class TokenStore:
         self._rewrite(lambda entries: [e for e in entries if e["user"] != user])
         return before - len(self._load())
 
+    def hashes_of(self, user: str) -> list[str]:
+        """The token hashes of *user* (to end the sessions made with them)."""
+        return [e["sha256"] for e in self._load() if e["user"] == user]
+
     def users(self) -> list[dict[str, str]]:
         """User, role and creation time of every token (no hashes)."""
         return [{k: e[k] for k in ("user", "role", "created_at")} for e in self._load()]
@@ -185,13 +189,10 @@ def is_secret(value: str) -> bool:
     store = current_app.extensions["run_history"]["tokens"]
     if store is not None and (store.has_hash(hash_token(value)) or store.has_hash(value.lower())):
         return True
-    serializer = current_app.session_interface.get_signing_serializer(current_app)
-    if serializer is not None:
-        try:
-            serializer.loads(value)
-            return True
-        except Exception:  # not a session cookie of ours (any itsdangerous or decoding error)
-            pass
+    from .sessions import sid_of  # here: sessions is imported by the app package after this module
+
+    if sid_of(current_app, value):
+        return True
     return current_app.extensions["run_history"]["links"].is_signed(value)
 
 

@@ -91,6 +91,7 @@ def login() -> BaseResponse | str:
         found = store.authenticate(request.form.get("token", "").strip())
         if found is not None:
             session.clear()
+            session.renew()  # a new session id at sign-in (no fixation)
             session.update(user=found.user, role=found.role, token_sha256=hash_token(request.form["token"].strip()))
             return redirect(_safe_next(request.args.get("next")))
         error = "That token is not valid."
