@@ -25,6 +25,14 @@ def redact_path(path: str) -> str:
 class RedactingLogger(Logger):
     """gunicorn's logger, whose access-log atoms never hold a query string or a header."""
 
+    def warning(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        """gunicorn's warnings, but a refused request's details (its request line or a
+        header, where a secret may ride) are withheld."""
+        text = str(msg)
+        if text.startswith("Invalid request from ip="):
+            msg, args = text.split(": ", 1)[0] + ": (details withheld; see the access log for the status)", ()
+        super().warning(msg, *args, **kwargs)
+
     def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
         """The access-log atoms with the path redacted and queries and headers left out."""
         atoms = super().atoms(resp, req, environ, request_time)
