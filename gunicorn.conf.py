@@ -13,11 +13,13 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # (app/gunicorn_worker.py): a client trickling its headers is cut after
 # RUN_HISTORY_REQUEST_READ_TIMEOUT seconds (default 15) instead of holding a thread forever.
 worker_class = "app.gunicorn_worker.JSONThreadWorker"
-# Enough threads that a handful of slow clients never starve the others; a worker holding
-# as many connections as it has threads stops accepting (worker_connections), so another
-# worker takes the next connection instead of queueing it behind the slow ones.
+# Enough threads that a handful of slow clients never starve the others. A worker holding
+# worker_connections connections stops accepting, so another worker takes the next one
+# instead of queueing it behind slow ones; the room above `threads` is for kept-alive
+# connections (at `threads` gthread turns keep-alive off and closes every connection on its
+# main thread, lingering up to 2 s: long enough to be taken for a hung worker).
 threads = 16
-worker_connections = threads
+worker_connections = 2 * threads
 timeout = 30            # a worker silent this long is restarted; streaming does not count
 graceful_timeout = 30
 keepalive = 5
