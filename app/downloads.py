@@ -40,7 +40,8 @@ def export_runs(exporter: Exporter, query: RunQuery, options: dict[str, Any]) ->
     rows = Counted()
     runs, chunks = export_selection(exporter, get_index(), get_store(), query, options, principal().scope, now,
                                     tap=rows.tap)
-    response = stream(chunks, exporter, f"runs_{now:%Y%m%d_%H%M%S}", rows)
+    name = f"runs_{now:%Y%m%d_%H%M%S}" + ("_items" if options.get("shape") == "items" else "")  # item rows
+    response = stream(chunks, exporter, name, rows)
     response.headers["X-Total-Count"] = str(runs)
     return response
 

@@ -129,7 +129,7 @@ def show_run(execution_id: str) -> str:
     record = load_visible(get_store(), execution_id)
     sections = [(section, [item_view(item) for item in section.items]) for section in timeline(record)]
     base = _download_base(f"/api/runs/{execution_id}/export", f"/download/run/{execution_id}")
-    return render_template("run.html", record=record, sections=sections, downloads=download_links(base))
+    return render_template("run.html", record=record, sections=sections, downloads=download_links(base, bulk=False))
 
 
 @bp.get("/stats")

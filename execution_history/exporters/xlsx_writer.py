@@ -71,7 +71,7 @@ def _excel_time(value: str) -> dt.datetime | str:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
         return excel_text(value)  # not a time after all: it is text, and cleaned like text
-    if parsed.tzinfo is not None:  # Excel has no time zones: UTC, as the header says
+    if parsed.tzinfo is not None:  # Excel has no time zones: UTC, as the About sheet says
         parsed = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
     return parsed
 
@@ -88,8 +88,7 @@ class _Sheet:
         self.sheet.freeze_panes = "A2"
         header = []
         for name in columns:
-            header_name = name + " (UTC)" if name in TIMESTAMP_COLUMNS else name
-            cell = WriteOnlyCell(self.sheet, value=excel_text(header_name))
+            cell = WriteOnlyCell(self.sheet, value=excel_text(name))  # the CSV column names (times: UTC, see About)
             cell.font = Font(bold=True)
             header.append(cell)
         self.sheet.append(header)
@@ -131,7 +130,8 @@ def write_xlsx(records: Iterable[dict[str, Any]], *, bulk: bool = False,
     about = workbook.create_sheet("About")
     about.column_dimensions["A"].width = 24
     about.column_dimensions["B"].width = 60
-    for key, value in [("exported_at (UTC)", info.exported_at.astimezone(dt.timezone.utc).replace(tzinfo=None)),
+    for key, value in [("times", "every time in this workbook is UTC (Excel has no time zones)"),
+                       ("exported_at", info.exported_at.astimezone(dt.timezone.utc).replace(tzinfo=None)),
                        ("runs", runs.rows - 1), ("item rows", items.rows - 1),
                        ("taxonomy_version", TAXONOMY_VERSION), ("app_version", __version__),
                        *((f"filter: {k}", v) for k, v in info.filters.items() if v is not None)]:
