@@ -7,6 +7,7 @@ sign-in. An admin sees every run; a researcher only runs whose ``user_id`` is th
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import hmac
 import json
@@ -19,7 +20,7 @@ from typing import Any
 
 from flask import current_app, g, request
 
-from execution_history import journal
+from execution_history import atomic, journal
 from execution_history.errors import Forbidden, RunNotFound, Unauthorized
 from execution_history.storage import RunStore
 
@@ -59,7 +60,7 @@ class TokenStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._seen: tuple[int, int] | None = None
+        self._seen: tuple[int, int, int] | None = None
         self._entries: list[dict[str, str]] = []
 
     def _load(self) -> list[dict[str, str]]:
@@ -68,11 +69,19 @@ class TokenStore:
         except FileNotFoundError:
             return []
         with self._lock:
-            if self._seen != (st.st_mtime_ns, st.st_size):
-                data = json.loads(self.path.read_text(encoding="utf-8") or "{}")
-                self._entries = [e for e in data.get("tokens", []) if e.get("role") in ROLES]
-                self._seen = (st.st_mtime_ns, st.st_size)
+            # the inode too: an atomic replace within the same nanosecond keeps size and mtime
+            if self._seen != (st.st_ino, st.st_mtime_ns, st.st_size):
+                self._entries = self._read()
+                self._seen = (st.st_ino, st.st_mtime_ns, st.st_size)
             return self._entries
+
+    def _read(self) -> list[dict[str, str]]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        data = json.loads(text or "{}")
+        return [e for e in data.get("tokens", []) if e.get("role") in ROLES]
 
     def authenticate(self, token: str) -> Principal | None:
         """The principal of a token, or None. Compares against every entry in constant time."""
@@ -96,9 +105,14 @@ class TokenStore:
 
     def revoke(self, user: str) -> int:
         """Remove every token of *user*; returns how many."""
-        before = len(self._load())
-        self._rewrite(lambda entries: [e for e in entries if e["user"] != user])
-        return before - len(self._load())
+        removed = []
+
+        def change(entries: list[dict[str, str]]) -> list[dict[str, str]]:
+            removed.extend(e for e in entries if e["user"] == user)
+            return [e for e in entries if e["user"] != user]
+
+        self._rewrite(change)
+        return len(removed)
 
     def hashes_of(self, user: str) -> list[str]:
         """The token hashes of *user* (to end the sessions made with them)."""
@@ -109,13 +123,21 @@ class TokenStore:
         return [{k: e[k] for k in ("user", "role", "created_at")} for e in self._load()]
 
     def _rewrite(self, change: Any) -> None:
+        """Read, change and write the file as one step for every process and thread: under an
+        exclusive ``flock`` on ``<file>.lock`` beside it, from the file as it is now (never a
+        cached copy, which would bring back a token another process just revoked), written
+        atomically (temp file, fsync, rename, fsync of the folder) with mode 0600."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        entries = change(list(self._load()))
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"tokens": entries}, handle, indent=1)
-        os.replace(temp, self.path)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd is closed, also if we die
+            entries = change(self._read())
+            atomic.replace_file(self.path, json.dumps({"tokens": entries}, indent=1).encode("utf-8"), 0o600)
+        finally:
+            os.close(fd)
+        with self._lock:
+            self._seen = None  # read it again next time
 
 
 def load_secret_key(configured: str | None, data_dir: Path) -> str:
