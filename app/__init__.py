@@ -14,6 +14,7 @@ from execution_history.audit import AuditLog
 from execution_history.index import RunIndex
 from execution_history.side import LocalSideArea
 
+from . import auth, hosts, sessions
 from .config import load_config
 from .errors import register_error_handlers
 from .links import LinkSigner
@@ -63,7 +64,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         "side": LocalSideArea(store.root / SIDE_DIR),  # export jobs, sessions, leases
     }
 
+    app.session_interface = sessions.SideSessionInterface()  # sign-in sessions live server-side
     app.before_request(_assign_request_id)
+    hosts.configure(app)  # the Host check runs before anything else looks at the request
     app.before_request(auth.authenticate_api)
     lifecycle.setup_retention(app)  # RUN_HISTORY_RETENTION_DAYS: prune at start, then hourly
     app.after_request(audit_hooks.finish)
@@ -101,7 +104,9 @@ def get_links() -> LinkSigner:
 
 def _assign_request_id() -> None:
     sent = request.headers.get("X-Request-ID", "")
-    g.request_id = sent if _CLIENT_REQUEST_ID.match(sent) else uuid.uuid4().hex
+    # The id is echoed into every log line: never one that is a token or link the client also sent
+    ok = _CLIENT_REQUEST_ID.match(sent) and not auth.is_secret_like(sent)
+    g.request_id = sent if ok else uuid.uuid4().hex
 
 
 def _send_common_headers(response: Response) -> Response:

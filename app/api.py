@@ -10,6 +10,7 @@ from execution_history.exporters.xml_writer import xsd_bytes
 
 from . import audit_hooks, downloads, get_index, get_links, get_store, lifecycle
 from .auth import OPEN, Principal, load_visible, principal, tokens
+from .hosts import external_url
 from .links import link_for_export
 from .listing import link_header, list_body
 from .openapi import build_spec
@@ -25,7 +26,7 @@ def list_runs() -> Response:
     executions, total = get_index().query(query, principal().scope)
     response = jsonify(list_body(query, executions, total))
     response.headers["X-Total-Count"] = str(total)
-    if links := link_header(request.base_url, request.args, query, total):
+    if links := link_header(external_url(request.path), request.args, query, total):
         response.headers["Link"] = links
     return response
 
@@ -39,16 +40,17 @@ def get_stats() -> Response:
 @bp.get("/runs/export/<fmt>")
 def export_runs(fmt: str) -> Response:
     """Every run the list filters select, as one streamed download."""
-    audit_hooks.begin("export", filters=request.args.to_dict(), format=fmt.lower())
+    audit_hooks.begin("export", filters=None, format=fmt)  # filters once validated: never raw arguments
     exporter = get_exporter(fmt)
     query, options = load_query(export_params(exporter, bulk=True), request.args)
+    audit_hooks.note_filters(query)
     return downloads.export_runs(exporter, query, options)
 
 
 @bp.get("/runs/<execution_id>/export/<fmt>")
 def export_run(execution_id: str, fmt: str) -> Response:
     """One run as a download."""
-    audit_hooks.begin("export", execution_id=execution_id, format=fmt.lower())
+    audit_hooks.begin("export", execution_id=execution_id, format=fmt)
     exporter = get_exporter(fmt)
     options = load_params(export_params(exporter, bulk=False), request.args)
     return downloads.export_run(exporter, execution_id, options)
@@ -67,7 +69,8 @@ def link_run(execution_id: str, fmt: str) -> Response:
 
 
 def _link_response(token: str, expires_at: str) -> Response:
-    return jsonify({"url": url_for("api.download_link", link=token, _external=True), "expires_at": expires_at})
+    path = url_for("api.download_link", link=token)[len(request.script_root):]
+    return jsonify({"url": external_url(path), "expires_at": expires_at})
 
 
 @bp.get("/download")
@@ -75,18 +78,20 @@ def download_link() -> Response:
     """A signed link's download: no token needed, the creator's scope, never more."""
     audit_hooks.begin("link_used")  # a refused link (tampered, expired) is audited too
     link = load_params(LINK_PARAMS, request.args)["link"]
-    payload = get_links().verify(link)
+    record = get_links().verify(link)
     store = tokens()
-    if store is not None and (payload["r"] == OPEN.role or not store.has_hash(payload.get("t") or "")):
+    if store is not None and (record["role"] == OPEN.role or not store.has_hash(record["token_sha256"] or "")):
         raise Forbidden("This link was made with an access token that is no longer valid")
-    g.principal = Principal(payload["u"], payload["r"])
-    args = MultiDict(payload["a"])
-    exporter = get_exporter(payload["f"])
-    if payload["k"] == "run":
-        audit_hooks.begin("link_used", execution_id=payload["id"], format=exporter.name)
-        return downloads.export_run(exporter, payload["id"], load_params(export_params(exporter, False), args))
-    audit_hooks.begin("link_used", filters=args.to_dict(), format=exporter.name)
+    g.principal = Principal(record["user"], record["role"])
+    args = MultiDict([tuple(pair) for pair in record["args"]])
+    exporter = get_exporter(record["format"])
+    if record["kind"] == "run":
+        audit_hooks.begin("link_used", execution_id=record["execution_id"], format=exporter.name)
+        return downloads.export_run(exporter, record["execution_id"],
+                                    load_params(export_params(exporter, False), args))
+    audit_hooks.begin("link_used", filters=None, format=exporter.name)
     query, options = load_query(export_params(exporter, bulk=True), args)
+    audit_hooks.note_filters(query)
     return downloads.export_runs(exporter, query, options)
 
 

@@ -7,8 +7,11 @@ from typing import Any
 from flask import Response, current_app, g, request
 
 from execution_history.audit import AuditLog
+from execution_history.exporters import ALIASES, EXPORTERS, PLANNED
+from execution_history.filters import RunQuery
+from execution_history.records import is_valid_execution_id
 
-from .auth import principal
+from .auth import is_secret, principal
 
 
 def audit_log() -> AuditLog:
@@ -16,8 +19,30 @@ def audit_log() -> AuditLog:
 
 
 def begin(event: str, **fields: Any) -> None:
-    """Mark the request as auditable (export, link_created, link_used) with what it asks for."""
+    """Mark the request as auditable (export, link_created, link_used) with what it asks for.
+
+    Only checked values reach the line: a ``format`` that names a format, an
+    ``execution_id`` that is a well-formed id (else None), never a raw path segment or
+    query string, where a client may have put a token or a link.
+    """
+    if "format" in fields:
+        fields["format"] = _known_format(fields["format"])
+    if "execution_id" in fields and not is_valid_execution_id(fields["execution_id"]):
+        fields["execution_id"] = None
     g.audit = {"event": event, **fields}
+
+
+def note_filters(query: RunQuery) -> None:
+    """Record the validated filters of the auditable request (given ones only, wire names)."""
+    if "audit" in g:
+        g.audit["filters"] = {k: "[redacted]" if isinstance(v, str) and is_secret(v) else v
+                              for k, v in query.filters.to_wire().items() if v is not None}
+
+
+def _known_format(name: Any) -> str | None:
+    key = str(name or "").lower()
+    key = ALIASES.get(key, key)
+    return key if key in EXPORTERS or key in PLANNED else None
 
 
 def _common() -> dict[str, Any]:

@@ -7,6 +7,7 @@ sign-in. An admin sees every run; a researcher only runs whose ``user_id`` is th
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import hmac
 import json
@@ -19,7 +20,7 @@ from typing import Any
 
 from flask import current_app, g, request, session
 
-from execution_history import journal
+from execution_history import atomic, journal
 from execution_history.errors import Forbidden, RunNotFound, Unauthorized
 from execution_history.storage import RunStore
 
@@ -59,7 +60,7 @@ class TokenStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._seen: tuple[int, int] | None = None
+        self._seen: tuple[int, int, int] | None = None
         self._entries: list[dict[str, str]] = []
 
     def _load(self) -> list[dict[str, str]]:
@@ -68,11 +69,19 @@ class TokenStore:
         except FileNotFoundError:
             return []
         with self._lock:
-            if self._seen != (st.st_mtime_ns, st.st_size):
-                data = json.loads(self.path.read_text(encoding="utf-8") or "{}")
-                self._entries = [e for e in data.get("tokens", []) if e.get("role") in ROLES]
-                self._seen = (st.st_mtime_ns, st.st_size)
+            # the inode too: an atomic replace within the same nanosecond keeps size and mtime
+            if self._seen != (st.st_ino, st.st_mtime_ns, st.st_size):
+                self._entries = self._read()
+                self._seen = (st.st_ino, st.st_mtime_ns, st.st_size)
             return self._entries
+
+    def _read(self) -> list[dict[str, str]]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        data = json.loads(text or "{}")
+        return [e for e in data.get("tokens", []) if e.get("role") in ROLES]
 
     def authenticate(self, token: str) -> Principal | None:
         """The principal of a token, or None. Compares against every entry in constant time."""
@@ -96,22 +105,39 @@ class TokenStore:
 
     def revoke(self, user: str) -> int:
         """Remove every token of *user*; returns how many."""
-        before = len(self._load())
-        self._rewrite(lambda entries: [e for e in entries if e["user"] != user])
-        return before - len(self._load())
+        removed = []
+
+        def change(entries: list[dict[str, str]]) -> list[dict[str, str]]:
+            removed.extend(e for e in entries if e["user"] == user)
+            return [e for e in entries if e["user"] != user]
+
+        self._rewrite(change)
+        return len(removed)
+
+    def hashes_of(self, user: str) -> list[str]:
+        """The token hashes of *user* (to end the sessions made with them)."""
+        return [e["sha256"] for e in self._load() if e["user"] == user]
 
     def users(self) -> list[dict[str, str]]:
         """User, role and creation time of every token (no hashes)."""
         return [{k: e[k] for k in ("user", "role", "created_at")} for e in self._load()]
 
     def _rewrite(self, change: Any) -> None:
+        """Read, change and write the file as one step for every process and thread: under an
+        exclusive ``flock`` on ``<file>.lock`` beside it, from the file as it is now (never a
+        cached copy, which would bring back a token another process just revoked), written
+        atomically (temp file, fsync, rename, fsync of the folder) with mode 0600."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        entries = change(list(self._load()))
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"tokens": entries}, handle, indent=1)
-        os.replace(temp, self.path)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd is closed, also if we die
+            entries = change(self._read())
+            atomic.replace_file(self.path, json.dumps({"tokens": entries}, indent=1).encode("utf-8"), 0o600)
+        finally:
+            os.close(fd)
+        with self._lock:
+            self._seen = None  # read it again next time
 
 
 def load_secret_key(configured: str | None, data_dir: Path) -> str:
@@ -203,11 +229,36 @@ def authenticate_api() -> None:
         if request.endpoint in _AUDITED:  # a refused export or link request is audited too
             from . import audit_hooks  # here: audit_hooks imports this module
 
-            audit_hooks.begin(_AUDITED[request.endpoint], format=(request.view_args or {}).get("fmt", "").lower(),
+            audit_hooks.begin(_AUDITED[request.endpoint], format=(request.view_args or {}).get("fmt"),
                               execution_id=(request.view_args or {}).get("execution_id"))
         raise Unauthorized("A valid bearer token is required" if header else "Authorization required")
     g.principal = found
     g.token_sha256 = hash_token(token.strip())  # links made now stop working if this token is revoked
+
+
+def is_secret(value: str) -> bool:
+    """Whether *value* is, or is part of, a secret a log line must not hold: an access token
+    or its hash, the request's bearer token or cookies, a session cookie or a download link
+    signed with this app's key (checked by verifying, so it is found wherever it was put)."""
+    if not value or len(value) < 16:  # every secret here is longer
+        return False
+    sent = [request.headers.get("Authorization", "").partition(" ")[2].strip(), *request.cookies.values()]
+    if any(value in secret for secret in sent if secret):
+        return True
+    store = current_app.extensions["run_history"]["tokens"]
+    if store is not None and (store.has_hash(hash_token(value)) or store.has_hash(value.lower())):
+        return True
+    from .sessions import sid_of  # here: sessions is imported by the app package after this module
+
+    if sid_of(current_app, value):
+        return True
+    return current_app.extensions["run_history"]["links"].is_signed(value)
+
+
+def is_secret_like(value: str) -> bool:
+    """Whether a client's X-Request-ID (echoed into every log line) must not be used: a
+    secret (:func:`is_secret`), or a value the request also carries as a query value."""
+    return bool(value) and (is_secret(value) or any(len(value) >= 16 and value in v for v in request.args.values()))
 
 
 def visible_record(record: dict[str, Any]) -> dict[str, Any]:

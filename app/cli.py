@@ -23,6 +23,7 @@ from execution_history.records import FINAL_STATUSES
 from . import get_index, get_store
 from .auth import ROLES, TokenStore, tokens
 from .downloads import with_media_root
+from .sessions import end_sessions_of
 from .params import (
     COMMON_EXPORT_OPTIONS,
     EXPORT_OPTIONS,
@@ -162,8 +163,12 @@ def token_list_command() -> None:
 @token.command("revoke")
 @click.argument("user")
 def token_revoke_command(user: str) -> None:
-    """Remove every token of USER."""
-    click.echo(f"Revoked {_token_store().revoke(user)} token(s) of {user}.")
+    """Remove every token of USER, and end the sign-in sessions made with them."""
+    store = _token_store()
+    hashes = store.hashes_of(user)
+    count = store.revoke(user)
+    ended = sum(end_sessions_of(current_app, digest) for digest in hashes)
+    click.echo(f"Revoked {count} token(s) of {user}; ended {ended} session(s).")
 
 
 @runs.command("audit")

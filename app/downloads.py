@@ -49,7 +49,8 @@ def export_runs(exporter: Exporter, query: RunQuery, options: dict[str, Any]) ->
     runs, chunks = export_selection(exporter, get_index(), get_store(), query, with_media_root(exporter, options),
                                     principal().scope, now,
                                     tap=rows.tap, secret_key=current_app.config["SECRET_KEY"])
-    response = stream(chunks, exporter, _marked(f"runs_{now:%Y%m%d_%H%M%S}", bool(options.get(OPTION))), rows)
+    name = f"runs_{now:%Y%m%d_%H%M%S}" + ("_items" if options.get("shape") == "items" else "")  # item rows
+    response = stream(chunks, exporter, _marked(name, bool(options.get(OPTION))), rows)
     response.headers["X-Total-Count"] = str(runs)
     return response
 
@@ -73,9 +74,13 @@ def with_media_root(exporter: Exporter, options: dict[str, Any]) -> dict[str, An
 
 
 def stream(chunks: Iterable[bytes], exporter: Exporter, name: str, rows: Counted | None = None) -> Response:
-    """A streamed attachment. *name* is an id or a time stamp, never a request string."""
-    chunks = _started(chunks)
-    body = stream_audited(_cut_on_error(chunks, g.request_id), rows)
+    """A streamed attachment. *name* is an id or a time stamp, never a request string.
+
+    The first chunk is taken here, inside the view: whatever fails before the first byte
+    (an XLSX is built whole before it yields) becomes the app's JSON error, not the
+    server's own HTML 500.
+    """
+    body = stream_audited(_cut_on_error(_started(chunks), g.request_id), rows)
     response = Response(body, mimetype=None,
                         content_type=exporter.mimetype, direct_passthrough=True)
     response.headers["Content-Disposition"] = content_disposition(name + exporter.extension)

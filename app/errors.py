@@ -73,7 +73,9 @@ def handle_http_exception(err: HTTPException) -> Response:
 
 def handle_unexpected(err: Exception) -> Response:
     """Anything else: logged with the request id, answered 500 without trace or path."""
-    log.exception("request %s %s %s failed", g.get("request_id"), request.method, request.path)
+    # the route pattern, not the path: a client may have put a token in a path segment
+    log.exception("request %s %s %s failed", g.get("request_id"), request.method,
+                  request.url_rule.rule if request.url_rule else "(no route)")
     return error_response(500, {"error": "Internal server error", "code": "INTERNAL_ERROR"})
 
 

@@ -1,17 +1,24 @@
-"""Temporary download links: the export request and its creator's scope, signed with the app's secret."""
+"""Temporary download links: an opaque, signed reference to a link record kept server-side.
+
+The URL carries ``<link id>.<signature>`` and nothing else: the link's record (creator,
+role, the hash of the token it was made with, kind, format, validated arguments, its own
+``expires_at``) lives in the store's side area under ``links/<id>.json``, shared by every
+worker and host. So nobody can read a link's payload, its expiry is the one fixed when it
+was made (a later RUN_HISTORY_LINK_TTL changes nothing), and it dies with its creator's token.
+"""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
+import json
+import re
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
 
-from itsdangerous import (
-    BadSignature,
-    SignatureExpired,
-    TimestampSigner,
-    URLSafeTimedSerializer,
-)
+from itsdangerous import Signer
 
 from execution_history.errors import Forbidden, LinkExpired
 from execution_history.exporters import get_exporter
@@ -19,44 +26,72 @@ from execution_history.exporters import get_exporter
 from .auth import Principal
 
 SALT = "run-history.download-link"
+#: A link token exactly: 22 characters of id, a dot, 43 of HMAC-SHA256. Anything else,
+#: an appended character included (ASCII or not), is not a link.
+_TOKEN = re.compile(r"\A([A-Za-z0-9_-]{22})\.[A-Za-z0-9_-]{43}\Z")
 
 
 class LinkSigner:
-    """Makes and checks link tokens. *clock* is injectable (tests move time, never sleep)."""
+    """Makes and checks links. *clock* is injectable (tests move time, never sleep); *side*
+    is the side area holding link records (default: the current app's, looked up per call)."""
 
-    def __init__(self, secret: str, ttl_seconds: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, secret: str, ttl_seconds: int, clock: Callable[[], float] = time.time,
+                 side: Any = None) -> None:
         self.ttl = ttl_seconds
         self.clock = clock
-        signer = self
+        self.side = side
+        self._signer = Signer(secret, salt=SALT, digest_method=hashlib.sha256)
 
-        class _ClockedSigner(TimestampSigner):
-            def get_timestamp(self) -> int:
-                return int(signer.clock())
+    def _side(self) -> Any:
+        if self.side is not None:
+            return self.side
+        from . import get_side  # here: the app package imports this module
 
-        self._serializer = URLSafeTimedSerializer(secret, salt=SALT, signer=_ClockedSigner)
+        return get_side()
 
     def create(self, creator: Principal, kind: str, fmt: str, args: list[tuple[str, str]],
                execution_id: str | None = None, token_sha256: str | None = None) -> tuple[str, str]:
         """(token, expires_at ISO) for an export of *kind* ``run`` or ``bulk``; *token_sha256*: the
         hash of the access token it was made with (the link dies with that token)."""
-        payload = {"u": creator.user, "r": creator.role, "k": kind, "f": fmt, "a": args, "id": execution_id,
-                   "t": token_sha256}
-        token = self._serializer.dumps(payload)
-        expires = dt.datetime.fromtimestamp(int(self.clock()) + self.ttl, dt.timezone.utc)
-        return token, expires.isoformat()
+        now = int(self.clock())
+        expires = dt.datetime.fromtimestamp(now + self.ttl, dt.timezone.utc)
+        link_id = secrets.token_urlsafe(16)
+        record = {"id": link_id, "user": creator.user, "role": creator.role, "token_sha256": token_sha256,
+                  "kind": kind, "format": fmt, "args": [list(pair) for pair in args], "execution_id": execution_id,
+                  "created_at": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(),
+                  "expires_at": expires.isoformat()}
+        if not self._side().create(f"links/{link_id}.json", json.dumps(record).encode("utf-8")):
+            raise RuntimeError("link id collision")  # 128 random bits: never in practice
+        return self._signer.sign(link_id).decode("ascii"), expires.isoformat()
+
+    def link_id(self, token: str) -> str | None:
+        """The id of a token that carries this signer's signature exactly, else None."""
+        match = _TOKEN.match(token)
+        if match is None:
+            return None
+        # Compared with the one canonical token of the id, not unsigned: base64 decoding would
+        # ignore the unused low bits of the last character, so a changed byte could pass.
+        expected = self._signer.sign(match.group(1)).decode("ascii")
+        return match.group(1) if hmac.compare_digest(expected, token) else None
+
+    def is_signed(self, token: str) -> bool:
+        """Whether *token* is a link of this signer (valid, expired or revoked)."""
+        return self.link_id(token) is not None
 
     def verify(self, token: str) -> dict[str, Any]:
-        """The payload of a valid link.
+        """The record of a valid link: ``user, role, token_sha256, kind, format, args, execution_id``.
 
-        :raises LinkExpired: past its time (410).
-        :raises Forbidden: tampered with, or not a link at all (403).
+        :raises LinkExpired: past its own ``expires_at`` (410).
+        :raises Forbidden: tampered with, not a link at all, or unknown here (403).
         """
-        try:
-            return self._serializer.loads(token, max_age=self.ttl)
-        except SignatureExpired:
-            raise LinkExpired("This download link has expired; ask for a new one") from None
-        except BadSignature:
-            raise Forbidden("This download link is not valid") from None
+        link_id = self.link_id(token)
+        raw = self._side().get(f"links/{link_id}.json") if link_id else None
+        if raw is None:
+            raise Forbidden("This download link is not valid")
+        record = json.loads(raw)
+        if dt.datetime.fromisoformat(record["expires_at"]).timestamp() <= self.clock():
+            raise LinkExpired("This download link has expired; ask for a new one")
+        return record
 
 
 def link_for_export(kind: str, fmt: str, execution_id: str | None = None) -> tuple[str, str]:
@@ -69,14 +104,14 @@ def link_for_export(kind: str, fmt: str, execution_id: str | None = None) -> tup
     from .auth import principal, visible_record
     from .params import export_params, load_params, load_query
 
-    audit_hooks.begin("link_created", format=fmt.lower(), **(
-        {"execution_id": execution_id} if kind == "run" else {"filters": request.args.to_dict()}))
+    audit_hooks.begin("link_created", format=fmt, **(
+        {"execution_id": execution_id} if kind == "run" else {"filters": None}))  # filters once validated
     exporter = get_exporter(fmt)
     if kind == "run":
         load_params(export_params(exporter, bulk=False), request.args)
         visible_record(get_store().get(execution_id))  # finished runs only, like the export
     else:
-        load_query(export_params(exporter, bulk=True), request.args)
+        audit_hooks.note_filters(load_query(export_params(exporter, bulk=True), request.args)[0])
     signer: LinkSigner = current_app.extensions["run_history"]["links"]
     return signer.create(principal(), kind, exporter.name, list(request.args.items(multi=True)), execution_id,
                          token_sha256=g.get("token_sha256"))

@@ -201,7 +201,9 @@ def build_spec() -> dict[str, Any]:
     """The OpenAPI document served at /api/openapi.json."""
     plugin = MarshmallowPlugin()
     spec = APISpec(title="Run history", version=execution_history.__version__, openapi_version="3.0.3",
-                   plugins=[plugin], info={"description": "Records of AI pipeline runs: list, fetch, export."})
+                   plugins=[plugin], info={"description": "Records of AI pipeline runs: list, fetch, export. Every route "
+                                             "answers 400 INVALID_HOST to a Host header that is not trusted "
+                                             "(RUN_HISTORY_TRUSTED_HOSTS)."})
     spec.components.security_scheme("bearer", {
         "type": "http", "scheme": "bearer",
         "description": "Needed on every /api route when RUN_HISTORY_TOKENS is set (access control on)"})

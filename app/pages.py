@@ -92,6 +92,7 @@ def login() -> BaseResponse | str:
         found = store.authenticate(request.form.get("token", "").strip())
         if found is not None:
             session.clear()
+            session.renew()  # a new session id at sign-in (no fixation)
             session.update(user=found.user, role=found.role, token_sha256=hash_token(request.form["token"].strip()))
             return redirect(_safe_next(request.args.get("next")))
         error = "That token is not valid."
@@ -134,7 +135,7 @@ def show_run(execution_id: str) -> str:
     sections = [(section, [{**item_view(item), "media": media_view(record["execution_id"], item)}
                            for item in section.items]) for section in timeline(record)]
     base = _download_base(f"/api/runs/{execution_id}/export", f"/download/run/{execution_id}")
-    return render_template("run.html", record=record, sections=sections, downloads=download_links(base))
+    return render_template("run.html", record=record, sections=sections, downloads=download_links(base, bulk=False))
 
 
 @bp.post("/runs/<execution_id>/delete")

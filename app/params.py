@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
@@ -32,17 +33,55 @@ MAX_COUNT = 2**62
 MAX_TEXT = 500
 
 
+#: The only spellings accepted (API.md 3), ASCII digits only: Python's ``fromisoformat``
+#: alone also takes ISO week dates (2025-W45-1), compact dates (20251103) and more.
+_DATE_RE = re.compile(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+_DATETIME_RE = re.compile(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?"
+                          r"(?:Z|[+-][0-9]{2}:[0-9]{2})?\Z")
+_DIGITS_RE = re.compile(r"\A[0-9]{1,20}\Z")
+
+
+def _strict_date(text: str) -> dt.date:
+    if not _DATE_RE.match(text):
+        raise ValueError(text)
+    return dt.date.fromisoformat(text)
+
+
+class StrictDate(fields.Date):
+    """``YYYY-MM-DD`` only (no week or ordinal dates, no compact form), ASCII digits."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dt.date:
+        try:
+            return _strict_date(str(value))
+        except ValueError:
+            raise ValidationError("Not a date YYYY-MM-DD.") from None
+
+
+class StrictInteger(fields.Integer):
+    """A whole number in ASCII digits only: no sign, spaces, underscores or other scripts' digits
+    (``int()`` takes ``+5``, `` 5``, ``1_0`` and ``５``)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if not _DIGITS_RE.match(str(value)):
+            raise ValidationError("Not a valid integer (ASCII digits only).")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class DateOrDateTime(fields.Field):
-    """``YYYY-MM-DD`` (a whole UTC day) or an ISO 8601 datetime (no offset means UTC)."""
+    """``YYYY-MM-DD`` (a whole UTC day) or ``YYYY-MM-DDTHH:MM[:SS[.ffffff]]`` with an optional
+    ``Z`` or ``±HH:MM`` (no offset means UTC)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dt.date | dt.datetime:
         text = str(value)
         try:
-            if len(text) == 10:
-                return dt.date.fromisoformat(text)
+            if _DATE_RE.match(text):
+                return _strict_date(text)
+            if not _DATETIME_RE.match(text):
+                raise ValueError(text)
             parsed = dt.datetime.fromisoformat(text)
         except ValueError:
-            raise ValidationError("Not a date (YYYY-MM-DD) or ISO 8601 datetime.") from None
+            raise ValidationError("Not a date (YYYY-MM-DD) or datetime (YYYY-MM-DDTHH:MM[:SS[.ffffff]], "
+                                  "optional Z or ±HH:MM).") from None
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
@@ -75,13 +114,13 @@ class FilterParamsSchema(Schema):
         unknown = EXCLUDE  # unknown parameters are rejected before loading, with their own code
 
     config = _text("Runs of this config_name.")
-    date = fields.Date(metadata={"description": "Runs started on this UTC day.", "allowed": "a date YYYY-MM-DD"})
+    date = StrictDate(metadata={"description": "Runs started on this UTC day.", "allowed": "a date YYYY-MM-DD"})
     date_from = DateOrDateTime(metadata={
         "description": "Runs started at or after (a date: its start; no offset: UTC).",
-        "allowed": "a date YYYY-MM-DD or an ISO 8601 datetime"})
+        "allowed": "a date YYYY-MM-DD or a datetime YYYY-MM-DDTHH:MM[:SS[.ffffff]] (optional Z or ±HH:MM)"})
     date_to = DateOrDateTime(metadata={
         "description": "Runs started at or before (a date: its end, inclusive; no offset: UTC).",
-        "allowed": "a date YYYY-MM-DD or an ISO 8601 datetime"})
+        "allowed": "a date YYYY-MM-DD or a datetime YYYY-MM-DDTHH:MM[:SS[.ffffff]] (optional Z or ±HH:MM)"})
     user_id = _text("Runs of this user.")
     session_id = _text("Runs of this session.")
     execution_mode = _text("Runs in this execution mode (e.g. eco, fast).")
@@ -103,14 +142,14 @@ class FilterParamsSchema(Schema):
         "allowed": list(ORDER_BY)})
     order = fields.String(load_default="desc", validate=validate.OneOf(ORDERS), metadata={
         "description": "Sort direction.", "allowed": list(ORDERS)})
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_COUNT), metadata={
+    offset = StrictInteger(load_default=0, validate=validate.Range(min=0, max=MAX_COUNT), metadata={
         "description": "Runs to skip.", "allowed": f"an integer from 0 to {MAX_COUNT}"})
 
 
 class ListParamsSchema(FilterParamsSchema):
     """GET /api/runs: the filters plus a page of 1-100 runs."""
 
-    limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(1, MAX_LIMIT), metadata={
+    limit = StrictInteger(load_default=DEFAULT_LIMIT, validate=validate.Range(1, MAX_LIMIT), metadata={
         "description": "Runs per page.", "allowed": f"an integer from 1 to {MAX_LIMIT}"})
 
 
@@ -131,7 +170,7 @@ DELETE_PARAMS = Schema.from_dict({"media": fields.Boolean(load_default=False, me
 class BulkExportLimitSchema(FilterParamsSchema):
     """GET /api/runs/export/<format>: the list filters; without ``limit``, every match."""
 
-    limit = fields.Integer(load_default=None, validate=validate.Range(min=1, max=MAX_COUNT), metadata={
+    limit = StrictInteger(load_default=None, validate=validate.Range(min=1, max=MAX_COUNT), metadata={
         "description": "At most this many runs (default: every match).", "allowed": f"an integer from 1 to {MAX_COUNT}"})
 
 

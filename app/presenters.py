@@ -12,7 +12,11 @@ from werkzeug.datastructures import MultiDict
 from execution_history.taxonomy import STAGE_NAMES
 
 #: Download buttons: (label, format, extra query parameters).
-DOWNLOADS = [("CSV", "csv", {}), ("CSV for Excel", "csv", {"bom": "true"}), ("XLSX", "xlsx", {}),
+#: The CSV buttons say what they hold: one row per run, or one per item (a bulk file of
+#: item rows is named ``runs_<time>_items.csv``); "for Excel" adds a BOM.
+DOWNLOADS = [("CSV: runs", "csv", {"shape": "runs"}), ("CSV: items", "csv", {"shape": "items"}),
+             ("CSV for Excel: runs", "csv", {"shape": "runs", "bom": "true"}),
+             ("CSV for Excel: items", "csv", {"shape": "items", "bom": "true"}), ("XLSX", "xlsx", {}),
              ("JSON", "json", {}), ("JSONL", "jsonl", {}), ("XML", "xml", {}),
              ("ZIP (with media)", "zip", {})]
 #: Bulk formats whose button starts an export job (progress, then the download) when JavaScript runs.
@@ -34,11 +38,17 @@ def query_string(args: MultiDict[str, str], **changes: Any) -> str:
     return urlencode(kept)
 
 
-def download_links(base: str, args: MultiDict[str, str] | None = None) -> list[dict[str, str]]:
-    """Links for the download buttons; a bulk *base* keeps the filters (never the page)."""
+def download_links(base: str, args: MultiDict[str, str] | None = None, bulk: bool = True) -> list[dict[str, str]]:
+    """Links for the download buttons; a bulk *base* keeps the filters (never the page).
+
+    One run's page offers its item rows only: a file of one run is named after it, so two
+    CSV shapes would be two contents under one name.
+    """
     kept = {k: v for k, v in (args or {}).items() if v != "" and k not in ("limit", "offset")}
     links = []
     for label, fmt, extra in DOWNLOADS:
+        if not bulk and extra.get("shape") == "runs":
+            continue
         query = urlencode({**kept, **extra})
         links.append({"label": label, "format": fmt, "url": f"{base}/{fmt}" + (f"?{query}" if query else ""),
                       "job": fmt if args is not None and fmt in JOB_FORMATS else None})

@@ -49,6 +49,13 @@ class ExportTooLarge(ExecutionHistoryError):
     code = "EXPORT_TOO_LARGE"
 
 
+class InvalidHost(ExecutionHistoryError):
+    """A request naming a host this service does not serve (RUN_HISTORY_TRUSTED_HOSTS)."""
+
+    status_code = 400
+    code = "INVALID_HOST"
+
+
 class Unauthorized(ExecutionHistoryError):
     """No valid bearer token (access control is on)."""
 

@@ -26,7 +26,7 @@ from .errors import InvalidRecord
 from .taxonomy import LEGACY_TAXONOMY_VERSION, RECORD_STAGES
 
 #: ``exec_`` + UTC ``YYYYMMDD_HHMMSS`` + ``_`` + 8 lowercase hex digits.
-EXECUTION_ID_PATTERN = r"exec_\d{8}_\d{6}_[0-9a-f]{8}"
+EXECUTION_ID_PATTERN = r"exec_[0-9]{8}_[0-9]{6}_[0-9a-f]{8}"  # ASCII digits only (\d takes any script's)
 _EXECUTION_ID_RE = re.compile(rf"\A{EXECUTION_ID_PATTERN}\Z")
 
 #: Statuses a finished record may have (``running`` exists only while a journal does).

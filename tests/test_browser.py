@@ -3,6 +3,7 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from examples.sample_pipeline import iter_sample_runs
 from execution_history import ExecutionTracker, RunStore
+from execution_history.exporters.cells import ITEM_COLUMNS, RUN_COLUMNS
 from execution_history.exporters.xml_writer import read_records, xsd_bytes
 
 from .conftest import PROJECT, LiveServer, record_every_type
@@ -173,17 +175,25 @@ def test_every_download_button_of_the_run_browser(site, page, tmp_path):
     seen = set()
     for fmt, label, name, data in click_downloads(page, tmp_path):
         seen.add(label)
-        assert name.startswith("runs_") and name.endswith("." + fmt)
+        items = label.endswith(": items")
+        assert name.startswith("runs_") and name.endswith(("_items." if items else ".") + fmt)
+        assert re.fullmatch(r"runs_\d{8}_\d{6}(_items)?\." + fmt, name)
         parsed = parse_download(fmt, data, name)
         if fmt == "csv":
-            assert sorted(row["execution_id"] for row in parsed) == sorted(r["execution_id"] for r in expected)
-            assert data.startswith(b"\xef\xbb\xbf") == (label == "CSV for Excel")
+            if items:
+                assert list(parsed[0]) == list(ITEM_COLUMNS)
+                assert len(parsed) == sum(max(len(r["items"]), 1) for r in expected)
+            else:
+                assert list(parsed[0]) == list(RUN_COLUMNS)
+                assert sorted(row["execution_id"] for row in parsed) == sorted(r["execution_id"] for r in expected)
+            assert data.startswith(b"\xef\xbb\xbf") == label.startswith("CSV for Excel")
         elif fmt == "xlsx":
             runs = list(parsed["Runs"].iter_rows(values_only=True))[1:]
             assert sorted(row[0] for row in runs) == sorted(r["execution_id"] for r in expected)
         else:
             assert sorted(parsed, key=lambda r: r["execution_id"]) == sorted(expected, key=lambda r: r["execution_id"])
-    assert seen == {"CSV", "CSV for Excel", "XLSX", "JSON", "JSONL", "XML", "ZIP (with media)"}
+    assert seen >= {"CSV: runs", "CSV: items", "CSV for Excel: runs", "CSV for Excel: items", "XLSX", "JSON",
+                    "JSONL", "XML", "ZIP (with media)"}
 
 
 def test_every_download_button_of_a_run(site, page, tmp_path):
@@ -197,6 +207,7 @@ def test_every_download_button_of_a_run(site, page, tmp_path):
         assert name == execution_id + "." + fmt
         parsed = parse_download(fmt, data, name)
         if fmt == "csv":
+            assert label.endswith(": items")  # one run: item rows only (one file name, one content)
             assert [int(row["sequence_number"]) for row in parsed] == [i["sequence_number"] for i in record["items"]]
         elif fmt == "xlsx":
             assert len(list(parsed["Items"].iter_rows())) == len(record["items"]) + 1

@@ -157,7 +157,7 @@ def test_xlsx_one_run_has_native_types_and_safe_text(client, store, recorded_run
     assert book.sheetnames == ["Runs", "Items", "About"]
     items = book["Items"]
     header, rows = sheet_rows(items)
-    assert [h.removesuffix(" (UTC)") for h in header] == list(ITEM_COLUMNS)
+    assert list(header) == list(ITEM_COLUMNS)  # the CSV column names, exactly
     assert all(cell.font.b for cell in items[1]) and items.freeze_panes == "A2"
     assert items.auto_filter.ref == f"A1:{get_column_letter(len(ITEM_COLUMNS))}{len(rows) + 1}"
     assert len(rows) == len(record["items"])
@@ -174,9 +174,11 @@ def test_xlsx_one_run_has_native_types_and_safe_text(client, store, recorded_run
     control = next(v for v in by_text if v.startswith("nul"))
     assert "\u2400" in control and "\u240b" in control  # visible, and the sheet goes on
     runs_header, runs = sheet_rows(book["Runs"])
+    assert list(runs_header) == list(RUN_COLUMNS)
     assert runs[0][RUN_COLUMNS.index("items_count")] == len(record["items"])
     about = {row[0]: row[1] for row in book["About"].iter_rows(values_only=True)}
     assert about["runs"] == 1 and about["item rows"] == len(record["items"]) and about["taxonomy_version"] == "1.1"
+    assert "UTC" in about["times"] and isinstance(about["exported_at"], dt.datetime)
 
 
 @pytest.mark.parametrize("text", ["x" * 100_000, "🌸" * 40_000, "a🌸" * 20_000])

@@ -1,9 +1,12 @@
 """XLSX: sheets Runs, Items and About, written with openpyxl's write-only workbook.
 
 Cells get native types (numbers, dates as naive UTC, text always as text, never a
-formula). Characters Excel forbids in cells (C0 controls but tab, CR, LF) become their
-visible Unicode "control pictures" (U+0000 -> U+2400 ...), and text over Excel's 32,767
-characters is cut with a visible ``…[truncated N characters]``. The workbook is built
+formula). Every string openpyxl gets (cells, headers, the About sheet's labels and filter
+values) passes through :func:`excel_text`: characters an XLSX file cannot hold (its XML is
+XML 1.0) are replaced visibly, the rest of the text kept. C0 controls but tab, CR, LF become
+their Unicode "control pictures" (U+0000 -> U+2400 ...); noncharacters (U+FFFE, U+FFFF,
+U+FDD0-U+FDEF and every plane's last two code points) and lone surrogates become U+FFFD.
+Text over Excel's 32,767 characters is cut with a visible ``…[truncated N characters]``. The workbook is built
 in a temporary file (an XLSX is a zip, written at the end) and then streamed.
 """
 from __future__ import annotations
@@ -34,7 +37,12 @@ from .info import ExportInfo
 #: Rows per sheet Excel opens, the header included.
 EXCEL_MAX_ROWS = 1_048_576
 EXCEL_MAX_CELL = 32_767
-_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+#: Noncharacters (broken LLM output holds U+FFFE/U+FFFF) and lone surrogates: lxml, which
+#: openpyxl writes with, refuses U+FFFE/U+FFFF and surrogates outright (they are not XML 1.0
+#: Chars), and the other noncharacters are not meant for interchange. All become U+FFFD.
+_NONCHARACTERS = re.compile("[\ud800-\udfff\ufdd0-\ufdef" + "".join(
+    f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(17)) + "]")
 _DATE_FORMAT = "yyyy-mm-dd hh:mm:ss"
 _CHUNK = 256 * 1024
 #: Column widths (characters) by column name; others get 14.
@@ -49,8 +57,10 @@ def utf16_length(value: str) -> int:
 
 
 def excel_text(value: str) -> str:
-    """Text as Excel can hold it: forbidden characters made visible, length capped."""
-    value = _FORBIDDEN.sub(lambda m: chr(0x2400 + ord(m.group())), value)
+    """Text as an XLSX cell can hold it: C0 controls as control pictures, noncharacters and
+    lone surrogates as U+FFFD, length capped. The one cleaner for every string openpyxl gets."""
+    value = _CONTROLS.sub(lambda m: chr(0x2400 + ord(m.group())), value)
+    value = _NONCHARACTERS.sub("\ufffd", value)
     if len(value) <= EXCEL_MAX_CELL // 2:  # short enough whatever it holds: skip measuring
         return value
     return truncate(value, EXCEL_MAX_CELL, utf16_length)
@@ -60,8 +70,8 @@ def _excel_time(value: str) -> dt.datetime | str:
     try:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
-        return value
-    if parsed.tzinfo is not None:  # Excel has no time zones: UTC, as the header says
+        return excel_text(value)  # not a time after all: it is text, and cleaned like text
+    if parsed.tzinfo is not None:  # Excel has no time zones: UTC, as the About sheet says
         parsed = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
     return parsed
 
@@ -78,8 +88,7 @@ class _Sheet:
         self.sheet.freeze_panes = "A2"
         header = []
         for name in columns:
-            header_name = name + " (UTC)" if name in TIMESTAMP_COLUMNS else name
-            cell = WriteOnlyCell(self.sheet, value=header_name)
+            cell = WriteOnlyCell(self.sheet, value=excel_text(name))  # the CSV column names (times: UTC, see About)
             cell.font = Font(bold=True)
             header.append(cell)
         self.sheet.append(header)
@@ -121,11 +130,12 @@ def write_xlsx(records: Iterable[dict[str, Any]], *, bulk: bool = False,
     about = workbook.create_sheet("About")
     about.column_dimensions["A"].width = 24
     about.column_dimensions["B"].width = 60
-    for key, value in [("exported_at (UTC)", info.exported_at.astimezone(dt.timezone.utc).replace(tzinfo=None)),
+    for key, value in [("times", "every time in this workbook is UTC (Excel has no time zones)"),
+                       ("exported_at", info.exported_at.astimezone(dt.timezone.utc).replace(tzinfo=None)),
                        ("runs", runs.rows - 1), ("item rows", items.rows - 1),
                        ("taxonomy_version", TAXONOMY_VERSION), ("app_version", __version__),
                        *((f"filter: {k}", v) for k, v in info.filters.items() if v is not None)]:
-        label = WriteOnlyCell(about, value=key)
+        label = WriteOnlyCell(about, value=excel_text(key))
         label.font = Font(bold=True)
         cell = WriteOnlyCell(about, value=excel_text(str(value)) if not isinstance(value, (int, dt.datetime)) else value)
         if isinstance(value, str):
