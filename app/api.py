@@ -1,7 +1,7 @@
 """`bp` for /api/runs: thin views that parse, call the core and respond."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, g, jsonify, request, url_for
+from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.datastructures import MultiDict
 
 from execution_history.errors import Forbidden
@@ -10,7 +10,7 @@ from execution_history.exporters.xml_writer import xsd_bytes
 
 from . import audit_hooks, downloads, get_index, get_links, get_store, lifecycle
 from .auth import OPEN, Principal, load_visible, principal, tokens
-from .hosts import external_url
+from .hosts import external_url, external_url_for
 from .links import link_for_export
 from .listing import link_header, list_body
 from .openapi import build_spec
@@ -69,8 +69,7 @@ def link_run(execution_id: str, fmt: str) -> Response:
 
 
 def _link_response(token: str, expires_at: str) -> Response:
-    path = url_for("api.download_link", link=token)[len(request.script_root):]
-    return jsonify({"url": external_url(path), "expires_at": expires_at})
+    return jsonify({"url": external_url_for("api.download_link", link=token), "expires_at": expires_at})
 
 
 @bp.get("/download")

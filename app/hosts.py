@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app, request, url_for
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.sansio.utils import host_is_trusted
 
@@ -80,3 +80,8 @@ def external_url(path: str) -> str:
     when set, else from the request's own (checked, trusted) scheme and host."""
     base = public_url(current_app) or f"{request.scheme}://{request.host}{request.script_root}"
     return base + path
+
+
+def external_url_for(endpoint: str, **values: object) -> str:
+    """``url_for(endpoint, **values)`` as an absolute URL built like :func:`external_url`."""
+    return external_url(url_for(endpoint, **values)[len(request.script_root):])

@@ -3,21 +3,21 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import hmac
 import os
 import tempfile
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, session, url_for
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from marshmallow import Schema
 from werkzeug.datastructures import MultiDict
 
-from execution_history.errors import Forbidden, InvalidParameter, RunNotFound, UnknownParameter
+from execution_history.errors import InvalidParameter, RunNotFound, UnknownParameter
 from execution_history.exporters import check_fits, get_exporter
 from execution_history.jobs import JobExecutor, JobStore
 
 from . import audit_hooks, downloads, get_index, get_side
-from .auth import SESSION_ENDPOINTS, Principal, principal, tokens
+from .auth import SESSION_ENDPOINTS, principal
+from .hosts import external_url_for
 from .params import export_params, load_params, load_query
 
 bp = Blueprint("jobs", __name__, url_prefix="/api")
@@ -121,8 +121,8 @@ def job_body(state: dict[str, Any]) -> dict[str, Any]:
         "runs_done": state["runs_done"], "percent": state["percent"], "eta_seconds": state["eta_seconds"],
         "created_at": iso(state["created_at"]), "started_at": iso(state["started_at"]),
         "finished_at": iso(state["finished_at"]), "size_bytes": state["size_bytes"] if done else None,
-        "status_url": url_for("jobs.get_export_job", job_id=state["id"], _external=True),
-        "download_url": url_for("jobs.download_export_job", job_id=state["id"], _external=True) if done else None,
+        "status_url": external_url_for("jobs.get_export_job", job_id=state["id"]),
+        "download_url": external_url_for("jobs.download_export_job", job_id=state["id"]) if done else None,
         "error": state["error"] if state["state"] == "failed" else None,
     }
 

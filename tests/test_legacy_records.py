@@ -8,7 +8,6 @@ fields, a blocked, a failed and a never-completed run, and a lone surrogate esca
 import copy
 import datetime as dt
 import hashlib
-import io
 import json
 import multiprocessing
 import os
@@ -21,7 +20,6 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import lxml.html
-import openpyxl
 import pytest
 
 from app import create_app
