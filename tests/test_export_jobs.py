@@ -66,7 +66,7 @@ def wait_for(url: str, states=("done", "failed", "expired"), token: str | None =
 def workbook_rows(data: bytes) -> dict[str, list[tuple]]:
     book = openpyxl.load_workbook(io.BytesIO(data))
     rows = {name: list(book[name].iter_rows(values_only=True)) for name in ("Runs", "Items")}
-    rows["About"] = [row for row in book["About"].iter_rows(values_only=True) if row[0] != "exported_at (UTC)"]
+    rows["About"] = [row for row in book["About"].iter_rows(values_only=True) if row[0] != "exported_at"]
     return rows
 
 
