@@ -11,7 +11,6 @@ from flask import current_app
 from flask.cli import AppGroup
 from werkzeug.datastructures import MultiDict
 
-from execution_history import journal
 from execution_history.errors import ExecutionHistoryError
 from execution_history.exporters import export_selection, get_exporter
 
@@ -170,6 +169,9 @@ def audit_command(user: str | None, since: str | None) -> None:
 
 @runs.command("recover")
 def recover_command() -> None:
-    """Turn journals of pipeline processes that died into records (status interrupted)."""
-    recovered = journal.recover(get_store())
+    """Publish what dead pipelines left: records the tracker could not publish, then journals
+    of pipeline processes that died (status interrupted)."""
+    from .recovery import recover_now
+
+    recovered = recover_now(current_app)
     click.echo(f"Recovered {len(recovered)} run(s)." + "".join(f"\n{i}" for i in recovered))

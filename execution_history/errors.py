@@ -95,3 +95,13 @@ class RunAlreadyExists(ExecutionHistoryError):
 
 class StorageError(ExecutionHistoryError):
     """The data folder could not be read or written (permissions, disk full)."""
+
+
+class StoreUnavailable(StorageError):
+    """The record store does not answer (an S3 endpoint down or timing out): try again later."""
+
+    status_code = 503
+    code = "STORE_UNAVAILABLE"
+    #: Seconds a client should wait before asking again.
+    retry_after = 5
+    headers = {"Retry-After": str(retry_after)}
