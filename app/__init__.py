@@ -44,7 +44,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # keep the contract's key order
     app.json.ensure_ascii = False
 
-    store, layout = open_checked_store(app.config)  # the one place the store and its folders are picked
+    store, layout, recovered = open_checked_store(app.config)  # the one place the store and its folders are picked
     secret = auth.load_secret_key(app.config["RUN_HISTORY_SECRET_KEY"],
                                   layout.beside / "data")  # the generated key goes beside this: layout.beside
     app.config.update(SECRET_KEY=secret, SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SECURE=True,
@@ -54,6 +54,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["run_history"] = {
         "store": store,
         "layout": layout,
+        "recovered_at_start": recovered,  # what `runs recover` reports with its own round
         # No SQLite connection is opened here: gunicorn may fork after this (preload_app).
         "index": stores.open_index(layout, rescan_seconds=app.config["RUN_HISTORY_RESCAN_SECONDS"],
                                    stale_after=app.config["RUN_HISTORY_STALE_AFTER"],

@@ -173,5 +173,5 @@ def recover_command() -> None:
     of pipeline processes that died (status interrupted)."""
     from .recovery import recover_now
 
-    recovered = recover_now(current_app)
+    recovered = current_app.extensions["run_history"]["recovered_at_start"] + recover_now(current_app)
     click.echo(f"Recovered {len(recovered)} run(s)." + "".join(f"\n{i}" for i in recovered))

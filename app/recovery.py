@@ -29,8 +29,8 @@ class StoreStartupError(RuntimeError):
     """The configured store cannot be used: the app does not start (the message says why)."""
 
 
-def open_checked_store(config: Mapping[str, Any]) -> tuple[Any, stores.Layout]:
-    """The store RUN_HISTORY_DIR names and its folders on this host, checked and recovered.
+def open_checked_store(config: Mapping[str, Any]) -> tuple[Any, stores.Layout, list[str]]:
+    """The store RUN_HISTORY_DIR names, its folders on this host, and the ids recovered now.
 
     :raises StoreStartupError: a missing bucket, refused credentials, an endpoint that does
         not answer, or an S3 store without RUN_HISTORY_SECRET_KEY (every host must share it).
@@ -58,8 +58,8 @@ def open_checked_store(config: Mapping[str, Any]) -> tuple[Any, stores.Layout]:
                     "generated secret key and audit log are kept in the state folder %s", store.root, layout.state)
     if layout.writable:
         store.sweep_temp_files()
-    _recover(store, layout)  # runs whose pipeline died while no app was running
-    return store, layout
+    recovered = _recover(store, layout)  # runs whose pipeline died while no app was running
+    return store, layout, recovered
 
 
 def _recover(store: Any, layout: stores.Layout) -> list[str]:

@@ -78,7 +78,8 @@ class S3RunIndex(RunIndex):
             if now - self._journals_checked_at >= self.running_refresh:
                 self._journals_checked_at = now
                 self._sync_journals(conn)
-            if not full and now - self._polled_at < POLL_SECONDS:
+            if not full and now - self._polled_at < POLL_SECONDS \
+                    and self._meta(conn).get("dir_mtime_ns") is not None:  # a new index is filled at once
                 return
             with self._scan_lock():
                 conn = self._connection()  # the index may have been rebuilt meanwhile

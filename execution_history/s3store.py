@@ -321,13 +321,20 @@ class S3Store:
             except (RunNotFound, InvalidRecord) as err:
                 log.warning("skipping run %s: %s", execution_id, err.message)
 
-    @_s3_errors("list")
     def iter_listing(self, start_after: str | None = None,
                      malformed: Malformed | None = None) -> Iterator[RecordFile]:
         """Every record object in key order (so in start-time order), after the id *start_after*.
 
         Objects named ``exec_*.json`` whose names are no ids are tallied in *malformed*.
+
+        :raises StoreUnavailable: if the endpoint stops answering (while iterating, too).
         """
+        try:
+            yield from self._iter_listing(start_after, malformed)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+            raise translate(err, "list") from err
+
+    def _iter_listing(self, start_after: str | None, malformed: Malformed | None) -> Iterator[RecordFile]:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": f"{self._base}exec_"}
         if start_after:  # an id (that record excluded) or any start of a name (a time)
             suffix = RECORD_SUFFIX if is_valid_execution_id(start_after) else ""
