@@ -4,12 +4,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..filters import RunQuery
-    from ..index import RunIndex
-    from ..storage import RunStore
 
 from ..errors import ExportTooLarge, FormatNotImplemented, InvalidFormat
 from .csv_writer import write_csv
@@ -17,6 +15,24 @@ from .info import ExportInfo
 from .json_writer import write_json, write_jsonl
 from .xlsx_writer import EXCEL_MAX_ROWS, write_xlsx
 from .xml_writer import write_xml
+
+
+class Selection(Protocol):
+    """What an export needs to know of a selection: its counts and its ids in order (the
+    index answers both; the exporters never import it)."""
+
+    def count_rows(self, query: RunQuery, user_scope: str | None = None) -> tuple[int, int]:
+        """(runs, item rows) the query selects."""
+
+    def iter_ids(self, query: RunQuery, user_scope: str | None = None) -> Iterator[str]:
+        """The selected ids, in the query's order."""
+
+
+class Records(Protocol):
+    """Where the records come from (any store)."""
+
+    def iter_records(self, execution_ids: Iterable[str]) -> Iterator[dict[str, Any]]:
+        """The records of these ids, in that order."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +78,7 @@ def get_exporter(name: str) -> Exporter:
                         available_now=list(EXPORTERS))
 
 
-def export_selection(exporter: Exporter, index: RunIndex, store: RunStore, query: RunQuery,
+def export_selection(exporter: Exporter, index: Selection, store: Records, query: RunQuery,
                      options: dict[str, Any], user_scope: str | None = None,
                      now: dt.datetime | None = None,
                      tap: Callable[[Iterable[dict[str, Any]]], Iterable[dict[str, Any]]] = iter,
