@@ -17,6 +17,7 @@ Timeouts and retries are set here, deliberately short, so no request hangs on th
 """
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import functools
 import logging
@@ -24,6 +25,7 @@ import os
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
@@ -53,6 +55,9 @@ _UNREACHABLE = (botocore.exceptions.EndpointConnectionError, botocore.exceptions
                 botocore.exceptions.ResponseStreamingError)
 
 T = TypeVar("T")
+#: GETs in flight while records are streamed to an export, and how many records may wait.
+FETCH_THREADS = 8
+READ_AHEAD = 32
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -313,13 +318,28 @@ class S3Store:
     def iter_records(self, execution_ids: Iterable[str]) -> Iterator[dict[str, Any]]:
         """Records for *execution_ids* in that order; objects gone or unreadable are skipped.
 
-        A store that stops answering raises StoreUnavailable (the download is cut, never short).
+        A few GETs run ahead (each is a round trip; memory stays bounded by READ_AHEAD
+        records). A store that stops answering raises StoreUnavailable (the download is
+        cut, never short).
         """
-        for execution_id in execution_ids:
-            try:
-                yield self.load(execution_id)
-            except (RunNotFound, InvalidRecord) as err:
-                log.warning("skipping run %s: %s", execution_id, err.message)
+        pool = ThreadPoolExecutor(FETCH_THREADS)
+        try:
+            pending: collections.deque = collections.deque()
+            for execution_id in execution_ids:
+                pending.append((execution_id, pool.submit(self.load, execution_id)))
+                if len(pending) >= READ_AHEAD:
+                    yield from self._taken(*pending.popleft())
+            while pending:
+                yield from self._taken(*pending.popleft())
+        finally:  # a cut download or a failure: GETs not started yet are dropped, not waited for
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def _taken(execution_id: str, future: Any) -> Iterator[dict[str, Any]]:
+        try:
+            yield future.result()
+        except (RunNotFound, InvalidRecord) as err:
+            log.warning("skipping run %s: %s", execution_id, err.message)
 
     def iter_listing(self, start_after: str | None = None,
                      malformed: Malformed | None = None) -> Iterator[RecordFile]:
