@@ -17,7 +17,7 @@ from typing import Any
 from flask import Flask, current_app
 
 from execution_history import stores
-from execution_history.errors import StorageError
+from execution_history.errors import StorageError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,9 @@ class StoreStartupError(RuntimeError):
 def open_checked_store(config: Mapping[str, Any]) -> tuple[Any, stores.Layout, list[str]]:
     """The store RUN_HISTORY_DIR names, its folders on this host, and the ids recovered now.
 
-    :raises StoreStartupError: a missing bucket, refused credentials, an endpoint that does
-        not answer, or an S3 store without RUN_HISTORY_SECRET_KEY (every host must share it).
+    :raises StoreStartupError: a missing bucket, refused credentials, or an S3 store without
+        RUN_HISTORY_SECRET_KEY (every host must share it). An endpoint that does not answer
+        is logged, and requests get 503 until it does.
     """
     location = stores.resolve_location(config["RUN_HISTORY_DIR"])
     store = stores.open_store(location, config["RUN_HISTORY_S3_ENDPOINT_URL"])
@@ -44,6 +45,11 @@ def open_checked_store(config: Mapping[str, Any]) -> tuple[Any, stores.Layout, l
                 "sign links and sessions with the same key, and a generated one would differ per host")
         try:
             store.check()
+        except StoreUnavailable as err:
+            # Not answering is not refusing: a worker that gunicorn (re)starts during an outage
+            # must come up and answer 503 until the endpoint is back, not take the server down.
+            log.error("run history: the S3 endpoint %s does not answer (%s); serving 503 STORE_UNAVAILABLE "
+                      "until it does", store.endpoint_url or "AWS", err.context.get("reason"))
         except StorageError as err:
             raise StoreStartupError(
                 f"Record store {store.url} cannot be used: {err.message} ({err.context.get('reason')}). "

@@ -149,12 +149,18 @@ def test_s3_needs_a_shared_secret_key(s3):
         create_app(config)
 
 
-def test_an_endpoint_that_does_not_answer_at_start_is_a_clear_error_quickly(monkeypatch):
-    from .conftest import free_port
+def test_an_endpoint_that_does_not_answer_at_start_is_503_quickly_not_a_dead_server(monkeypatch):
+    from .conftest import assert_error, free_port
 
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    config = app_config(S3Store("s3://runs/p"))
+    config["RUN_HISTORY_S3_ENDPOINT_URL"] = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    with pytest.raises(StoreStartupError, match="unavailable"):
-        create_app(app_config(S3Store("s3://runs/p", endpoint_url=f"http://127.0.0.1:{free_port()}")))
+    client = create_app(config).test_client()  # a worker restarted during an outage comes up
+    response = client.get("/api/runs")
+    assert_error(response, 503, "STORE_UNAVAILABLE")
+    assert int(response.headers["Retry-After"]) > 0
     assert time.monotonic() - started < 30  # connect timeout and retries are bounded
 
 
@@ -204,3 +210,13 @@ def test_bytes_written_by_older_code_are_served_as_they_are(s3):
 def test_bad_location_raises_storage_errors_not_boto_errors(s3):
     with pytest.raises(StorageError):
         S3Store("s3://no-such-bucket/x").check()
+
+
+def test_a_run_in_progress_is_listed_and_shown_by_a_host_sharing_its_journal_folder(s3):
+    client = create_app({**app_config(s3), "RUN_HISTORY_RUNNING_REFRESH": 0}).test_client()
+    run = ExecutionTracker("live", store=s3)
+    run.log_user_input_text("so far")
+    assert client.get("/api/runs?status=running").get_json()["total"] == 1
+    assert client.get(f"/api/runs/{run.execution_id}").get_json()["status"] == "running"
+    run.finalize()
+    assert s3.load(run.execution_id)["items"][0]["content"] == "so far"
