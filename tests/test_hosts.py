@@ -5,6 +5,7 @@ secret key, as API.md section 7 asks.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -18,6 +19,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from execution_history import ExecutionTracker
+from execution_history.s3index import POLL_SECONDS
 
 from .conftest import PROJECT, LiveServer, store_for
 from .s3server import BUCKET, SeaweedFS
@@ -199,12 +203,14 @@ def test_endpoint_stopped_mid_request_is_json_503_then_recovers_and_nothing_is_l
     env = host_env(store, tmp_path, "api", endpoint=own_server.endpoint)
     gpu = host_env(store, tmp_path, "gpu", endpoint=own_server.endpoint)
     ids = []
-    for n in range(12):
-        ids.append(run_pipeline(gpu, f"before{n % 3}", items=200))
+    for n in range(80):  # more than S3Store reads ahead, so the export is still reading when the endpoint stops
+        with ExecutionTracker(f"before{n % 3}", store=store, journal_dir=tmp_path / "gpu" / "journal") as run:
+            run.log_user_input_text("x" * 2000)
+        ids.append(run.execution_id)
     server = LiveServer(store.url, tmp_path / "api.log", extra_env=env)
     try:
         try:
-            assert runs(server)["total"] == 12
+            assert runs(server)["total"] == 80
             # a bulk export on its way when the endpoint stops: cut, never a short file that looks whole
             request = urllib.request.urlopen(f"{server.url}/api/runs/export/jsonl", timeout=60)
             first = request.read(100)
@@ -234,8 +240,8 @@ def test_endpoint_stopped_mid_request_is_json_503_then_recovers_and_nothing_is_l
         assert store.load(late_id)["status"] == "completed"
         wait_listed([server], late_id, within=2.0)
         body = runs(server)
-        assert body["total"] == 13
+        assert body["total"] == 81
         status, headers, raw = get(f"{server.url}/api/runs/export/jsonl")
-        assert status == 200 and len(raw.splitlines()) == 13
+        assert status == 200 and len(raw.splitlines()) == 81
     finally:
         server.stop()
