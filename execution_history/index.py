@@ -513,12 +513,20 @@ class RunIndex:
         A change made in the same tick as the mtime we record would not move it again; so
         we list only after that tick has passed (waiting at most RACY_NS, and only right
         after a change), and any later change gets a later mtime.
+
+        Trackers publish without the index's lock, so under a steady stream of new runs the
+        folder may never settle: after waiting one tick we give up and return -1, which no
+        folder has, so the state is indexed now and the next request lists again.
         """
+        waited = False
         while True:
             mtime = self._dir_mtime()
             age = time.time_ns() - (mtime or 0)
             if mtime is None or age >= RACY_NS:
                 return mtime
+            if waited:
+                return -1
+            waited = True
             time.sleep((RACY_NS - age) / 1e9)
 
     def _scan(self, conn: sqlite3.Connection, full: bool) -> None:
