@@ -1,6 +1,7 @@
 """The Flask app factory: config layers, store/index, access control, blueprints, handlers, request ids."""
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Mapping
@@ -9,7 +10,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
-from execution_history import RunStore, journal, records, resolve_data_dir
+from execution_history import RunStore, records, stores
 from execution_history.audit import AuditLog
 from execution_history.index import RunIndex
 from execution_history.side import LocalSideArea
@@ -18,6 +19,9 @@ from . import auth, hosts, sessions
 from .config import load_config
 from .errors import register_error_handlers
 from .links import LinkSigner
+from .recovery import open_checked_store, start_recovery
+
+log = logging.getLogger(__name__)
 
 #: The local store's side area (see execution_history/side.py), a hidden subfolder of the data folder.
 SIDE_DIR = ".side"
@@ -43,28 +47,29 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Before anything reads a record; an unknown zone name stops start-up with a clear ValueError.
     records.set_naive_timezone(app.config["RUN_HISTORY_NAIVE_TIMEZONE"])
 
-    data_dir = resolve_data_dir(app.config["RUN_HISTORY_DIR"])
-    store = RunStore(data_dir)
-    store.sweep_temp_files()
-    journal.recover(store)  # runs whose pipeline died while no app was running
-    secret = auth.load_secret_key(app.config["RUN_HISTORY_SECRET_KEY"], store.root)
+    store, layout, recovered = open_checked_store(app.config)  # the one place the store and its folders are picked
+    secret = auth.load_secret_key(app.config["RUN_HISTORY_SECRET_KEY"],
+                                  layout.beside / "data")  # the generated key goes beside this: layout.beside
     app.config.update(SECRET_KEY=secret, SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SECURE=True,
                       SESSION_COOKIE_SAMESITE="Lax", MAX_CONTENT_LENGTH=64 * 1024, MAX_FORM_MEMORY_SIZE=16 * 1024)
     tokens_file = app.config["RUN_HISTORY_TOKENS"]
-    audit_path = app.config["RUN_HISTORY_AUDIT_LOG"] or store.root.parent / "audit.log"
+    audit_path = app.config["RUN_HISTORY_AUDIT_LOG"] or layout.beside / "audit.log"
     app.extensions["run_history"] = {
         "store": store,
+        "layout": layout,
+        "recovered_at_start": recovered,  # what `runs recover` reports with its own round
         # No SQLite connection is opened here: gunicorn may fork after this (preload_app).
-        "index": RunIndex(store, rescan_seconds=app.config["RUN_HISTORY_RESCAN_SECONDS"],
-                          stale_after=app.config["RUN_HISTORY_STALE_AFTER"],
-                          running_refresh=app.config["RUN_HISTORY_RUNNING_REFRESH"]),
+        "index": stores.open_index(layout, rescan_seconds=app.config["RUN_HISTORY_RESCAN_SECONDS"],
+                                   stale_after=app.config["RUN_HISTORY_STALE_AFTER"],
+                                   running_refresh=app.config["RUN_HISTORY_RUNNING_REFRESH"]),
         "tokens": auth.TokenStore(Path(tokens_file)) if tokens_file else None,
         "links": LinkSigner(secret, app.config["RUN_HISTORY_LINK_TTL"]),
         "audit": AuditLog(audit_path),
-        "side": LocalSideArea(store.root / SIDE_DIR),  # export jobs, sessions, leases
+        "side": stores.side_area_for(layout),  # export jobs, sessions, leases: shared by every host
     }
 
     app.session_interface = sessions.SideSessionInterface()  # sign-in sessions live server-side
+    app.before_request(start_recovery)  # journals of dead pipelines, in a background thread
     app.before_request(_assign_request_id)
     hosts.configure(app)  # the Host check runs before anything else looks at the request
     app.before_request(auth.authenticate_api)
@@ -76,7 +81,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(pages.bp)
-    media.init_app(app, store.root)
+    media.init_app(app, store.root if layout.writable else layout.state)  # thumbnails: the data folder or state
     jobs_api.install(app)  # export jobs: store, executor, /api/exports
     app.cli.add_command(cli.runs)
     return app

@@ -277,7 +277,8 @@ def load_visible(store: RunStore, execution_id: str) -> dict[str, Any]:
     try:
         return visible_record(store.get(execution_id))
     except RunNotFound:
-        running = journal.load_running(store, execution_id)
+        # this host's journal folder (RUN_HISTORY_JOURNAL_DIR), whatever the store
+        running = journal.load_running(current_app.extensions["run_history"]["layout"].journal, execution_id)
         if running is None:
             from . import get_index
             get_index().recheck([execution_id])  # a listed run that is gone: the list stops showing it

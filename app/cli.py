@@ -12,7 +12,7 @@ from flask import current_app
 from flask.cli import AppGroup
 from werkzeug.datastructures import MultiDict
 
-from execution_history import importer, journal
+from execution_history import importer
 from execution_history.errors import ExecutionHistoryError
 from execution_history.exporters import export_selection, get_exporter
 from execution_history.lifecycle import PruneCriteria, delete_run, prune
@@ -241,8 +241,11 @@ def delete_command(execution_id: str, media: bool) -> None:
 
 @runs.command("recover")
 def recover_command() -> None:
-    """Turn journals of pipeline processes that died into records (status interrupted)."""
-    recovered = journal.recover(get_store())
+    """Publish what dead pipelines left: records the tracker could not publish, then journals
+    of pipeline processes that died (status interrupted)."""
+    from .recovery import recover_now
+
+    recovered = current_app.extensions["run_history"]["recovered_at_start"] + recover_now(current_app)
     click.echo(f"Recovered {len(recovered)} run(s)." + "".join(f"\n{i}" for i in recovered))
 
 

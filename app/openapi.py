@@ -323,4 +323,13 @@ def build_spec() -> dict[str, Any]:
     spec.path(path="/api/openapi.json", operations={"get": {
         "operationId": "get_openapi", "summary": "This document",
         "responses": {"200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}}}}})
-    return spec.to_dict()
+    document = spec.to_dict()
+    # Every route that reads the record store answers 503 while the store does not (API.md 7).
+    unavailable = {"description": "The record store does not answer (STORE_UNAVAILABLE); retry after Retry-After",
+                   "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for path, operations in document["paths"].items():
+        if path.startswith(("/api/runs", "/api/download")):
+            for operation in operations.values():
+                operation["responses"].setdefault("503", unavailable)
+    return document

@@ -125,6 +125,16 @@ class StorageError(ExecutionHistoryError):
     """The data folder could not be read or written (permissions, disk full)."""
 
 
+class StoreUnavailable(StorageError):
+    """The record store does not answer (an S3 endpoint down or timing out): try again later."""
+
+    status_code = 503
+    code = "STORE_UNAVAILABLE"
+    #: Seconds a client should wait before asking again.
+    retry_after = 5
+    headers = {"Retry-After": str(retry_after)}
+
+
 class SelectionChanged(ExecutionHistoryError):
     """A listed run turned unreadable or vanished before its turn in a bulk export: the count
     sent cannot be kept. Before the first byte a 503 (retry: the index has caught up);

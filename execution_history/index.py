@@ -10,9 +10,10 @@ version, and is kept in step with them like this:
   ``stat`` per file) and indexes what is new, replaced (another inode) or gone.
 - That listing runs under the index's write lock, and only once the folder's mtime is
   older than one clock tick, so a later change always moves the mtime again.
-- The tracker publishes through :meth:`RunIndex.save`: its folder changes happen under the
-  same lock and move the recorded mtime with them, so its runs are indexed at once and
-  readers need no listing, however many pipelines write.
+- The tracker publishes through the store only (it takes no index lock and imports no
+  index module): its new file moves the folder's mtime, and the next request lists the
+  folder (names and inodes) and indexes it. :meth:`RunIndex.save` remains for callers that
+  want a run indexed at once.
 - Every ``rescan_seconds`` (60) one process stats every file and re-indexes those whose
   size or mtime changed: that catches files edited in place, which leave the folder's
   mtime alone. ``runs reindex`` rebuilds everything at once.
@@ -304,12 +305,17 @@ class RunIndex:
     """The SQLite index of one RunStore's folder (``.index/runs.sqlite3`` inside it)."""
 
     def __init__(self, store: RunStore, rescan_seconds: float = 60.0, stale_after: float = 600.0,
-                 running_refresh: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+                 running_refresh: float = 1.0, clock: Callable[[], float] = time.time,
+                 folder: str | os.PathLike[str] | None = None,
+                 journal_dir: str | os.PathLike[str] | None = None) -> None:
+        """*folder*: the index folder (``RUN_HISTORY_INDEX_DIR``; default ``<data dir>/.index``);
+        *journal_dir*: where runs in progress journal (default ``<data dir>/.journal``)."""
         self.store = store
         self.stale_after = stale_after
         self.running_refresh = running_refresh
         self._journals_checked_at = float("-inf")
-        self.folder = store.root / INDEX_DIR
+        self.journal_dir = Path(journal_dir) if journal_dir is not None else journal.journal_dir(store)
+        self.folder = Path(folder) if folder is not None else store.root / INDEX_DIR
         self.path = self.folder / INDEX_NAME
         self.lock_path = self.folder / "scan.lock"
         self.rescan_seconds = rescan_seconds
@@ -485,7 +491,8 @@ class RunIndex:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'dir_mtime_ns'", (self._dir_mtime(),))
 
     def _ensure_folder(self) -> None:
-        self.store.ensure_root()
+        with contextlib.suppress(StorageError):  # a read-only data folder is served all the same
+            self.store.ensure_root()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -541,10 +548,10 @@ class RunIndex:
             raise StorageError("Run index unavailable", reason=str(err)) from err
 
     def _sync_journals(self, conn: sqlite3.Connection) -> None:
-        """Runs in progress as rows with status ``running``; journals of dead processes recovered."""
+        """Runs in progress as rows with status ``running`` (journals of dead processes are
+        recovered by the app's background step, never inside a request: a GET writes no record)."""
         live: dict[str, tuple[Path, os.stat_result]] = {}
-        dead = False
-        for path in journal.iter_journals(self.store):
+        for path in journal.iter_journals(self.journal_dir):
             try:
                 st = path.stat()
             except FileNotFoundError:
@@ -552,9 +559,6 @@ class RunIndex:
             locked = journal.is_locked(path)
             if locked:
                 live[path.name[: -len(journal.SUFFIX)]] = (path, st)
-            dead = dead or locked is False
-        if dead:
-            journal.recover(self.store)  # record files appear; the folder check below indexes them
         known = {row[0]: tuple(row[1:]) for row in conn.execute(
             f"SELECT execution_id, inode, size, mtime_ns FROM runs WHERE source = '{JOURNAL}'")}
         changed = [i for i, (_, st) in live.items() if known.get(i) != (st.st_ino, st.st_size, st.st_mtime_ns)]
@@ -612,12 +616,20 @@ class RunIndex:
         A change made in the same tick as the mtime we record would not move it again; so
         we list only after that tick has passed (waiting at most RACY_NS, and only right
         after a change), and any later change gets a later mtime.
+
+        Trackers publish without the index's lock, so under a steady stream of new runs the
+        folder may never settle: after waiting one tick we give up and return -1, which no
+        folder has, so the state is indexed now and the next request lists again.
         """
+        waited = False
         while True:
             mtime = self._dir_mtime()
             age = time.time_ns() - (mtime or 0)
             if mtime is None or age >= RACY_NS:
                 return mtime
+            if waited:
+                return -1
+            waited = True
             time.sleep((RACY_NS - age) / 1e9)
 
     def _scan(self, conn: sqlite3.Connection, full: bool) -> None:
@@ -709,7 +721,7 @@ class RunIndex:
                          [(n, run.text) for n, run in numbered if run.text])
 
     def save(self, record: dict[str, Any]) -> SavedFile:
-        """Publish a record through the store, indexing it at once (what the tracker calls).
+        """Publish a record through the store, indexing it at once.
 
         The temp file is created, and the file published, while this holds the index's
         write lock, so concurrent writers take turns and each knows the folder changes

@@ -1,6 +1,7 @@
 """Journals: the append-only file of a run in progress, and recovering runs whose process died.
 
-A tracker writes ``<data dir>/.journal/<execution_id>.jsonl``: a header line, then one
+A tracker writes ``<journal dir>/<execution_id>.jsonl`` (``RUN_HISTORY_JOURNAL_DIR``; by default
+``<data dir>/.journal`` for a writable local folder, see ``stores.layout_for``): a header line, then one
 line per item, each with a single ``write`` to an ``O_APPEND`` descriptor (no user-space
 buffer: a SIGKILL loses at most the line being written), and a ``finalize`` line with
 the status it is about to save. It holds an exclusive ``flock`` on the file while it
@@ -20,9 +21,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
-from .errors import InvalidRecord, RunAlreadyExists, StorageError
+from .errors import InvalidRecord, RunAlreadyExists, RunNotFound, StorageError
 from .records import (
     check_record,
     format_timestamp,
@@ -36,26 +37,34 @@ log = logging.getLogger(__name__)
 SUFFIX = ".jsonl"
 
 
-def journal_dir(store: RunStore) -> Path:
-    return store.root / JOURNAL_DIR
+#: A journal folder, or a local store (whose default folder, ``<data dir>/.journal``, is meant).
+Where = Union[RunStore, str, os.PathLike]
 
 
-def journal_path(store: RunStore, execution_id: str) -> Path:
+def journal_dir(where: Where) -> Path:
+    """The journal folder *where* names (a folder, or a local store's default one)."""
+    if isinstance(where, (str, os.PathLike)):
+        return Path(where)
+    return Path(where.root) / JOURNAL_DIR
+
+
+def journal_path(where: Where, execution_id: str) -> Path:
     """The journal of a run (the id is validated first, like every path from an id)."""
-    store.path_for(execution_id)
-    return journal_dir(store) / f"{execution_id}{SUFFIX}"
+    if not is_valid_execution_id(execution_id):
+        raise RunNotFound("Execution not found", execution_id=execution_id)
+    return journal_dir(where) / f"{execution_id}{SUFFIX}"
 
 
 class Journal:
     """The writing side, owned by one tracker."""
 
-    def __init__(self, store: RunStore, header: dict[str, Any]) -> None:
-        """Create the journal and lock it.
+    def __init__(self, where: Where, header: dict[str, Any]) -> None:
+        """Create the journal in the folder *where* names, and lock it.
 
         :raises OSError: if it cannot be created (the tracker logs it and carries on in memory).
         """
-        self.path = journal_path(store, header["execution_id"])
-        store.ensure_root()
+        self.path = journal_path(where, header["execution_id"])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         # Locked and given its header under a name no one lists, then linked into place: a
         # journal is never seen unlocked or without its header while its tracker lives.
         temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -167,9 +176,10 @@ def is_locked(path: Path) -> bool | None:
     return False
 
 
-def iter_journals(store: RunStore) -> Iterator[Path]:
+def iter_journals(where: Where) -> Iterator[Path]:
+    """The journals in the folder *where* names."""
     try:
-        entries = list(os.scandir(journal_dir(store)))
+        entries = list(os.scandir(journal_dir(where)))
     except FileNotFoundError:
         return
     for entry in entries:
@@ -177,9 +187,9 @@ def iter_journals(store: RunStore) -> Iterator[Path]:
             yield Path(entry.path)
 
 
-def load_running(store: RunStore, execution_id: str) -> dict[str, Any] | None:
+def load_running(where: Where, execution_id: str) -> dict[str, Any] | None:
     """The record so far of a run in progress (status ``running``), or None."""
-    path = journal_path(store, execution_id)
+    path = journal_path(where, execution_id)
     if is_locked(path) is not True:
         return None
     try:
@@ -188,14 +198,15 @@ def load_running(store: RunStore, execution_id: str) -> dict[str, Any] | None:
         return None
 
 
-def recover(store: RunStore) -> list[str]:
-    """Turn the journals of dead processes into records; returns the ids recovered.
+def recover(store: Any, folder: Where | None = None) -> list[str]:
+    """Turn the journals of dead processes into records, published through *store*; returns
+    the ids recovered. *folder*: the journal folder (default: the local store's own).
 
     Idempotent and safe to run from several processes at once (each journal is locked
     while it is recovered; a record already published is not written again).
     """
     recovered = []
-    for path in iter_journals(store):
+    for path in iter_journals(folder if folder is not None else store):
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:

@@ -11,14 +11,15 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
+from . import stores
 from .errors import RunAlreadyExists, StorageError
-from .index import RunIndex
 from .journal import Journal
 from .legacy_calls import EarlierTrackerCalls, accept_earlier_shapes, describe_earlier_shape
 from .records import (
     DEFAULT_SESSION_ID,
     DEFAULT_USER_ID,
     TRACKER_STATUSES,
+    dump_record,
     format_timestamp,
     make_json_safe,
     make_text,
@@ -26,7 +27,7 @@ from .records import (
     status_of,
     utc_now,
 )
-from .storage import RunStore, resolve_data_dir
+from .storage import RunStore
 from .taxonomy import STAGES, TAXONOMY, TAXONOMY_VERSION, ItemType, media_type_of
 
 log = logging.getLogger(__name__)
@@ -67,24 +68,37 @@ class ExecutionTracker(EarlierTrackerCalls):
     def __init__(self, config_name: str, execution_mode: str | None = None,
                  safety_level: str | None = None, user_id: str = DEFAULT_USER_ID,
                  session_id: str = DEFAULT_SESSION_ID, *, data_dir: str | os.PathLike[str] | None = None,
-                 store: RunStore | None = None, clock: Callable[[], dt.datetime] = utc_now) -> None:
-        """Start a run now. *data_dir* defaults to ``RUN_HISTORY_DIR`` or ``exports/pipeline_runs``;
-        *clock* returns aware UTC datetimes (tests inject one)."""
+                 store: RunStore | Any | None = None, journal_dir: str | os.PathLike[str] | None = None,
+                 clock: Callable[[], dt.datetime] = utc_now) -> None:
+        """Start a run now. *data_dir* (a folder or ``s3://bucket/prefix``) defaults to
+        ``RUN_HISTORY_DIR`` or ``exports/pipeline_runs``; *journal_dir* to
+        ``RUN_HISTORY_JOURNAL_DIR`` or the store's default; *clock* returns aware UTC
+        datetimes (tests inject one)."""
         self._clock = clock
         self._lock = threading.RLock()
         self._items: list[dict[str, Any]] = []
         self._finalized = False
         self._started = self._now()
         self.execution_id = new_execution_id(self._started)
-        self.store = store or RunStore(data_dir if data_dir is not None else resolve_data_dir())
+        self.store = store or self._open_store(data_dir)
+        self._journal_dir = journal_dir
         self._header = (self._make_header(config_name, execution_mode, safety_level, user_id, session_id)
                         or self._make_header("unknown", None, None, None, None))
         self._journal = self._open_journal()
 
+    @staticmethod
+    def _open_store(data_dir: str | os.PathLike[str] | None) -> Any:
+        try:
+            return stores.open_store(data_dir)
+        except Exception:  # noqa: BLE001 - a bad location is logged at finalize, never raised
+            log.exception("execution tracker: store %s cannot be opened; using the default folder", data_dir)
+            return RunStore(stores.DEFAULT_DATA_DIR)
+
     @_failsafe()
     def _open_journal(self) -> Journal:
         # Items are durable from here on: a crash leaves a journal that recovery turns into a record.
-        return Journal(self.store, {"execution_id": self.execution_id, **self._header,
+        folder = self._journal_dir if self._journal_dir is not None else stores.default_journal_dir(self.store)
+        return Journal(folder, {"execution_id": self.execution_id, **self._header,
                                     "timestamp": format_timestamp(self._started),
                                     "taxonomy_version": TAXONOMY_VERSION})
 
@@ -241,13 +255,16 @@ class ExecutionTracker(EarlierTrackerCalls):
         }
 
     def _publish(self, record: dict[str, Any]) -> bool:
-        """Save the record; False (logged) if it could not be: the journal then keeps the run."""
+        """Save the record through the store; False (logged truthfully) if it could not be.
+
+        The record is then kept in the per-user state folder (``pending/``), which
+        ``runs recover`` publishes later; the journal, if there is one, stays too.
+        """
         for _ in range(_PUBLISH_ATTEMPTS):
             try:
-                RunIndex(self.store).save(record)
+                self.store.save(record)
             except (StorageError, ValueError) as err:
-                log.error("execution tracker %s: run not saved (%s); its journal keeps it for recovery",
-                          self.execution_id, getattr(err, "context", {}).get("reason") or err)
+                self._keep_unpublished(record, getattr(err, "context", {}).get("reason") or err)
                 return False
             except RunAlreadyExists:
                 new_id = new_execution_id(self._started)
@@ -257,6 +274,25 @@ class ExecutionTracker(EarlierTrackerCalls):
             return True
         log.error("execution tracker %s: no free id found, run not stored", self.execution_id)
         return False
+
+    def _keep_unpublished(self, record: dict[str, Any], reason: Any) -> None:
+        """Say where a run the store refused is kept, and keep it there (never claim a journal
+        that does not exist)."""
+        kept = []
+        if self._journal is not None and self._journal.path.exists():
+            kept.append(f"its journal {self._journal.path}")
+        try:
+            kept.append(f"{stores.keep_pending(self.store, record, dump_record(record))}")
+        except (OSError, ValueError) as err:
+            log.error("execution tracker %s: the record cannot be kept in the state folder either (%s)",
+                      self.execution_id, err)
+        if kept:
+            log.error("execution tracker %s: run not saved (%s); kept in %s until "
+                      "`flask --app wsgi runs recover` publishes it",
+                      self.execution_id, reason, " and ".join(kept))
+        else:
+            log.error("execution tracker %s: run not saved (%s) and no journal or state folder could keep it: "
+                      "the run is lost", self.execution_id, reason)
 
 def _exception_text(exc: BaseException) -> str:
     text = str(exc)

@@ -47,9 +47,83 @@ def runs_dir(tmp_path: Path) -> Path:
     return path
 
 
+# ---------------------------------------------------------------- the stores: local folder and S3
+
+@pytest.fixture(scope="session", autouse=True)
+def _state_home(tmp_path_factory):
+    """The per-user state folder goes to a temp folder, never the real home."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state-home")))
+        yield
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real SeaweedFS S3 server on loopback, with the bucket ``runs``; AWS variables set."""
+    from .s3server import BUCKET, SeaweedFS
+
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    server.client().create_bucket(Bucket=BUCKET)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in server.env().items():
+            patch.setenv(name, value)
+        yield server
+    server.stop()
+
+
+def pytest_generate_tests(metafunc):
+    """Modules that set ``STORE_KINDS`` run their store-using tests on each kind of store."""
+    kinds = getattr(metafunc.module, "STORE_KINDS", None)
+    if kinds and "store_kind" in metafunc.fixturenames:
+        metafunc.parametrize("store_kind", kinds, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def store_kind(request) -> str:
+    """``local`` (the default) or ``s3`` (then the S3 server is started)."""
+    kind = getattr(request, "param", "local")
+    if kind == "s3":
+        request.getfixturevalue("s3_server")
+    return kind
+
+
+def store_for(kind: str, runs_dir: Path):
+    """The store of one test's data: the folder *runs_dir*, or an S3 prefix made from its name."""
+    if kind == "local":
+        return RunStore(runs_dir)
+    import hashlib
+
+    from execution_history.s3store import S3Store
+
+    from .s3server import BUCKET
+
+    prefix = "t-" + hashlib.sha1(str(runs_dir).encode()).hexdigest()[:12]
+    return S3Store(f"s3://{BUCKET}/{prefix}")
+
+
+def write_raw(store, name: str, data: bytes) -> None:
+    """Put a file named *name* into the store as it is (broken and foreign files)."""
+    if isinstance(store, RunStore):
+        (store.root / name).write_bytes(data)
+    else:
+        store.put_raw(name, data)
+
+
+def app_config(store, media_dir: Path | None = None) -> dict:
+    """create_app's config for a test app on *store*."""
+    config = {"TESTING": True, "RUN_HISTORY_DIR": str(store.root)}
+    if media_dir is not None:  # never the project folder
+        config["RUN_HISTORY_MEDIA_DIR"] = str(media_dir)
+    if not isinstance(store, RunStore):
+        config["RUN_HISTORY_SECRET_KEY"] = "test-secret-shared-by-every-host"
+        config["RUN_HISTORY_S3_ENDPOINT_URL"] = store.endpoint_url
+    return config
+
+
 @pytest.fixture
-def store(runs_dir: Path) -> RunStore:
-    return RunStore(runs_dir)
+def store(runs_dir: Path, store_kind: str):
+    return store_for(store_kind, runs_dir)
 
 
 def record_every_type(store: RunStore, config_name: str = "hostile", **header) -> str:
@@ -79,9 +153,8 @@ def recorded_runs(store: RunStore) -> list[str]:
 
 
 @pytest.fixture
-def app(runs_dir: Path):
-    return create_app({"TESTING": True, "RUN_HISTORY_DIR": str(runs_dir),
-                       "RUN_HISTORY_MEDIA_DIR": str(runs_dir.parent / "media")})  # never the project folder
+def app(runs_dir: Path, store_kind: str):
+    return create_app(app_config(store_for(store_kind, runs_dir), runs_dir.parent / "media"))
 
 
 @pytest.fixture

@@ -3,7 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import assert_error
+from .conftest import assert_error, write_raw
+
+#: Every test here runs on the local folder and on S3 (see conftest.pytest_generate_tests).
+STORE_KINDS = ("local", "s3")
 
 
 def test_stats(client, store, recorded_runs):
@@ -40,8 +43,8 @@ def test_traversal_ids_are_404_and_touch_nothing(client, runs_dir, monkeypatch, 
     assert opened == []
 
 
-def test_unreadable_record_is_404_not_500(client, runs_dir):
-    (runs_dir / "exec_20250101_000000_0000dead.json").write_text('{"truncated":')
+def test_unreadable_record_is_404_not_500(client, store):
+    write_raw(store, "exec_20250101_000000_0000dead.json", b'{"truncated":')
     assert_error(client.get("/api/runs/exec_20250101_000000_0000dead"), 404, "NOT_FOUND")
 
 

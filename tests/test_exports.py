@@ -23,6 +23,9 @@ from execution_history.exporters.xml_writer import read_records, xsd_bytes
 
 from .conftest import HOSTILE, assert_error, record_every_type
 
+#: Every test here runs on the local folder and on S3 (see conftest.pytest_generate_tests).
+STORE_KINDS = ("local", "s3")
+
 XSD = etree.XMLSchema(etree.fromstring(xsd_bytes()))
 
 

@@ -7,11 +7,14 @@ from urllib.parse import urlencode
 
 import pytest
 
-from execution_history import ExecutionTracker, RunStore
+from execution_history import ExecutionTracker
 from execution_history.filters import ORDER_BY
 from execution_history.records import dump_record
 
-from .conftest import HOSTILE, StepClock, assert_error
+from .conftest import HOSTILE, StepClock, assert_error, store_for, write_raw
+
+#: Every test here runs on the local folder and on S3 (see conftest.pytest_generate_tests).
+STORE_KINDS = ("local", "s3")
 
 CONFIGS = ["dada", "stillepost", "bauhaus", "日本語", "café"]
 WORDS = ["Blume", "Wiese", "café", "Ärger", "wind", "moon", "Straße", "naïve", "ocean", "robot"]
@@ -27,9 +30,9 @@ def runs_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def varied_runs(runs_dir):
+def varied_runs(runs_dir, store_kind):
     """90 runs over ten days with every field varied, plus one legacy file with a naive timestamp."""
-    store = RunStore(runs_dir)
+    store = store_for(store_kind, runs_dir)
     rng = random.Random(42)
     base = dt.datetime(2025, 11, 1, tzinfo=dt.timezone.utc)
     for n in range(90):
@@ -49,7 +52,7 @@ def varied_runs(runs_dir):
               "timestamp": "2025-11-03T12:00:00", "status": "completed", "items": [
                   {"sequence_number": 1, "stage": 1, "item_type": "user_input_text",
                    "timestamp": "2025-11-03T12:00:01", "content": "legacy Blume"}]}
-    (store.root / "exec_20251103_120000_0000abcd.json").write_bytes(dump_record(legacy))
+    write_raw(store, "exec_20251103_120000_0000abcd.json", dump_record(legacy))
     return [store.load(i) for i in store.list_ids()]
 
 

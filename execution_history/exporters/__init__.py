@@ -4,12 +4,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..filters import RunQuery
-    from ..index import RunIndex
-    from ..storage import RunStore
 
 from ..errors import ExportTooLarge, FormatNotImplemented, InvalidFormat
 from .csv_writer import write_csv
@@ -19,6 +17,27 @@ from .xlsx_writer import EXCEL_MAX_ROWS, write_xlsx
 from .xml_writer import write_xml
 from .zip_writer import write_zip
 from ..pseudonyms import prepare_export  # after .info, which it imports
+
+
+class Selection(Protocol):
+    """What an export needs to know of a selection: its counts and its ids in order (the
+    index answers both; the exporters never import it)."""
+
+    def count_rows(self, query: RunQuery, user_scope: str | None = None) -> tuple[int, int]:
+        """(runs, item rows) the query selects."""
+
+    def iter_ids(self, query: RunQuery, user_scope: str | None = None) -> Iterator[str]:
+        """The selected ids, in the query's order."""
+
+    def iter_listed_records(self, store: Records, execution_ids: Iterable[str]) -> Iterator[dict[str, Any]]:
+        """The records of listed ids; one gone since it was listed raises (the count must hold)."""
+
+
+class Records(Protocol):
+    """Where the records come from (any store)."""
+
+    def iter_records(self, execution_ids: Iterable[str]) -> Iterator[dict[str, Any]]:
+        """The records of these ids, in that order."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +85,7 @@ def get_exporter(name: str) -> Exporter:
                         available_now=list(EXPORTERS))
 
 
-def check_fits(exporter: Exporter, index: RunIndex, query: RunQuery, user_scope: str | None = None) -> int:
+def check_fits(exporter: Exporter, index: Selection, query: RunQuery, user_scope: str | None = None) -> int:
     """How many finished runs *query* selects, once it is sure the format can hold them.
 
     Shared by the bulk route, the CLI and export jobs (checked when a job is queued).
@@ -81,7 +100,7 @@ def check_fits(exporter: Exporter, index: RunIndex, query: RunQuery, user_scope:
     return runs
 
 
-def export_selection(exporter: Exporter, index: RunIndex, store: RunStore, query: RunQuery,
+def export_selection(exporter: Exporter, index: Selection, store: Records, query: RunQuery,
                      options: dict[str, Any], user_scope: str | None = None,
                      now: dt.datetime | None = None,
                      tap: Callable[[Iterable[dict[str, Any]]], Iterable[dict[str, Any]]] = iter,

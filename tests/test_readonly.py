@@ -1,0 +1,101 @@
+"""A read-only data folder (a shared archive) is served fully, through gunicorn, with its index elsewhere.
+
+The tests run as root, which ignores file permissions, so ``chmod a-w`` would prove
+nothing: gunicorn runs in a private mount namespace (``unshare -m``) where the data
+folder's parent is bind-mounted read-only, a real EROFS. Skipped where mount namespaces
+are not allowed.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+import openpyxl
+import pytest
+
+from execution_history import ExecutionTracker, stores
+
+from .conftest import PROJECT, LiveServer, free_port
+
+READ_ONLY = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"'
+
+
+def _namespaces_work(folder) -> bool:
+    if not shutil.which("unshare") or not shutil.which("nsenter"):
+        return False
+    result = subprocess.run(["unshare", "-m", "sh", "-c", READ_ONLY, str(folder), "sh", "-c", f"! touch {folder}/x"],
+                            capture_output=True, timeout=10)
+    return result.returncode == 0
+
+
+class ReadOnlyServer(LiveServer):
+    """gunicorn (shipped config) in a mount namespace where *folder* is read-only."""
+
+    def __init__(self, folder, runs_dir, log_path) -> None:  # noqa: D107 - LiveServer's, behind a mount
+        import os
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        env = {**os.environ, "RUN_HISTORY_DIR": str(runs_dir)}
+        self.proc = subprocess.Popen(
+            ["unshare", "-m", "sh", "-c", READ_ONLY, str(folder), sys.executable, "-m", "gunicorn",
+             "-c", str(PROJECT / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{self.port}", "wsgi:app"],
+            cwd=PROJECT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.folder = folder
+        self._wait_ready()
+
+    def make_writable(self) -> None:
+        """Remount the folder read-write inside the server's namespace (the archive is writable again)."""
+        subprocess.run(["nsenter", "-t", str(self.proc.pid), "-m", "mount", "-o", "remount,rw,bind",
+                        str(self.folder), str(self.folder)], check=True, timeout=10)
+
+
+def fetch(url):
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return response.status, response.read()
+
+
+def test_read_only_data_folder_is_served_fully_and_keeps_working_once_writable(runs_dir, store, recorded_runs,
+                                                                             tmp_path):
+    archive = runs_dir.parent
+    if not _namespaces_work(archive):
+        pytest.skip("mount namespaces (unshare -m) are not available here")
+    before = sorted(p.name for p in archive.rglob("*"))
+    server = ReadOnlyServer(archive, runs_dir, tmp_path.parent / f"{tmp_path.name}-gunicorn.log")
+    try:
+        status, body = fetch(f"{server.url}/api/runs?limit=100")
+        assert status == 200 and json.loads(body)["total"] == len(recorded_runs)
+        status, body = fetch(f"{server.url}/api/runs/stats")
+        assert json.loads(body) == store.scan_stats()
+        assert json.loads(fetch(f"{server.url}/api/runs?q=Stille")[1])["total"] >= 1
+        status, body = fetch(f"{server.url}/api/runs/export/csv")
+        assert len(list(csv.DictReader(io.StringIO(body.decode())))) == len(recorded_runs)
+        status, body = fetch(f"{server.url}/api/runs/export/xlsx")
+        assert openpyxl.load_workbook(io.BytesIO(body))["Runs"].max_row == len(recorded_runs) + 1
+        status, body = fetch(f"{server.url}/api/runs/export/jsonl")
+        assert len(body.splitlines()) == len(recorded_runs)
+        assert sorted(p.name for p in archive.rglob("*")) == before  # nothing written into the archive
+        state = stores.state_dir(store)
+        assert (state / "index" / "runs.sqlite3").exists() and (state / "audit.log").exists()
+        assert str(state) in server.log_path.read_text()  # the app said where at start-up
+
+        # writable again: new runs (written outside the namespace) are listed, exports work
+        server.make_writable()
+        with ExecutionTracker("after", store=store) as run:
+            run.log_user_input_text("Blume again")
+        deadline = time.monotonic() + 5
+        while run.execution_id not in fetch(f"{server.url}/api/runs?config=after")[1].decode():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        status, body = fetch(f"{server.url}/api/runs/export/jsonl")
+        assert status == 200 and len(body.splitlines()) == len(recorded_runs) + 1
+    finally:
+        server.stop()
