@@ -218,7 +218,8 @@ def prune_command(older_than: str, config: str | None, status: str | None, dry_r
     """Delete finished runs older than N days (runs in progress never); prints each id, then the count."""
     criteria = PruneCriteria(_older_than(older_than), config=config, status=status)
     audit = current_app.extensions["run_history"]["audit"]
-    done = prune(get_store(), get_index(), criteria, dry_run=dry_run, audit=audit, who=(_operator(), "cli"),
+    done = prune(get_store(), get_index(), criteria, dry_run=dry_run, audit=audit,
+                 journals=current_app.extensions["run_history"]["layout"].journal, who=(_operator(), "cli"),
                  on_run=click.echo)
     click.echo(f"{'Would delete' if dry_run else 'Deleted'} {len(done)} run(s).")
 
@@ -230,7 +231,8 @@ def delete_command(execution_id: str, media: bool) -> None:
     """Delete one finished run for good (what DELETE /api/runs/<id> does for an admin)."""
     root = default_media_root(current_app.config["RUN_HISTORY_MEDIA_DIR"]) if media else None
     try:
-        deleted = delete_run(get_store(), get_index(), execution_id, media_root=root)
+        deleted = delete_run(get_store(), get_index(), execution_id, media_root=root,
+                             journals=current_app.extensions["run_history"]["layout"].journal)
     except ExecutionHistoryError as err:
         _fail(err)
     current_app.extensions["run_history"]["audit"].append(

@@ -27,7 +27,8 @@ def delete_as_admin(execution_id: str, media: bool) -> lifecycle.Deleted:
                         "Deleting runs needs access control on and an admin token (or `flask runs delete` on the host)",
                         execution_id=execution_id)
     root = default_media_root(current_app.config["RUN_HISTORY_MEDIA_DIR"]) if media else None
-    deleted = lifecycle.delete_run(get_store(), get_index(), execution_id, media_root=root)
+    deleted = lifecycle.delete_run(get_store(), get_index(), execution_id, media_root=root,
+                                   journals=current_app.extensions["run_history"]["layout"].journal)
     if "audit" in g:  # the line written when the response goes out says what went
         g.audit.update(config=deleted.config_name, media_deleted=len(deleted.media_files) if media else None)
     return deleted
@@ -41,7 +42,7 @@ def setup_retention(app: Flask) -> None:
         return
     extensions = app.extensions["run_history"]
     retention = lifecycle.Retention(extensions["store"], extensions["index"], extensions["side"], days,
-                                    audit=extensions["audit"])
+                                    audit=extensions["audit"], journals=extensions["layout"].journal)
     extensions["retention"] = retention
     app.before_request(retention.start)
 

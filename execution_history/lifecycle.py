@@ -53,22 +53,24 @@ class Deleted:
 
 
 def delete_run(store: RunStore, index: RunIndex, execution_id: str,
-               media_root: str | os.PathLike[str] | None = None) -> Deleted:
+               media_root: str | os.PathLike[str] | None = None, journals: journal.Where | None = None) -> Deleted:
     """Delete a finished run from the store and, in the same call, from the index.
 
     :param media_root: also delete the media files this run names that no other run
         (finished or in progress) names, inside *media_root* only; None: keep every file.
         Finding the other runs' files reads every record (a full scan, once per delete).
+    :param journals: this host's journal folder (RUN_HISTORY_JOURNAL_DIR); None: a local store's default.
     :raises RunNotFound: for an unknown, malformed or unreadable run.
     :raises RunInProgress: while a live tracker still logs to it.
     :raises StorageError: if the file cannot be removed.
     """
-    journal_file = journal.journal_path(store, execution_id)  # validates the id first
+    journals = store if journals is None else journals
+    journal_file = journal.journal_path(journals, execution_id)  # validates the id first
     if journal.is_locked(journal_file):
         raise RunInProgress("This run is still in progress; it can be deleted once it has finished",
                             execution_id=execution_id)
     record = store.get(execution_id)
-    doomed = media_only_named_by(store, record, media_root) if media_root is not None else []
+    doomed = media_only_named_by(store, record, media_root, journals) if media_root is not None else []
     # a journal left by a pipeline that died after publishing: recovery would bring the run back;
     # one that recovery set aside as unreadable (.bad-) still holds the run's items
     for leftover in (journal_file, journal_file.with_name(f".bad-{journal_file.name}")):
@@ -89,13 +91,15 @@ def delete_run(store: RunStore, index: RunIndex, execution_id: str,
     return Deleted(execution_id, record["config_name"], record.get("user_id"), tuple(removed))
 
 
-def media_only_named_by(store: RunStore, record: dict[str, Any], media_root: str | os.PathLike[str]) -> list[Path]:
+def media_only_named_by(store: RunStore, record: dict[str, Any], media_root: str | os.PathLike[str],
+                        journals: journal.Where | None = None) -> list[Path]:
     """The real paths of the media files *record* names, inside *media_root*, that no other
     run names (every other record and every run in progress is read: a full scan)."""
     own = _media_paths([record], media_root)
     if not own:
         return []
-    others = (r for r in _iter_all_records(store) if r.get("execution_id") != record["execution_id"])
+    records = _iter_all_records(store, store if journals is None else journals)
+    others = (r for r in records if r.get("execution_id") != record["execution_id"])
     shared = _media_paths(others, media_root)
     return sorted(own - shared)
 
@@ -110,10 +114,10 @@ def _media_paths(records: Iterable[dict[str, Any]], media_root: str | os.PathLik
     return paths
 
 
-def _iter_all_records(store: RunStore) -> Iterator[dict[str, Any]]:
+def _iter_all_records(store: RunStore, journals: journal.Where) -> Iterator[dict[str, Any]]:
     """Every finished record, then the record so far of every run in progress."""
     yield from store.iter_records(store.list_ids())
-    for path in journal.iter_journals(store):
+    for path in journal.iter_journals(journals):
         try:
             yield journal.build_record(journal.read_journal(path))
         except (OSError, InvalidRecord, KeyError, TypeError, ValueError):
@@ -151,7 +155,7 @@ def select_prunable(index: RunIndex, criteria: PruneCriteria, now: dt.datetime) 
 def prune(store: RunStore, index: RunIndex, criteria: PruneCriteria, *, dry_run: bool = False,
           now: dt.datetime | None = None, audit: AuditLog | None = None,
           who: tuple[str | None, str] = (None, "cli"),
-          on_run: Callable[[str], None] | None = None) -> list[str]:
+          on_run: Callable[[str], None] | None = None, journals: journal.Where | None = None) -> list[str]:
     """Delete the finished runs *criteria* select (with *dry_run*, only say which).
 
     Each run deleted gets one audit line (event ``prune``, *who* as user and role, the
@@ -166,7 +170,7 @@ def prune(store: RunStore, index: RunIndex, criteria: PruneCriteria, *, dry_run:
     for execution_id in select_prunable(index, criteria, now):
         if not dry_run:
             try:
-                deleted = delete_run(store, index, execution_id)
+                deleted = delete_run(store, index, execution_id, journals=journals)
             except (RunNotFound, RunInProgress):
                 continue
             except StorageError as err:
@@ -228,6 +232,7 @@ class Retention:
     side: SideArea
     days: int
     audit: AuditLog | None = None
+    journals: journal.Where | None = None  # this host's journal folder
     interval: float = RETENTION_INTERVAL_SECONDS
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.timezone.utc))
     sleep: Callable[[float], Any] = time.sleep  # injectable: tests move on without waiting an hour
@@ -245,7 +250,7 @@ class Retention:
             return None
         try:
             return prune(self.store, self.index, PruneCriteria(self.days), now=self.clock(), audit=self.audit,
-                         who=("retention", "system"))
+                         who=("retention", "system"), journals=self.journals)
         finally:
             release_lease(self.side, holder)
 

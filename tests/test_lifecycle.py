@@ -20,7 +20,7 @@ from execution_history.index import RunIndex
 from execution_history.lifecycle import LEASE_KEY, PruneCriteria, Retention, delete_run, prune, take_lease
 from execution_history.side import LocalSideArea
 
-from .conftest import LiveServer, StepClock, assert_error
+from .conftest import LiveServer, StepClock, assert_error, store_for
 
 NOW = dt.datetime.now(dt.timezone.utc)
 
@@ -40,9 +40,14 @@ class Backend:
         return execution_id in self.store.list_ids()
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "s3"])
 def backend(request, runs_dir):
-    return Backend("local", RunStore(runs_dir), {"RUN_HISTORY_DIR": str(runs_dir)})
+    if request.param == "local":
+        return Backend("local", RunStore(runs_dir), {"RUN_HISTORY_DIR": str(runs_dir)})
+    server = request.getfixturevalue("s3_server")
+    store = store_for("s3", runs_dir)
+    return Backend("s3", store, {**server.env(), "RUN_HISTORY_DIR": str(store.root),
+                                 "RUN_HISTORY_SECRET_KEY": "test-secret-shared-by-every-host"})
 
 
 @pytest.fixture
