@@ -46,6 +46,12 @@ class Principal:
 OPEN = Principal(None, "open")
 
 
+def same_secret(given: str, expected: str) -> bool:
+    """Constant-time equality of two secrets, whatever characters a client sent (compare_digest
+    refuses non-ASCII text, so both are compared as UTF-8 bytes)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
 def hash_token(token: str) -> str:
     """What the tokens file keeps of a token (tokens are 256 random bits: SHA-256 is enough)."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -88,12 +94,12 @@ class TokenStore:
         digest = hash_token(token)
         found = None
         for entry in self._load():
-            if hmac.compare_digest(entry["sha256"], digest):
+            if same_secret(digest, entry["sha256"]):
                 found = entry
         return Principal(found["user"], found["role"]) if found else None
 
     def has_hash(self, digest: str) -> bool:
-        return any(hmac.compare_digest(entry["sha256"], digest) for entry in self._load())
+        return any(same_secret(digest, entry["sha256"]) for entry in self._load())
 
     def create(self, user: str, role: str) -> str:
         """Add a token for *user* with *role*; returns the token (shown once, stored hashed)."""
@@ -202,7 +208,7 @@ def session_principal() -> Principal | None:
         return None
     if request.method not in ("GET", "HEAD"):
         sent = request.headers.get("X-CSRF-Token", "")
-        if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
+        if not sent or not same_secret(sent, session.get("csrf", "")):
             raise Forbidden("Missing or wrong CSRF token (X-CSRF-Token)")
     g.token_sha256 = digest
     return Principal(session["user"], session["role"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import hmac
 import json
 import re
 import secrets
@@ -23,7 +22,7 @@ from itsdangerous import Signer
 from execution_history.errors import Forbidden, LinkExpired
 from execution_history.exporters import get_exporter
 
-from .auth import Principal
+from .auth import Principal, same_secret
 
 SALT = "run-history.download-link"
 #: A link token exactly: 22 characters of id, a dot, 43 of HMAC-SHA256. Anything else,
@@ -72,7 +71,7 @@ class LinkSigner:
         # Compared with the one canonical token of the id, not unsigned: base64 decoding would
         # ignore the unused low bits of the last character, so a changed byte could pass.
         expected = self._signer.sign(match.group(1)).decode("ascii")
-        return match.group(1) if hmac.compare_digest(expected, token) else None
+        return match.group(1) if same_secret(token, expected) else None
 
     def is_signed(self, token: str) -> bool:
         """Whether *token* is a link of this signer (valid, expired or revoked)."""

@@ -1,7 +1,6 @@
 """`bp` for the browser pages: run browser, run detail, stats, sign-in (templates/ beside it)."""
 from __future__ import annotations
 
-import hmac
 import secrets
 from urllib.parse import unquote, urlsplit
 
@@ -14,7 +13,7 @@ from execution_history.records import STATUSES
 from execution_history.taxonomy import TAXONOMY
 
 from . import get_index, get_store
-from .auth import Principal, hash_token, load_visible, principal, tokens
+from .auth import Principal, hash_token, load_visible, principal, same_secret, tokens
 from .links import link_for_export
 from .media import gallery_cards, media_view, split_view
 from .params import LIST_PARAMS, load_query
@@ -65,7 +64,7 @@ def _csrf_token() -> str:
 
 def _check_csrf() -> None:
     sent = request.form.get("csrf", "")
-    if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
+    if not sent or not same_secret(sent, session.get("csrf", "")):
         raise Forbidden("The form expired or did not come from this site; please try again")
 
 

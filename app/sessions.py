@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import hmac
 import json
 import re
 import secrets
@@ -21,6 +20,8 @@ from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
 from itsdangerous import Signer
 from werkzeug.datastructures import CallbackDict
+
+from .auth import same_secret
 
 SALT = "run-history.session"
 #: The cookie exactly: a 32-character id, a dot, a 43-character HMAC-SHA256.
@@ -67,7 +68,7 @@ def sid_of(app: Flask, value: str | None) -> str | None:
     if match is None:
         return None
     expected = _signer(app).sign(match.group(1)).decode("ascii")
-    return match.group(1) if hmac.compare_digest(expected, value or "") else None
+    return match.group(1) if same_secret(value or "", expected) else None
 
 
 def _key(sid: str) -> str:
@@ -152,7 +153,7 @@ def end_sessions_of(app: Flask, token_sha256: str) -> int:
     for key in side.list("sessions"):
         raw = side.get(key)
         try:
-            match = raw is not None and hmac.compare_digest(json.loads(raw).get("token_sha256") or "", token_sha256)
+            match = raw is not None and same_secret(json.loads(raw).get("token_sha256") or "", token_sha256)
         except ValueError:
             match = False
         if match and side.delete(key):

@@ -89,3 +89,18 @@ def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
             os.unlink(temp)
         raise
     fsync_dir(path.parent)
+
+
+def is_writer_alive(pid: int) -> bool:
+    """Whether the process whose pid a temp file's name carries still runs (else the file is an orphan)."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True

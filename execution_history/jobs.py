@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from . import atomic
 from .errors import ExecutionHistoryError, ExportExpired, NotReady
 from .exporters import EXPORTERS, ExportInfo
 from .side import SideArea
@@ -83,16 +84,6 @@ def is_valid_job_id(job_id: str) -> bool:
 
 def _iso(epoch: float | None) -> str | None:
     return None if epoch is None else dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat()
-
-
-def _is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def _claim_key(job_id: str, generation: int) -> str:
@@ -356,7 +347,7 @@ class JobExecutor:
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.slots_dir):
                 pid = entry.name[len(TEMP_PREFIX):].split("-", 1)[0]
-                if entry.name.startswith(TEMP_PREFIX) and pid.isdigit() and not _is_alive(int(pid)):
+                if entry.name.startswith(TEMP_PREFIX) and pid.isdigit() and not atomic.is_writer_alive(int(pid)):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
                         removed += 1

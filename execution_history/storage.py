@@ -256,7 +256,7 @@ class RunStore:
                 age = now - entry.stat().st_mtime
             except OSError:
                 continue
-            if age > ORPHAN_AGE_SECONDS or not _is_alive(_writer_pid(entry.name)):
+            if age > ORPHAN_AGE_SECONDS or not atomic.is_writer_alive(_writer_pid(entry.name)):
                 if _unlink_quietly(Path(entry.path)):
                     removed += 1
         return removed
@@ -422,18 +422,6 @@ def _writer_pid(name: str) -> int:
         return 0
 
 
-def _is_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def _unlink_quietly(path: Path) -> bool:

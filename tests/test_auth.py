@@ -309,3 +309,10 @@ def test_a_link_dies_with_the_token_it_was_made_with(api, auth_app, tokens, owne
     assert api(url).status_code == 200
     TokenStore(tokens["path"]).revoke("bob")
     assert_error(api(url), 403, "FORBIDDEN")
+
+
+def test_non_ascii_secrets_are_refused_not_a_500(api, owned):
+    """compare_digest refuses non-ASCII text: a hostile token, CSRF value or filter must still get its status."""
+    assert_error(api("/api/runs", headers={"Authorization": "Bearer ʇǝɯɐ"}), 401, "UNAUTHORIZED")
+    assert api("/api/runs/export/json/link?user_id=ʇǝɯɐ+ʇᴉs&config=\U000ddd8ao", "alice").status_code == 200
+    assert api("/api/runs?user_id=ʇǝɯɐ", "admin").status_code == 200
