@@ -13,7 +13,7 @@ from flask import Flask, Response, current_app, g, request
 from execution_history import RunStore, records, stores
 from execution_history.audit import AuditLog
 from execution_history.index import RunIndex
-from execution_history.side import LocalSideArea
+from execution_history.side import SideArea
 
 from . import auth, hosts, sessions
 from .config import load_config
@@ -23,8 +23,6 @@ from .recovery import open_checked_store, start_recovery
 
 log = logging.getLogger(__name__)
 
-#: The local store's side area (see execution_history/side.py), a hidden subfolder of the data folder.
-SIDE_DIR = ".side"
 _CLIENT_REQUEST_ID = re.compile(r"\A[A-Za-z0-9._-]{1,128}\Z")
 #: On every response. Pages load their script and style from /static only (no inline code).
 SECURITY_HEADERS = {
@@ -97,7 +95,7 @@ def get_index() -> RunIndex:
     return current_app.extensions["run_history"]["index"]
 
 
-def get_side() -> LocalSideArea:
+def get_side() -> SideArea:
     """The current app's side area (shared by every worker and host of the store)."""
     return current_app.extensions["run_history"]["side"]
 

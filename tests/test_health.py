@@ -42,6 +42,8 @@ def test_health_is_503_when_the_store_cannot_be_listed(runs_dir, tmp_path):
 
 
 def test_health_through_gunicorn(live_server, recorded_runs):
+    # health never syncs (it must stay cheap): a list request brings the index in step first
+    urllib.request.urlopen(live_server.url + "/api/runs", timeout=20).close()
     with urllib.request.urlopen(live_server.url + "/api/health", timeout=20) as response:
         body = json.loads(response.read())
     assert response.status == 200 and body["store"] == "ok" and body["index"] == "ready"
