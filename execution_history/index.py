@@ -12,8 +12,7 @@ version, and is kept in step with them like this:
   older than one clock tick, so a later change always moves the mtime again.
 - The tracker publishes through the store only (it takes no index lock and imports no
   index module): its new file moves the folder's mtime, and the next request lists the
-  folder (names and inodes) and indexes it. :meth:`RunIndex.save` remains for callers that
-  want a run indexed at once.
+  folder (names and inodes) and indexes it.
 - Every ``rescan_seconds`` (60) one process stats every file and re-indexes those whose
   size or mtime changed: that catches files edited in place, which leave the folder's
   mtime alone. ``runs reindex`` rebuilds everything at once.
@@ -51,7 +50,7 @@ from .errors import InvalidRecord, RunNotFound, SelectionChanged, StorageError
 from .filters import ITEM_SEPARATOR, RunQuery, fold_text, to_key
 from .records import is_valid_execution_id, parse_record, parse_timestamp
 from .regular import NotARegularFile, read_regular, special_identity
-from .storage import Malformed, RunStore, SavedFile, summarize_stats
+from .storage import Malformed, RunStore, summarize_stats
 
 log = logging.getLogger(__name__)
 
@@ -479,16 +478,6 @@ class RunIndex:
         with self._transaction(conn):
             return work(conn)
 
-    @contextlib.contextmanager
-    def _own_change(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        """A folder change made under the index's write lock: if the index was in step with
-        the folder just before, the recorded folder mtime moves on with it (no listing needed)."""
-        with self._transaction(conn):
-            meta = self._meta(conn)
-            before = self._dir_mtime()
-            yield conn
-            if meta["dir_mtime_ns"] == before:
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'dir_mtime_ns'", (self._dir_mtime(),))
 
     def _ensure_folder(self) -> None:
         with contextlib.suppress(StorageError):  # a read-only data folder is served all the same
@@ -720,42 +709,6 @@ class RunIndex:
         conn.executemany("INSERT INTO run_text (rowid, content) VALUES (?, ?)",
                          [(n, run.text) for n, run in numbered if run.text])
 
-    def save(self, record: dict[str, Any]) -> SavedFile:
-        """Publish a record through the store, indexing it at once.
-
-        The temp file is created, and the file published, while this holds the index's
-        write lock, so concurrent writers take turns and each knows the folder changes
-        it sees are its own: the recorded folder mtime moves on with them, and readers
-        need no listing to see the run. (If the index was not in step just before, it
-        stays behind and the next request lists the folder, as for a change made by
-        hand.) Without an index yet, or if it cannot be opened, the record is published
-        all the same: the files are the truth.
-
-        :raises RunAlreadyExists: if a run with this id is already stored.
-        :raises StorageError: if the record cannot be written.
-        """
-        if not self.path.exists():
-            return self.store.save(record)
-        try:
-            conn = self._open_checked()
-        except (sqlite3.Error, StorageError) as err:
-            log.info("index unavailable (%s); publishing without it", err)
-            return self.store.save(record)
-        published: list[SavedFile] = []
-        try:
-            # Two short locked steps; the writing and fsync in between run unlocked.
-            prepared = self.store.prepare(record, around_create=lambda: self._own_change(conn))
-            with self._own_change(conn) as c:
-                saved = self.store.commit(prepared)
-                published.append(saved)
-                self._store_batch(c, [(saved.execution_id, extract(record, saved.identity))])
-        except sqlite3.Error as err:
-            if not published:
-                raise StorageError("Run index unavailable", reason=str(err)) from err
-            log.info("run %s published; the index will find it (%s)", published[0].execution_id, err)
-        finally:
-            conn.close()
-        return published[0]
 
     # ------------------------------------------------------------ reading
 
