@@ -233,6 +233,23 @@ class LiveServer:
         self._log.close()
 
 
+def audit_events(path: Path, until=lambda events: True, timeout: float = 10.0) -> list[dict]:
+    """The audit log's lines, read again until *until(lines)* holds (or *timeout* passes).
+
+    A server writes a download's line when its body ends, which a client that reads
+    Content-Length bytes may see only after its read returned: poll, never sleep.
+    """
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        if until(lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def live_server(runs_dir: Path, tmp_path: Path):
     server = LiveServer(runs_dir, tmp_path / "gunicorn.log")

@@ -17,7 +17,7 @@ from app.auth import TokenStore
 from bench.common import make_record
 from execution_history.records import dump_record
 
-from .conftest import LiveServer
+from .conftest import LiveServer, audit_events
 
 RUNS = 1500
 
@@ -198,7 +198,9 @@ def test_researchers_see_only_their_own_jobs(tmp_path):
         assert call(final["download_url"], token=bob)[0] == 404
         status, _, got = call(final["download_url"], token=alice)
         assert status == 200 and sorted(r["execution_id"] for r in json.loads(got)) == sorted(alice_runs)
-        audit = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+        wanted = {("export_job", "alice", 202), ("export_download", "alice", 200), ("export_download", "bob", 404)}
+        audit = audit_events(tmp_path / "audit.log",
+                             until=lambda lines: wanted <= {(e["event"], e["user"], e["status"]) for e in lines})
         events = [(e["event"], e["user"], e["status"]) for e in audit if e["event"].startswith("export_")]
         assert ("export_job", "alice", 202) in events and ("export_download", "alice", 200) in events
         assert ("export_download", "bob", 404) in events

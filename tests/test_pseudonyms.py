@@ -19,7 +19,7 @@ from execution_history import RunStore
 from execution_history.exporters import EXPORTERS
 from execution_history.pseudonyms import pseudonym, pseudonymize_fields
 
-from .conftest import LiveServer
+from .conftest import LiveServer, audit_events
 from .test_exports import PARSERS
 from .test_lifecycle import record_run
 
@@ -159,11 +159,16 @@ def test_the_xlsx_about_sheet_names_filters_by_pseudonym(site):
 
 
 def test_pseudonymized_exports_are_audited_as_such(site):
+    def count(lines, event):
+        return sum(line["event"] == event for line in lines)
+
+    before = audit_events(site["audit"])
     fetch(site, f"/api/runs/{site['runs']['workshop-s1']}/export/csv?pseudonymize=true")
     fetch(site, f"/api/runs/{site['runs']['workshop-s1']}/export/csv")
     parts = urlsplit(json.loads(fetch(site, "/api/runs/export/xml/link?pseudonymize=true")[1])["url"])
     fetch(site, f"{parts.path}?{parts.query}", token=False)
-    lines = [json.loads(line) for line in site["audit"].read_text().splitlines()]
+    lines = audit_events(site["audit"], until=lambda lines: count(lines, "export") == count(before, "export") + 2
+                         and count(lines, "link_used") == count(before, "link_used") + 1)
     last_two = [line for line in lines if line["event"] == "export"][-2:]
     assert [line["pseudonymized"] for line in last_two] == [True, None]
     assert [line for line in lines if line["event"] == "link_used"][-1]["pseudonymized"] is True
