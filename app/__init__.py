@@ -8,16 +8,30 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 
-from execution_history import RunStore, records, stores
+from execution_history import records, stores
 from execution_history.audit import AuditLog
-from execution_history.index import RunIndex
-from execution_history.side import SideArea
+from execution_history.indexes import open_index
 
-from . import auth, hosts, sessions
+from . import (
+    api,
+    audit_hooks,
+    auth,
+    cli,
+    extensions,
+    health,
+    hosts,
+    job_pages,  # noqa: F401 - adds the export-job pages to the pages blueprint
+    jobs_api,
+    lifecycle,
+    media,
+    pages,
+    sessions,
+)
 from .config import load_config
 from .errors import register_error_handlers
+from .extensions import get_index, get_links, get_side, get_store  # noqa: F401 - where they were before
 from .links import LinkSigner
 from .recovery import open_checked_store, start_recovery
 
@@ -36,8 +50,6 @@ SECURITY_HEADERS = {
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then RUN_HISTORY_* from the environment, then *config*."""
-    from . import api, audit_hooks, auth, cli, health, job_pages, jobs_api, lifecycle, media, pages  # noqa: F401 - job_pages adds pages
-
     app = Flask(__name__)
     app.config.update(load_config(config))
     app.json.sort_keys = False  # keep the contract's key order
@@ -52,25 +64,26 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                       SESSION_COOKIE_SAMESITE="Lax", MAX_CONTENT_LENGTH=64 * 1024, MAX_FORM_MEMORY_SIZE=16 * 1024)
     tokens_file = app.config["RUN_HISTORY_TOKENS"]
     audit_path = app.config["RUN_HISTORY_AUDIT_LOG"] or layout.beside / "audit.log"
-    app.extensions["run_history"] = {
-        "store": store,
-        "layout": layout,
-        "recovered_at_start": recovered,  # what `runs recover` reports with its own round
+    extensions.install(
+        app,
+        store=store,
+        layout=layout,
+        recovered_at_start=recovered,  # what `runs recover` reports with its own round
         # No SQLite connection is opened here: gunicorn may fork after this (preload_app).
-        "index": stores.open_index(layout, rescan_seconds=app.config["RUN_HISTORY_RESCAN_SECONDS"],
-                                   stale_after=app.config["RUN_HISTORY_STALE_AFTER"],
-                                   running_refresh=app.config["RUN_HISTORY_RUNNING_REFRESH"]),
-        "tokens": auth.TokenStore(Path(tokens_file)) if tokens_file else None,
-        "links": LinkSigner(secret, app.config["RUN_HISTORY_LINK_TTL"]),
-        "audit": AuditLog(audit_path),
-        "side": stores.side_area_for(layout),  # export jobs, sessions, leases: shared by every host
-    }
+        index=open_index(layout, rescan_seconds=app.config["RUN_HISTORY_RESCAN_SECONDS"],
+                         stale_after=app.config["RUN_HISTORY_STALE_AFTER"],
+                         running_refresh=app.config["RUN_HISTORY_RUNNING_REFRESH"]),
+        tokens=auth.TokenStore(Path(tokens_file)) if tokens_file else None,
+        links=LinkSigner(secret, app.config["RUN_HISTORY_LINK_TTL"]),
+        audit=AuditLog(audit_path),
+        side=stores.side_area_for(layout),  # export jobs, sessions, leases: shared by every host
+    )
 
     app.session_interface = sessions.SideSessionInterface()  # sign-in sessions live server-side
     app.before_request(start_recovery)  # journals of dead pipelines, in a background thread
     app.before_request(_assign_request_id)
     hosts.configure(app)  # the Host check runs before anything else looks at the request
-    app.before_request(auth.authenticate_api)
+    app.before_request(audit_hooks.authenticate_api)  # auth's check; refusals audited as the policy says
     lifecycle.setup_retention(app)  # RUN_HISTORY_RETENTION_DAYS: prune at start, then hourly
     app.after_request(audit_hooks.finish)
     app.after_request(_send_common_headers)
@@ -81,28 +94,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(pages.bp)
     media.init_app(app, store.root if layout.writable else layout.state)  # thumbnails: the data folder or state
     jobs_api.install(app)  # export jobs: store, executor, /api/exports
+    audit_hooks.install(app)  # after every blueprint: app/audit_policy.py names their endpoints
     app.cli.add_command(cli.runs)
     return app
-
-
-def get_store() -> RunStore:
-    """The current app's run store."""
-    return current_app.extensions["run_history"]["store"]
-
-
-def get_index() -> RunIndex:
-    """The current app's run index."""
-    return current_app.extensions["run_history"]["index"]
-
-
-def get_side() -> SideArea:
-    """The current app's side area (shared by every worker and host of the store)."""
-    return current_app.extensions["run_history"]["side"]
-
-
-def get_links() -> LinkSigner:
-    """The current app's link signer."""
-    return current_app.extensions["run_history"]["links"]
 
 
 def _assign_request_id() -> None:

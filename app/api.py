@@ -8,8 +8,9 @@ from execution_history.errors import Forbidden
 from execution_history.exporters import get_exporter
 from execution_history.exporters.xml_writer import xsd_bytes
 
-from . import audit_hooks, downloads, get_index, get_links, get_store, lifecycle
+from . import audit_hooks, downloads, lifecycle
 from .auth import OPEN, Principal, load_visible, principal, tokens
+from .extensions import get_index, get_links, get_store
 from .hosts import external_url, external_url_for
 from .links import link_for_export
 from .listing import link_header, list_body
@@ -40,17 +41,15 @@ def get_stats() -> Response:
 @bp.get("/runs/export/<fmt>")
 def export_runs(fmt: str) -> Response:
     """Every run the list filters select, as one streamed download."""
-    audit_hooks.begin("export", filters=None, format=fmt)  # filters once validated: never raw arguments
     exporter = get_exporter(fmt)
     query, options = load_query(export_params(exporter, bulk=True), request.args)
-    audit_hooks.note_filters(query)
+    audit_hooks.note_filters(query)  # filters once validated: never raw arguments
     return downloads.export_runs(exporter, query, options)
 
 
 @bp.get("/runs/<execution_id>/export/<fmt>")
 def export_run(execution_id: str, fmt: str) -> Response:
     """One run as a download."""
-    audit_hooks.begin("export", execution_id=execution_id, format=fmt)
     exporter = get_exporter(fmt)
     options = load_params(export_params(exporter, bulk=False), request.args)
     return downloads.export_run(exporter, execution_id, options)
@@ -75,7 +74,6 @@ def _link_response(token: str, expires_at: str) -> Response:
 @bp.get("/download")
 def download_link() -> Response:
     """A signed link's download: no token needed, the creator's scope, never more."""
-    audit_hooks.begin("link_used")  # a refused link (tampered, expired) is audited too
     link = load_params(LINK_PARAMS, request.args)["link"]
     record = get_links().verify(link)
     store = tokens()
@@ -85,10 +83,10 @@ def download_link() -> Response:
     args = MultiDict([tuple(pair) for pair in record["args"]])
     exporter = get_exporter(record["format"])
     if record["kind"] == "run":
-        audit_hooks.begin("link_used", execution_id=record["execution_id"], format=exporter.name)
+        audit_hooks.note(execution_id=record["execution_id"], format=exporter.name)
         return downloads.export_run(exporter, record["execution_id"],
                                     load_params(export_params(exporter, False), args))
-    audit_hooks.begin("link_used", filters=None, format=exporter.name)
+    audit_hooks.note(filters=None, format=exporter.name)
     query, options = load_query(export_params(exporter, bulk=True), args)
     audit_hooks.note_filters(query)
     return downloads.export_runs(exporter, query, options)
@@ -115,7 +113,6 @@ def get_run(execution_id: str) -> Response:
 @bp.delete("/runs/<path:execution_id>")
 def delete_run(execution_id: str) -> Response:
     """Delete a finished run for good (admins only); ``media=true``: the media only it names too."""
-    audit_hooks.begin("delete", execution_id=execution_id)  # refusals are audited too
     media = load_params(DELETE_PARAMS, request.args)["media"]
     lifecycle.delete_as_admin(execution_id, media)
     return Response(status=204)

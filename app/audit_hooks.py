@@ -1,35 +1,97 @@
-"""Request side of the audit trail: what each export, link creation and link use writes."""
+"""Request side of the audit trail: the line each audited request writes (exports, links, deletes, media).
+
+Which endpoints are audited, with which event, is decided in one place: :mod:`app.audit_policy`.
+"""
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import functools
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from flask import Response, current_app, g, request
+from flask import Flask, Response, g, request
 
 from execution_history.audit import AuditLog
+from execution_history.errors import Unauthorized
 from execution_history.exporters import ALIASES, EXPORTERS, PLANNED
 from execution_history.filters import RunQuery
 from execution_history.records import is_valid_execution_id
 
+from . import auth
+from .audit_policy import AUDITED, URL_ARGUMENTS, Audited
 from .auth import is_secret, principal
+from .extensions import get_audit
 
 
-def audit_log() -> AuditLog:
-    return current_app.extensions["run_history"]["audit"]
+def install(app: Flask) -> None:
+    """Audit what :data:`~app.audit_policy.AUDITED` names: each view that starts its line on
+    entry is wrapped to do so (call once every blueprint is registered).
+
+    :raises LookupError: for a table entry that names no endpoint of *app* (a typo would
+        otherwise audit nothing).
+    """
+    for endpoint, rule in AUDITED.items():
+        if endpoint not in app.view_functions:
+            raise LookupError(f"audit_policy.AUDITED names {endpoint!r}, which is no endpoint of this app")
+        if rule.at_start:
+            app.view_functions[endpoint] = _starting(app.view_functions[endpoint], rule)
 
 
-def begin(event: str, **fields: Any) -> None:
-    """Mark the request as auditable (export, link_created, link_used) with what it asks for.
+def _starting(view: Callable[..., Any], rule: Audited) -> Callable[..., Any]:
+    @functools.wraps(view)
+    def audited(**view_args: Any) -> Any:
+        _start(rule.event, **{name: view_args.get(URL_ARGUMENTS[name]) if name in URL_ARGUMENTS else None
+                              for name in rule.fields})
+        return view(**view_args)
+
+    return audited
+
+
+def authenticate_api() -> None:
+    """before_request: :func:`app.auth.authenticate_api`; a request it refuses (401) is audited
+    too where the policy says so, with the format and run its URL names."""
+    try:
+        auth.authenticate_api()
+    except Unauthorized:
+        rule = AUDITED.get(request.endpoint or "")
+        if rule is not None and rule.refused:
+            view_args = request.view_args or {}
+            _start(rule.event, format=view_args.get("fmt"), execution_id=view_args.get("execution_id"))
+        raise
+
+
+def current_event() -> str:
+    """The audit event of the current request's endpoint (KeyError: the policy has none)."""
+    return AUDITED[request.endpoint or ""].event
+
+
+def begin(**fields: Any) -> None:
+    """Start the current request's audit line, for a view the policy lets start it itself
+    (``at_start=False``), with what it asks for."""
+    _start(current_event(), **fields)
+
+
+def _start(event: str, **fields: Any) -> None:
+    """Mark the request as auditable with *event* and what it asks for.
 
     Only checked values reach the line: a ``format`` that names a format, an
     ``execution_id`` that is a well-formed id (else None), never a raw path segment or
     query string, where a client may have put a token or a link.
     """
+    g.audit = {"event": event, **_checked(fields)}
+
+
+def note(**fields: Any) -> None:
+    """Add to the current request's audit line, if it has one (checked like :func:`_start`)."""
+    if "audit" in g:
+        g.audit.update(_checked(fields))
+
+
+def _checked(fields: dict[str, Any]) -> dict[str, Any]:
     if "format" in fields:
         fields["format"] = _known_format(fields["format"])
     if "execution_id" in fields and not is_valid_execution_id(fields["execution_id"]):
         fields["execution_id"] = None
-    g.audit = {"event": event, **fields}
+    return fields
 
 
 def note_filters(query: RunQuery) -> None:
@@ -45,7 +107,8 @@ def _known_format(name: Any) -> str | None:
     return key if key in EXPORTERS or key in PLANNED else None
 
 
-def _common() -> dict[str, Any]:
+def common_fields() -> dict[str, Any]:
+    """The fields every audit line has: who, which request, from where, which route."""
     who = principal()
     rule = request.url_rule.rule if request.url_rule else request.path  # never the query string
     return {"user": who.user, "role": who.role, "request_id": g.get("request_id"),
@@ -57,7 +120,7 @@ def finish(response: Response) -> Response:
     audit = g.pop("audit", None)
     if audit is not None:
         event = audit.pop("event")
-        audit_log().append(event, **_common(), **audit, status=response.status_code)
+        get_audit().append(event, **common_fields(), **audit, status=response.status_code)
     return response
 
 
@@ -88,7 +151,7 @@ def stream_audited(chunks: Iterable[bytes], rows: Counted | None) -> Iterable[by
     if audit is None:
         return chunks
     event = audit.pop("event")
-    return AuditedStream(chunks, rows, audit_log(), event, {**_common(), **audit})
+    return AuditedStream(chunks, rows, get_audit(), event, {**common_fields(), **audit})
 
 
 class AuditedStream:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-import hashlib
-import hmac
 import json
 import os
 import secrets
@@ -23,6 +21,10 @@ from flask import current_app, g, request, session
 from execution_history import atomic, journal
 from execution_history.errors import Forbidden, RunNotFound, Unauthorized
 from execution_history.storage import RunStore
+
+from .digests import hash_token, same_secret
+from .extensions import get_index, get_layout, get_links, get_tokens
+from .sessions import sid_of
 
 ROLES = ("admin", "researcher")
 
@@ -44,17 +46,6 @@ class Principal:
 
 
 OPEN = Principal(None, "open")
-
-
-def same_secret(given: str, expected: str) -> bool:
-    """Constant-time equality of two secrets, whatever characters a client sent (compare_digest
-    refuses non-ASCII text, so both are compared as UTF-8 bytes)."""
-    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
-
-
-def hash_token(token: str) -> str:
-    """What the tokens file keeps of a token (tokens are 256 random bits: SHA-256 is enough)."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 class TokenStore:
@@ -172,18 +163,12 @@ def load_secret_key(configured: str | None, data_dir: Path) -> str:
 
 def tokens() -> TokenStore | None:
     """The app's token store, or None when access control is off."""
-    return current_app.extensions["run_history"]["tokens"]
+    return get_tokens()
 
 
 def principal() -> Principal:
     """Who the current request acts for."""
     return g.get("principal", OPEN)
-
-
-#: Endpoints whose refusals belong in the audit trail, with their event.
-_AUDITED = {"api.export_run": "export", "api.export_runs": "export", "api.link_run": "link_created",
-            "api.link_runs": "link_created", "api.delete_run": "delete",
-            "jobs.create_export_job": "export_job"}
 
 
 #: GET endpoints the pages load from the browser (``<img>``, ``<audio>`` sources), which cannot
@@ -231,12 +216,7 @@ def authenticate_api() -> None:
         if (found := session_principal()) is not None:
             g.principal = found
             return
-    if found is None:
-        if request.endpoint in _AUDITED:  # a refused export or link request is audited too
-            from . import audit_hooks  # here: audit_hooks imports this module
-
-            audit_hooks.begin(_AUDITED[request.endpoint], format=(request.view_args or {}).get("fmt"),
-                              execution_id=(request.view_args or {}).get("execution_id"))
+    if found is None:  # audited where app.audit_policy says (audit_hooks.authenticate_api)
         raise Unauthorized("A valid bearer token is required" if header else "Authorization required")
     g.principal = found
     g.token_sha256 = hash_token(token.strip())  # links made now stop working if this token is revoked
@@ -251,14 +231,12 @@ def is_secret(value: str) -> bool:
     sent = [request.headers.get("Authorization", "").partition(" ")[2].strip(), *request.cookies.values()]
     if any(value in secret for secret in sent if secret):
         return True
-    store = current_app.extensions["run_history"]["tokens"]
+    store = get_tokens()
     if store is not None and (store.has_hash(hash_token(value)) or store.has_hash(value.lower())):
         return True
-    from .sessions import sid_of  # here: sessions is imported by the app package after this module
-
     if sid_of(current_app, value):
         return True
-    return current_app.extensions["run_history"]["links"].is_signed(value)
+    return get_links().is_signed(value)
 
 
 def is_secret_like(value: str) -> bool:
@@ -284,9 +262,8 @@ def load_visible(store: RunStore, execution_id: str) -> dict[str, Any]:
         return visible_record(store.get(execution_id))
     except RunNotFound:
         # this host's journal folder (RUN_HISTORY_JOURNAL_DIR), whatever the store
-        running = journal.load_running(current_app.extensions["run_history"]["layout"].journal, execution_id)
+        running = journal.load_running(get_layout().journal, execution_id)
         if running is None:
-            from . import get_index
             get_index().recheck([execution_id])  # a listed run that is gone: the list stops showing it
             raise
         return visible_record(running)

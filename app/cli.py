@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import json
 import os
 import time
@@ -12,6 +13,7 @@ from flask import current_app
 from flask.cli import AppGroup
 from werkzeug.datastructures import MultiDict
 
+from examples.sample_pipeline import iter_sample_runs
 from execution_history import importer
 from execution_history.errors import ExecutionHistoryError
 from execution_history.exporters import export_selection, get_exporter
@@ -20,9 +22,10 @@ from execution_history.media import default_media_root
 from execution_history.pseudonyms import prepare_export
 from execution_history.records import FINAL_STATUSES
 
-from . import get_index, get_store
 from .auth import ROLES, TokenStore, tokens
 from .downloads import with_media_root
+from .extensions import get_audit, get_index, get_layout, get_media_root, get_recovered_at_start, get_store
+from .recovery import recover_now
 from .sessions import end_sessions_of
 from .params import (
     COMMON_EXPORT_OPTIONS,
@@ -66,15 +69,12 @@ def show_command(execution_id: str) -> None:
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the simulated models.")
 def sample_command(count: int, if_empty: bool, seed: int) -> None:
     """Record COUNT sample runs through the real tracker (examples/sample_pipeline.py)."""
-    from examples.sample_pipeline import iter_sample_runs
-
     store = get_store()
     if if_empty and store.list_files():
         click.echo(f"{store.root} already holds runs; no samples recorded.")
         return
-    from .media import media_root  # the sample media go where the app serves media from
-
-    ids = list(iter_sample_runs(count, store, seed=seed, media_root=media_root()))
+    # the sample media go where the app serves media from
+    ids = list(iter_sample_runs(count, store, seed=seed, media_root=get_media_root()))
     click.echo(f"Recorded {len(ids)} sample runs in {store.root}.")
 
 
@@ -184,7 +184,7 @@ def audit_command(user: str | None, since: str | None, event: str | None) -> Non
         except ValueError:
             raise click.BadParameter("a date (YYYY-MM-DD) or ISO datetime", param_hint="--since") from None
         when = when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
-    log = current_app.extensions["run_history"]["audit"]
+    log = get_audit()
     for entry in log.iter_entries(user=user, since=when):
         if event is not None and entry.get("event") != event:
             continue
@@ -200,8 +200,6 @@ def _older_than(value: str) -> int:
 
 def _operator() -> str:
     """Who runs a command on the host, for its audit lines."""
-    import getpass
-
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (a container)
@@ -217,9 +215,8 @@ def _operator() -> str:
 def prune_command(older_than: str, config: str | None, status: str | None, dry_run: bool) -> None:
     """Delete finished runs older than N days (runs in progress never); prints each id, then the count."""
     criteria = PruneCriteria(_older_than(older_than), config=config, status=status)
-    audit = current_app.extensions["run_history"]["audit"]
-    done = prune(get_store(), get_index(), criteria, dry_run=dry_run, audit=audit,
-                 journals=current_app.extensions["run_history"]["layout"].journal, who=(_operator(), "cli"),
+    done = prune(get_store(), get_index(), criteria, dry_run=dry_run, audit=get_audit(),
+                 journals=get_layout().journal, who=(_operator(), "cli"),
                  on_run=click.echo)
     click.echo(f"{'Would delete' if dry_run else 'Deleted'} {len(done)} run(s).")
 
@@ -232,10 +229,10 @@ def delete_command(execution_id: str, media: bool) -> None:
     root = default_media_root(current_app.config["RUN_HISTORY_MEDIA_DIR"]) if media else None
     try:
         deleted = delete_run(get_store(), get_index(), execution_id, media_root=root,
-                             journals=current_app.extensions["run_history"]["layout"].journal)
+                             journals=get_layout().journal)
     except ExecutionHistoryError as err:
         _fail(err)
-    current_app.extensions["run_history"]["audit"].append(
+    get_audit().append(
         "delete", user=_operator(), role="cli", execution_id=execution_id, config=deleted.config_name,
         media_deleted=len(deleted.media_files) if media else None)
     click.echo(f"Deleted {execution_id}" + (f" and {len(deleted.media_files)} media file(s)." if media else "."))
@@ -245,9 +242,7 @@ def delete_command(execution_id: str, media: bool) -> None:
 def recover_command() -> None:
     """Publish what dead pipelines left: records the tracker could not publish, then journals
     of pipeline processes that died (status interrupted)."""
-    from .recovery import recover_now
-
-    recovered = current_app.extensions["run_history"]["recovered_at_start"] + recover_now(current_app)
+    recovered = get_recovered_at_start() + recover_now(current_app)
     click.echo(f"Recovered {len(recovered)} run(s)." + "".join(f"\n{i}" for i in recovered))
 
 

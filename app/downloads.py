@@ -14,9 +14,9 @@ from execution_history.exporters import Exporter, ExportInfo, export_selection
 from execution_history.filters import RunQuery
 from execution_history.pseudonyms import FILE_SUFFIX, OPTION, prepare_export
 
-from . import get_index, get_store
-from .audit_hooks import Counted, stream_audited
+from .audit_hooks import Counted, note, stream_audited
 from .auth import principal, visible_record
+from .extensions import get_index, get_media_root, get_store
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ def _marked(name: str, pseudonymized: bool) -> str:
     """The download's name: ``_pseudonymized`` added when it is, which its audit line says too."""
     if not pseudonymized:
         return name
-    if "audit" in g:
-        g.audit["pseudonymized"] = True
+    note(pseudonymized=True)
     return name + FILE_SUFFIX
 
 
@@ -68,9 +67,7 @@ def with_media_root(exporter: Exporter, options: dict[str, Any]) -> dict[str, An
     """*options*, plus the app's media dir for a writer that bundles media files (zip)."""
     if not exporter.media:
         return options
-    from .media import media_root  # here: app.media imports this module
-
-    return {**options, "media_root": media_root()}
+    return {**options, "media_root": get_media_root()}
 
 
 def stream(chunks: Iterable[bytes], exporter: Exporter, name: str, rows: Counted | None = None) -> Response:

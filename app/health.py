@@ -5,7 +5,7 @@ from flask import Blueprint, Response, jsonify
 
 from execution_history.errors import StorageError
 
-from . import get_index, get_store
+from .extensions import get_index, get_store
 
 bp = Blueprint("health", __name__, url_prefix="/api")
 #: Seconds a load balancer should wait before asking again when the store is unreachable.

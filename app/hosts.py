@@ -17,6 +17,8 @@ from werkzeug.sansio.utils import host_is_trusted
 
 from execution_history.errors import InvalidHost
 
+from . import extensions
+
 
 def trusted_host_list(app: Flask) -> list[str]:
     """RUN_HISTORY_TRUSTED_HOSTS as a list, plus the host of RUN_HISTORY_PUBLIC_URL if set."""
@@ -59,7 +61,7 @@ def is_trusted(host: str, trusted: list[str]) -> bool:
 def configure(app: Flask) -> None:
     """Install ProxyFix (if proxies are trusted) and the host check, first among the checks."""
     public_url(app)  # a bad setting stops the app at start-up, not at the first link
-    app.extensions["run_history_hosts"] = trusted_host_list(app)
+    extensions.add(app, trusted_hosts=trusted_host_list(app))
     hops = app.config["RUN_HISTORY_TRUSTED_PROXIES"]
     if hops < 0:
         raise ValueError("RUN_HISTORY_TRUSTED_PROXIES must be 0 or more")
@@ -71,7 +73,7 @@ def configure(app: Flask) -> None:
 def check_host() -> None:
     """before_request: 400 INVALID_HOST unless the request names a trusted host."""
     host = request.host.lower()  # werkzeug's: "" if the header holds characters no host name has
-    if not host or not is_trusted(host, current_app.extensions["run_history_hosts"]):
+    if not host or not is_trusted(host, extensions.get_trusted_hosts()):
         raise InvalidHost("This host name is not served here")
 
 

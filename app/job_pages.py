@@ -7,7 +7,8 @@ from typing import Any
 from flask import render_template
 
 from .auth import principal
-from .jobs_api import get_jobs, job_body
+from .extensions import get_jobs
+from .jobs_api import job_body
 from .openapi import build_spec
 from .pages import bp
 

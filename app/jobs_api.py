@@ -7,7 +7,7 @@ import os
 import tempfile
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 from marshmallow import Schema
 from werkzeug.datastructures import MultiDict
 
@@ -15,8 +15,9 @@ from execution_history.errors import InvalidParameter, RunNotFound, UnknownParam
 from execution_history.exporters import check_fits, get_exporter
 from execution_history.jobs import JobExecutor, JobStore
 
-from . import audit_hooks, downloads, get_index, get_side
+from . import audit_hooks, downloads, extensions
 from .auth import SESSION_ENDPOINTS, principal
+from .extensions import get_executor, get_index, get_jobs, get_side
 from .hosts import external_url_for
 from .params import export_params, load_params, load_query
 
@@ -32,39 +33,29 @@ NO_PARAMS = Schema.from_dict({}, name="NoParams")()
 
 def install(app: Flask) -> None:
     """Give *app* its job store and executor (started lazily in each process) and the routes."""
-    side = app.extensions["run_history"]["side"]
-    store = app.extensions["run_history"]["store"]
+    side = extensions.get_side(app)
+    store = extensions.get_store(app)
     jobs = JobStore(side, ttl=app.config["RUN_HISTORY_EXPORT_TTL"])
     # One slot folder per host and store, shared by the host's workers: the per-host limit.
     store_hash = hashlib.sha256(str(store.root).encode()).hexdigest()[:16]
     slots = os.path.join(tempfile.gettempdir(), f"run-history-export-slots-{os.getuid()}-{store_hash}")
     executor = JobExecutor(jobs, store, workers=app.config["RUN_HISTORY_EXPORT_WORKERS"], slots_dir=slots,
                            run_delay=float(os.environ.get(TEST_DELAY_ENV) or 0))
-    app.extensions["run_history"].update(jobs=jobs, executor=executor, executor_checked=None)
+    extensions.add(app, jobs=jobs, executor=executor, executor_checked=None)
     app.before_request(_start_executor)
     app.register_blueprint(bp)
-
-
-def get_jobs() -> JobStore:
-    """The current app's export jobs."""
-    return current_app.extensions["run_history"]["jobs"]
-
-
-def get_executor() -> JobExecutor:
-    """The current app's job executor."""
-    return current_app.extensions["run_history"]["executor"]
 
 
 def _start_executor() -> None:
     """Start this process's executor at its first job request, or at its first request of any
     kind if jobs exist (a restarted server picks up queued jobs and fails dead ones)."""
-    ext = current_app.extensions["run_history"]
+    state = extensions.state()
     if request.endpoint in SESSION_ENDPOINTS or request.endpoint == "pages.list_exports":
-        ext["executor"].ensure_started()
-    elif ext["executor_checked"] != os.getpid():
-        ext["executor_checked"] = os.getpid()
+        get_executor().ensure_started()
+    elif state["executor_checked"] != os.getpid():
+        state["executor_checked"] = os.getpid()
         if get_side().list("jobs"):
-            ext["executor"].ensure_started()
+            get_executor().ensure_started()
 
 
 def _wire_value(name: str, value: Any) -> str | None:
@@ -143,7 +134,7 @@ def visible_job(job_id: str) -> dict[str, Any]:
 def create_export_job() -> Response:
     """Queue an export of the selection as it is now; 202 with its status URL (Location)."""
     fmt, args = job_request()
-    audit_hooks.begin("export_job", filters=args.to_dict(), format=fmt.lower())
+    audit_hooks.begin(filters=args.to_dict(), format=fmt.lower())
     exporter = get_exporter(fmt)
     query, options = load_query(export_params(exporter, bulk=True), args)
     scope = principal().scope
@@ -152,7 +143,7 @@ def create_export_job() -> Response:
     who = principal()
     state = get_jobs().create(user=who.user, role=who.role, fmt=exporter.name, filters=query.filters.to_wire(),
                               options=options, ids=ids)
-    g.audit["rows"] = len(ids)
+    audit_hooks.note(rows=len(ids))
     get_executor().ensure_started()
     get_executor().wake()
     response = jsonify(job_body(state))
@@ -178,11 +169,11 @@ def get_export_job(job_id: str) -> Response:
 @bp.get("/exports/<job_id>/download")
 def download_export_job(job_id: str) -> Response:
     """A done job's file, with the headers of a direct download (409 before, 410 after the TTL)."""
-    audit_hooks.begin("export_download", filters={"job_id": job_id[:100]}, format=None)
+    audit_hooks.begin(filters={"job_id": job_id[:100]}, format=None)
     visible_job(job_id)
     state, handle = get_jobs().open_file(job_id)
     exporter = get_exporter(state["format"])
-    g.audit["format"] = exporter.name
+    audit_hooks.note(format=exporter.name)
     created = dt.datetime.fromtimestamp(state["created_at"], dt.timezone.utc)
     response = downloads.stream(_iter_file(handle), exporter, f"runs_{created:%Y%m%d_%H%M%S}")
     response.headers["Content-Length"] = str(state["size_bytes"])

@@ -1,14 +1,16 @@
 """Request side of the data lifecycle: who may delete, and the app's retention thread."""
 from __future__ import annotations
 
-from flask import Flask, current_app, g
+from flask import Flask, current_app
 
 from execution_history import lifecycle
 from execution_history.errors import Forbidden
 from execution_history.media import default_media_root
 
-from . import get_index, get_store
+from . import extensions
+from .audit_hooks import note
 from .auth import principal
+from .extensions import get_index, get_layout, get_store
 
 
 def delete_as_admin(execution_id: str, media: bool) -> lifecycle.Deleted:
@@ -28,9 +30,9 @@ def delete_as_admin(execution_id: str, media: bool) -> lifecycle.Deleted:
                         execution_id=execution_id)
     root = default_media_root(current_app.config["RUN_HISTORY_MEDIA_DIR"]) if media else None
     deleted = lifecycle.delete_run(get_store(), get_index(), execution_id, media_root=root,
-                                   journals=current_app.extensions["run_history"]["layout"].journal)
-    if "audit" in g:  # the line written when the response goes out says what went
-        g.audit.update(config=deleted.config_name, media_deleted=len(deleted.media_files) if media else None)
+                                   journals=get_layout().journal)
+    # the line written when the response goes out says what went
+    note(config=deleted.config_name, media_deleted=len(deleted.media_files) if media else None)
     return deleted
 
 
@@ -40,15 +42,14 @@ def setup_retention(app: Flask) -> None:
     days = app.config["RUN_HISTORY_RETENTION_DAYS"]
     if days is None:
         return
-    extensions = app.extensions["run_history"]
-    retention = lifecycle.Retention(extensions["store"], extensions["index"], extensions["side"], days,
-                                    audit=extensions["audit"], journals=extensions["layout"].journal)
-    extensions["retention"] = retention
+    retention = lifecycle.Retention(extensions.get_store(app), extensions.get_index(app), extensions.get_side(app),
+                                    days, audit=extensions.get_audit(app), journals=extensions.get_layout(app).journal)
+    extensions.add(app, retention=retention)
     app.before_request(retention.start)
 
 
 def start_background(app: Flask) -> None:
     """Start what the app runs in the background (gunicorn's post_worker_init calls this)."""
-    retention = getattr(app, "extensions", {}).get("run_history", {}).get("retention")  # another WSGI app: none
+    retention = extensions.get_retention(app)  # another WSGI app: none
     if retention is not None:
         retention.start()

@@ -17,12 +17,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from flask import g, request
 from itsdangerous import Signer
 
 from execution_history.errors import Forbidden, LinkExpired
 from execution_history.exporters import get_exporter
 
-from .auth import Principal, same_secret
+from . import audit_hooks
+from .auth import Principal, principal, same_secret, visible_record
+from .extensions import get_links, get_side, get_store
+from .params import export_params, load_params, load_query
 
 SALT = "run-history.download-link"
 #: A link token exactly: 22 characters of id, a dot, 43 of HMAC-SHA256. Anything else,
@@ -44,8 +48,6 @@ class LinkSigner:
     def _side(self) -> Any:
         if self.side is not None:
             return self.side
-        from . import get_side  # here: the app package imports this module
-
         return get_side()
 
     def create(self, creator: Principal, kind: str, fmt: str, args: list[tuple[str, str]],
@@ -96,21 +98,13 @@ class LinkSigner:
 def link_for_export(kind: str, fmt: str, execution_id: str | None = None) -> tuple[str, str]:
     """(token, expires_at) for the current request's export (``run`` or ``bulk``), in the
     current principal's scope: checked as the export itself would be, so a bad link is
-    refused now, not when it is used; audited as ``link_created``."""
-    from flask import current_app, g, request
-
-    from . import audit_hooks, get_store
-    from .auth import principal, visible_record
-    from .params import export_params, load_params, load_query
-
-    audit_hooks.begin("link_created", format=fmt, **(
-        {"execution_id": execution_id} if kind == "run" else {"filters": None}))  # filters once validated
+    refused now, not when it is used; audited as ``link_created`` (app.audit_policy), the
+    filters once validated."""
     exporter = get_exporter(fmt)
     if kind == "run":
         load_params(export_params(exporter, bulk=False), request.args)
         visible_record(get_store().get(execution_id))  # finished runs only, like the export
     else:
         audit_hooks.note_filters(load_query(export_params(exporter, bulk=True), request.args)[0])
-    signer: LinkSigner = current_app.extensions["run_history"]["links"]
-    return signer.create(principal(), kind, exporter.name, list(request.args.items(multi=True)), execution_id,
-                         token_sha256=g.get("token_sha256"))
+    return get_links().create(principal(), kind, exporter.name, list(request.args.items(multi=True)), execution_id,
+                              token_sha256=g.get("token_sha256"))

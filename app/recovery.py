@@ -19,6 +19,8 @@ from flask import Flask, current_app
 from execution_history import stores
 from execution_history.errors import StorageError, StoreUnavailable
 
+from . import extensions
+
 log = logging.getLogger(__name__)
 
 #: Seconds between two background recoveries in one worker process.
@@ -78,14 +80,13 @@ def _recover(store: Any, layout: stores.Layout) -> list[str]:
 
 def recover_now(app: Flask) -> list[str]:
     """Publish what dead pipelines left, for *app*'s store (``runs recover`` and the background)."""
-    state = app.extensions["run_history"]
-    return _recover(state["store"], state["layout"])
+    return _recover(extensions.get_store(app), extensions.get_layout(app))
 
 
 def start_recovery() -> None:
     """Start this worker process's background recovery thread, once (a ``before_request`` hook:
     threads do not survive gunicorn's fork, so each worker starts its own)."""
-    state = current_app.extensions["run_history"]
+    state = extensions.state()
     if state.get("recovery_pid") == os.getpid():
         return
     state["recovery_pid"] = os.getpid()

@@ -21,7 +21,8 @@ from flask.sessions import SessionInterface, SessionMixin
 from itsdangerous import Signer
 from werkzeug.datastructures import CallbackDict
 
-from .auth import same_secret
+from .digests import same_secret
+from .extensions import get_side
 
 SALT = "run-history.session"
 #: The cookie exactly: a 32-character id, a dot, a 43-character HMAC-SHA256.
@@ -55,7 +56,7 @@ class SideSession(CallbackDict, SessionMixin):  # type: ignore[misc]
 
 
 def _side(app: Flask) -> Any:
-    return app.extensions["run_history"]["side"]
+    return get_side(app)
 
 
 def _signer(app: Flask) -> Signer:

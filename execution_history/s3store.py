@@ -33,7 +33,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from . import side
+from .side import _SEGMENT, check_key
 from .errors import InvalidRecord, RunAlreadyExists, RunNotFound, StorageError, StoreUnavailable
 from .records import dump_record, is_valid_execution_id, parse_record
 from .storage import RECORD_SUFFIX, Malformed, RecordFile, RunStore
@@ -404,7 +404,7 @@ class S3SideArea:
 
     def key_for(self, key: str) -> str:
         """The object key of a side-area key (validated like the local one)."""
-        return f"{self.base}/{'/'.join(side.check_key(key))}"
+        return f"{self.base}/{'/'.join(check_key(key))}"
 
     @_s3_errors("side-area write")
     def create(self, key: str, data: bytes) -> bool:
@@ -447,7 +447,7 @@ class S3SideArea:
         for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
             for entry in page.get("Contents", ()):
                 name = entry["Key"][len(folder):]
-                if side._SEGMENT.match(name):
+                if _SEGMENT.match(name):
                     keys.append(f"{prefix}/{name}")
         return sorted(keys)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import shutil
 from typing import BinaryIO, Protocol
 
-from . import atomic
+from .atomic import create_file, fsync_dir, replace_file, temp_path_for
 from .errors import StorageError
 
 _SEGMENT = re.compile(r"\A[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}\Z")
@@ -83,7 +83,7 @@ class LocalSideArea:
         """:raises StorageError: if the folder cannot be written."""
         path = self._ready(key)
         try:
-            return atomic.create_file(path, data, 0o600)
+            return create_file(path, data, 0o600)
         except OSError as err:
             raise StorageError("Side area cannot be written", reason=err.strerror) from err
 
@@ -91,7 +91,7 @@ class LocalSideArea:
         """:raises StorageError: if the folder cannot be written."""
         path = self._ready(key)
         try:
-            atomic.replace_file(path, data, 0o600)
+            replace_file(path, data, 0o600)
         except OSError as err:
             raise StorageError("Side area cannot be written", reason=err.strerror) from err
 
@@ -107,7 +107,7 @@ class LocalSideArea:
     def put_file(self, key: str, source: str | os.PathLike[str]) -> None:
         """:raises StorageError: if the folder cannot be written."""
         path = self._ready(key)
-        temp = atomic.temp_path_for(path)
+        temp = temp_path_for(path)
         try:
             shutil.copyfile(source, temp)
             os.chmod(temp, 0o600)
@@ -118,7 +118,7 @@ class LocalSideArea:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise StorageError("Side area cannot be written", reason=err.strerror) from err
-        atomic.fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def open(self, key: str) -> BinaryIO | None:
         path = self.path_for(key)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager
 
-from . import atomic
+from .atomic import create_file, is_writer_alive
 from .errors import InvalidRecord, RunAlreadyExists, RunNotFound, StorageError
 from .records import dump_record, is_valid_execution_id, parse_record, parse_timestamp
 from .regular import NotARegularFile, read_regular
@@ -153,7 +153,7 @@ class RunStore:
         path = self.path_for(execution_id)
         self.ensure_root()
         try:
-            return atomic.create_file(path, data)
+            return create_file(path, data)
         except OSError as err:
             raise StorageError("Run could not be saved", execution_id=execution_id,
                                reason=err.strerror or str(err)) from err
@@ -256,7 +256,7 @@ class RunStore:
                 age = now - entry.stat().st_mtime
             except OSError:
                 continue
-            if age > ORPHAN_AGE_SECONDS or not atomic.is_writer_alive(_writer_pid(entry.name)):
+            if age > ORPHAN_AGE_SECONDS or not is_writer_alive(_writer_pid(entry.name)):
                 if _unlink_quietly(Path(entry.path)):
                     removed += 1
         return removed

@@ -4,7 +4,8 @@
 embedded default) or ``s3://bucket/prefix`` (:class:`~execution_history.s3store.S3Store`).
 The app, the CLI and the tracker all call :func:`open_store` and :func:`layout_for`, so
 they agree on where records, journals, the index, the side area and the per-user state
-folder are.
+folder are. The index itself is opened by :mod:`execution_history.indexes`, which this
+module (imported by the tracker) never imports: pipeline code loads no index and no SQLite.
 
 The per-user state folder (``$XDG_STATE_HOME/run-history/<hash of the store URL>``,
 default ``~/.local/state/...``) takes what the service would write beside a data folder
@@ -22,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
-from . import atomic
+from .atomic import replace_file
 from .errors import InvalidRecord, RunAlreadyExists, StorageError
+from .journal import recover as recover_journals
 from .records import is_valid_execution_id, parse_record
 from .side import LocalSideArea, SideArea
 from .storage import DEFAULT_DATA_DIR, JOURNAL_DIR, RECORD_SUFFIX, Malformed, RecordFile, RunStore
@@ -189,17 +191,6 @@ def side_area_for(layout: Layout) -> SideArea:
     return LocalSideArea(Path(store.root) / SIDE_DIR if layout.writable else layout.state / "side")
 
 
-def open_index(layout: Layout, **options: Any) -> Any:
-    """The index of *layout*'s store in its index folder (SQLite; never opened before a fork)."""
-    if is_s3(layout.store):
-        from .s3index import S3RunIndex
-
-        return S3RunIndex(layout.store, folder=layout.index, journal_dir=layout.journal, **options)
-    from .index import RunIndex
-
-    return RunIndex(layout.store, folder=layout.index, journal_dir=layout.journal, **options)
-
-
 # ---------------------------------------------------------------- records not published yet
 
 
@@ -211,7 +202,7 @@ def keep_pending(store: Any, record: dict[str, Any], data: bytes) -> Path:
     folder = state_dir(store) / PENDING_DIR
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = folder / f"{record['execution_id']}{RECORD_SUFFIX}"
-    atomic.replace_file(path, data, 0o600)
+    replace_file(path, data, 0o600)
     return path
 
 
@@ -251,6 +242,4 @@ def recover(store: Any, journal_dir: Path | None = None) -> list[str]:
 
     What app start, ``runs recover`` and the app's background step call; never a request.
     """
-    from . import journal
-
-    return publish_pending(store) + journal.recover(store, journal_dir or default_journal_dir(store))
+    return publish_pending(store) + recover_journals(store, journal_dir or default_journal_dir(store))

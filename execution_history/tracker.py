@@ -11,7 +11,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
-from . import stores
+import execution_history.stores as stores  # the module itself, not the package's re-exports
 from .errors import RunAlreadyExists, StorageError
 from .journal import Journal
 from .legacy_calls import EarlierTrackerCalls, accept_earlier_shapes, describe_earlier_shape
