@@ -68,9 +68,9 @@ def with_media_root(exporter: Exporter, options: dict[str, Any]) -> dict[str, An
     """*options*, plus the app's media dir for a writer that bundles media files (zip)."""
     if not exporter.media:
         return options
-    from .media import media_root  # here: app.media imports this module
+    from .media import media_sources  # here: app.media imports this module
 
-    return {**options, "media_root": media_root()}
+    return {**options, "media_root": media_sources()}
 
 
 def stream(chunks: Iterable[bytes], exporter: Exporter, name: str, rows: Counted | None = None) -> Response:
