@@ -286,14 +286,19 @@ def build_spec() -> dict[str, Any]:
     spec.path(path="/api/runs/{execution_id}/items/{sequence_number}/file", operations={"get": {
         "operationId": "get_item_file",
         "summary": "The media file an item's file_path names (inline for images, audio, video; Range, ETag, HEAD)",
-        "description": "Only allow-listed media inside RUN_HISTORY_MEDIA_DIR are served; anything else is a 404.",
+        "description": "Only allow-listed media inside RUN_HISTORY_MEDIA_DIR are served; anything else is a 404. "
+                       "On an S3 store (or with RUN_HISTORY_MEDIA_DIR=s3://bucket/prefix) a file not found locally "
+                       "is the object <prefix>/media/<file_path> (<prefix>/<file_path> for an s3:// media dir), "
+                       "with the same headers; an endpoint that does not answer is a 503.",
         "parameters": [run_id, {"in": "path", "name": "sequence_number", "required": True,
                                 "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"}},
                        {"in": "header", "name": "Range", "required": False, "schema": {"type": "string"}}],
         "responses": {"200": {"description": "The file", "headers": validators, "content": media_content},
                       "206": {"description": "The requested range (Content-Range)", "content": media_content},
                       "304": {"description": "Not modified (If-None-Match / If-Modified-Since)"},
-                      "416": _error("A range outside the file (RANGE_NOT_SATISFIABLE)"), **media_errors}}})
+                      "416": _error("A range outside the file (RANGE_NOT_SATISFIABLE)"),
+                      "503": _error("Media on S3 and the endpoint does not answer (STORE_UNAVAILABLE)"),
+                      **media_errors}}})
     spec.path(path="/api/runs/{execution_id}/thumbnail", operations={"get": {
         "operationId": "get_thumbnail", "summary": "A small WebP of the run's first output image (gallery view)",
         "parameters": [run_id],

@@ -4,6 +4,8 @@ An item's ``file_path`` is text from a record, so hostile: it may hold ``..``, a
 path elsewhere, a symlink leading out, a FIFO, a dotfile. :func:`resolve` is the one
 place that turns it into a file to read (serve, thumbnail, zip) or delete, and it
 answers None for anything but a regular, allow-listed file inside the media dir.
+Media in an S3 bucket (``s3media.S3MediaArea``) plug in here too: a media root may be a
+local dir, such an area, or a tuple of them tried in order (:func:`media_root_for`).
 """
 from __future__ import annotations
 
