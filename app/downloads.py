@@ -16,7 +16,7 @@ from execution_history.pseudonyms import FILE_SUFFIX, OPTION, prepare_export
 
 from .audit_hooks import Counted, note, stream_audited
 from .auth import principal, visible_record
-from .extensions import get_index, get_media_root, get_store
+from .extensions import get_index, get_media_sources, get_store
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def with_media_root(exporter: Exporter, options: dict[str, Any]) -> dict[str, An
     """*options*, plus the app's media dir for a writer that bundles media files (zip)."""
     if not exporter.media:
         return options
-    return {**options, "media_root": get_media_root()}
+    return {**options, "media_root": get_media_sources()}
 
 
 def stream(chunks: Iterable[bytes], exporter: Exporter, name: str, rows: Counted | None = None) -> Response:

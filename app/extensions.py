@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # types only: the modules that define them import this one
     from execution_history.index import RunIndex
     from execution_history.jobs import JobExecutor, JobStore
     from execution_history.lifecycle import Retention
+    from execution_history.media import MediaRoot
     from execution_history.side import SideArea
     from execution_history.stores import AnyStore, Layout
     from execution_history.thumbnails import ThumbnailCache
@@ -40,7 +41,8 @@ class RunHistory(TypedDict, total=False):
     side: SideArea                      # export jobs, sessions, leases: shared by every host
     jobs: JobStore
     executor: JobExecutor
-    media_root: Path
+    media_root: Path                    # the local media dir
+    media_sources: MediaRoot            # where media are read from: that dir and/or an S3 area
     thumbnails: ThumbnailCache
     trusted_hosts: list[str]
     retention: Retention                # only with RUN_HISTORY_RETENTION_DAYS
@@ -113,6 +115,11 @@ def get_executor(app: Flask | None = None) -> JobExecutor:
 def get_media_root(app: Flask | None = None) -> Path:
     """The media dir (``RUN_HISTORY_MEDIA_DIR``, default: the start-up working directory)."""
     return state(app)["media_root"]
+
+
+def get_media_sources(app: Flask | None = None) -> MediaRoot:
+    """Where media are read from: the local media dir and/or an S3 area (``media_root_for``)."""
+    return state(app)["media_sources"]
 
 
 def get_thumbnails(app: Flask | None = None) -> ThumbnailCache:

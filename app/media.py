@@ -1,9 +1,10 @@
 """`bp` for media: an item's file (Range, ETag, 304, HEAD) and a run's thumbnail, scoped and audited.
 
 What may be read is decided by execution_history/media.py alone; this module only turns
-an opened file into a response. Media on S3 (``RUN_HISTORY_MEDIA_DIR=s3://...``) plug in at
+an opened file into a response. Media on S3 (``RUN_HISTORY_MEDIA_DIR=s3://...``, or the
+bucket's ``<prefix>/media`` for an S3 record store) plug in at
 ``execution_history.media.open_media``, which every reader goes through: the routes here
-(by way of :func:`open_item_file`) and the zip writer.
+(by way of :func:`open_item_file`), thumbnails and the zip writer.
 """
 from __future__ import annotations
 
@@ -18,13 +19,15 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from execution_history.audit import AuditLog
-from execution_history.errors import InvalidParameter, RunNotFound
+from execution_history.errors import InvalidParameter, RunNotFound, StorageError
 from execution_history.media import (
     MediaFile,
     MediaNotFound,
+    MediaRoot,
     RangeNotSatisfiable,
     default_media_root,
     find_item,
+    media_root_for,
     open_media,
     resolve,
     safe_name,
@@ -35,7 +38,7 @@ from execution_history.thumbnails import ThumbnailCache
 from . import audit_hooks, extensions
 from .auth import load_visible
 from .downloads import content_disposition
-from .extensions import get_audit, get_media_root, get_store, get_thumbnails
+from .extensions import get_audit, get_media_root, get_media_sources, get_store, get_thumbnails
 
 bp = Blueprint("media", __name__, url_prefix="/api")
 #: The thumbnail cache: a hidden folder of the data folder (like the index), never served as media.
@@ -47,25 +50,44 @@ THUMBNAIL_TYPES = ("output_image",)
 def init_app(app: Flask, data_dir: Path) -> None:
     """Register the routes; fix the media root now (the working directory the app started in)."""
     extensions.add(app, media_root=default_media_root(app.config["RUN_HISTORY_MEDIA_DIR"]),
+                   media_sources=media_root_for(app.config["RUN_HISTORY_MEDIA_DIR"], get_store(app),
+                                                app.config.get("RUN_HISTORY_S3_ENDPOINT_URL")),
                    thumbnails=ThumbnailCache(data_dir / THUMBNAIL_DIR))
     app.register_blueprint(bp)
 
 
 def media_root() -> Path:
-    """The current app's media dir (``RUN_HISTORY_MEDIA_DIR``, default: the start-up working directory)."""
+    """The current app's local media dir (``RUN_HISTORY_MEDIA_DIR``, default: the start-up working
+    directory): where the sample pipeline writes its files."""
     return get_media_root()
 
 
+def media_sources() -> MediaRoot:
+    """Where the current app reads media from: the local media dir and/or an S3 area (``media_root_for``)."""
+    return get_media_sources()
+
+
 def open_item_file(item: dict[str, Any]) -> tuple[MediaFile, BinaryIO] | None:
-    """The one function that opens an item's media file (None: none, missing or refused)."""
-    return open_media(item.get("file_path"), media_root())
+    """The one function that opens an item's media file (None: none, missing or refused).
+
+    :raises StoreUnavailable: if media live on S3 and the endpoint does not answer (503).
+    """
+    return open_media(item.get("file_path"), media_sources())
+
+
+def _resolve_for_page(file_path: object) -> MediaFile | None:
+    # a page still renders when the S3 endpoint stops answering: its files are shown as missing
+    try:
+        return resolve(file_path, media_sources())
+    except StorageError:
+        return None
 
 
 def media_view(execution_id: str, item: dict[str, Any]) -> dict[str, Any] | None:
     """What the run page shows of an item's file: its kind and URL, or found False."""
     if not item.get("file_path"):
         return None
-    found = resolve(item["file_path"], media_root())
+    found = _resolve_for_page(item["file_path"])
     if found is None:
         return {"found": False}
     return {"found": True, "kind": found.kind, "name": safe_name(item["file_path"]),
@@ -77,7 +99,7 @@ def first_image(record: dict[str, Any]) -> dict[str, Any] | None:
     """The run's first output image item whose file can be served, else None."""
     for item in record.get("items", []):
         if item.get("item_type") in THUMBNAIL_TYPES:
-            found = resolve(item.get("file_path"), media_root())
+            found = _resolve_for_page(item.get("file_path"))
             if found is not None and found.kind == "image":
                 return item
     return None
@@ -85,7 +107,8 @@ def first_image(record: dict[str, Any]) -> dict[str, Any] | None:
 
 def _etag(media: MediaFile) -> str:
     # a hash: changes with the file, and shows no server path to the client
-    key = f"{media.path}\0{media.size}\0{media.mtime_ns}".encode("utf-8", "surrogateescape")
+    key = f"{media.path}\0{media.size}\0{media.mtime_ns}" + (f"\0{media.version}" if media.version else "")
+    key = key.encode("utf-8", "surrogateescape")
     return hashlib.sha256(key).hexdigest()[:32]
 
 

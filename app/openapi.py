@@ -13,7 +13,7 @@ import execution_history
 from execution_history.exporters import ALIASES, EXPORTERS, PLANNED
 from execution_history.media import MEDIA_TYPES
 from execution_history.thumbnails import MIMETYPE as THUMBNAIL_MIMETYPE
-from execution_history.records import STATUSES, RunItemSchema, RunRecordSchema
+from execution_history.records import ITEMS_COUNT, STATUSES, SUMMARY_FIELDS, RunItemSchema, RunRecordSchema
 
 from .params import (
     COMMON_EXPORT_OPTIONS,
@@ -27,24 +27,25 @@ from .params import (
 )
 
 
-class RunSummarySchema(Schema):
-    """One run in a list."""
+def _summary_field(name: str) -> fields.Field:
+    """A summary field as the list answers it: the record field's type; null unless the record requires it."""
+    if name == ITEMS_COUNT:
+        return fields.Integer(required=True)
+    source = RunRecordSchema().fields[name]
+    metadata = {"format": source.metadata["format"]} if "format" in source.metadata else {}
+    if name == "status":
+        metadata["enum"] = list(STATUSES)
+    return type(source)(required=True, allow_none=not source.required, metadata=metadata)
 
-    execution_id = fields.String(required=True)
-    config_name = fields.String(required=True)
-    timestamp = fields.String(required=True, metadata={"format": "date-time"})
-    status = fields.String(required=True, metadata={"enum": list(STATUSES)})
-    execution_mode = fields.String(allow_none=True, required=True)
-    safety_level = fields.String(allow_none=True, required=True)
-    total_execution_time = fields.Float(allow_none=True, required=True)
-    items_count = fields.Integer(required=True)
-    user_id = fields.String(allow_none=True, required=True)
-    session_id = fields.String(allow_none=True, required=True)
-    taxonomy_version = fields.String(allow_none=True, required=True)
-    last_activity_at = fields.String(allow_none=True, required=True, metadata={
-        "format": "date-time", "description": "Runs in progress: when their last item was logged; else null"})
-    stale = fields.Boolean(required=True, metadata={
-        "description": "A run in progress with nothing logged for RUN_HISTORY_STALE_AFTER seconds"})
+
+#: One run in a list: records.SUMMARY_FIELDS, then what the index adds for runs in progress.
+RunSummarySchema = Schema.from_dict({
+    **{name: _summary_field(name) for name in SUMMARY_FIELDS},
+    "last_activity_at": fields.String(allow_none=True, required=True, metadata={
+        "format": "date-time", "description": "Runs in progress: when their last item was logged; else null"}),
+    "stale": fields.Boolean(required=True, metadata={
+        "description": "A run in progress with nothing logged for RUN_HISTORY_STALE_AFTER seconds"}),
+}, name="RunSummarySchema")
 
 
 class RunListSchema(Schema):
@@ -284,14 +285,19 @@ def build_spec() -> dict[str, Any]:
     spec.path(path="/api/runs/{execution_id}/items/{sequence_number}/file", operations={"get": {
         "operationId": "get_item_file",
         "summary": "The media file an item's file_path names (inline for images, audio, video; Range, ETag, HEAD)",
-        "description": "Only allow-listed media inside RUN_HISTORY_MEDIA_DIR are served; anything else is a 404.",
+        "description": "Only allow-listed media inside RUN_HISTORY_MEDIA_DIR are served; anything else is a 404. "
+                       "On an S3 store (or with RUN_HISTORY_MEDIA_DIR=s3://bucket/prefix) a file not found locally "
+                       "is the object <prefix>/media/<file_path> (<prefix>/<file_path> for an s3:// media dir), "
+                       "with the same headers; an endpoint that does not answer is a 503.",
         "parameters": [run_id, {"in": "path", "name": "sequence_number", "required": True,
                                 "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"}},
                        {"in": "header", "name": "Range", "required": False, "schema": {"type": "string"}}],
         "responses": {"200": {"description": "The file", "headers": validators, "content": media_content},
                       "206": {"description": "The requested range (Content-Range)", "content": media_content},
                       "304": {"description": "Not modified (If-None-Match / If-Modified-Since)"},
-                      "416": _error("A range outside the file (RANGE_NOT_SATISFIABLE)"), **media_errors}}})
+                      "416": _error("A range outside the file (RANGE_NOT_SATISFIABLE)"),
+                      "503": _error("Media on S3 and the endpoint does not answer (STORE_UNAVAILABLE)"),
+                      **media_errors}}})
     spec.path(path="/api/runs/{execution_id}/thumbnail", operations={"get": {
         "operationId": "get_thumbnail", "summary": "A small WebP of the run's first output image (gallery view)",
         "parameters": [run_id],

@@ -1,4 +1,4 @@
-"""Importing record files from another folder (e.g. the earlier tracker's) into a RunStore."""
+"""Importing record files from another folder (e.g. the earlier tracker's) into a record store (local or S3)."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .errors import ExecutionHistoryError, InvalidRecord
 from .records import is_valid_execution_id, parse_record
-from .storage import RECORD_SUFFIX, RunStore
+from .storage import RECORD_SUFFIX
+from .stores import RecordStore
 
 COPIED = "copied"
 ALREADY_THERE = "already there"
@@ -24,8 +25,11 @@ class Imported:
     reason: str | None = None  # why it is unreadable, or that the stored file differs
 
 
-def iter_import(store: RunStore, source: str | os.PathLike[str]) -> Iterator[Imported]:
+def iter_import(store: RecordStore, source: str | os.PathLike[str]) -> Iterator[Imported]:
     """Copy every ``*.json`` record file of *source* (not its subfolders) into *store*, by name.
+
+    *store* is the local folder or S3 (``save_bytes``: a hard link there, a conditional put
+    here); the report is the same on both.
 
     Each file is validated as a record first (``parse_record``, so older files count as
     records) and then stored byte for byte: it stays as its tracker wrote it and is
@@ -41,7 +45,7 @@ def iter_import(store: RunStore, source: str | os.PathLike[str]) -> Iterator[Imp
         yield _import_one(store, entry)
 
 
-def _import_one(store: RunStore, entry: os.DirEntry[str]) -> Imported:
+def _import_one(store: RecordStore, entry: os.DirEntry[str]) -> Imported:
     execution_id = entry.name[:-len(RECORD_SUFFIX)]
     try:
         # no symlinks or special files: a FIFO would block the read, a link may point anywhere

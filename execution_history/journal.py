@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any, Union
 
 from .errors import InvalidRecord, RunAlreadyExists, RunNotFound, StorageError
+from . import atomic, records
 from .records import (
     check_record,
     format_timestamp,
     is_valid_execution_id,
-    parse_timestamp,
 )
 from .storage import JOURNAL_DIR, RunStore
 
@@ -65,14 +65,15 @@ class Journal:
         """
         self.path = journal_path(where, header["execution_id"])
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Locked and given its header under a name no one lists, then linked into place: a
-        # journal is never seen unlocked or without its header while its tracker lives.
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self._fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        # Locked and given its header under a temp name no one lists, then linked into place
+        # (atomic.py's create-if-absent, without fsync: a journal guards against a killed
+        # process, not a power cut): never seen unlocked or without its header while its
+        # tracker lives. The descriptor stays open for the items.
+        temp, self._fd = atomic.open_temp(self.path, 0o644, append=True)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._write({"header": header, "pid": os.getpid()})
-            os.link(temp, self.path)
+            atomic.link_new(temp, self.path)
         except BaseException:
             os.close(self._fd)
             self._fd = -1
@@ -81,10 +82,7 @@ class Journal:
             temp.unlink(missing_ok=True)
 
     def _write(self, entry: dict[str, Any]) -> None:
-        line = (json.dumps(entry, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-        view = memoryview(line)
-        while view:
-            view = view[os.write(self._fd, view):]
+        atomic.write_all(self._fd, (json.dumps(entry, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8"))
 
     def append_item(self, item: dict[str, Any]) -> None:
         self._write({"item": item})
@@ -143,22 +141,15 @@ def read_journal(path: Path) -> JournalState:
 
 
 def build_record(state: JournalState, status: str | None = None) -> dict[str, Any]:
-    """The record a journal stands for: *status* (default: its finalize line's, else interrupted)."""
-    header = state.header
+    """The record a journal stands for: *status* (default: its finalize line's, else interrupted).
+
+    Made by ``records.build_record``, as the tracker makes it, then checked.
+    """
     finalize = state.finalize or {}
-    finished = finalize.get("finished_at") or (state.items[-1]["timestamp"] if state.items else header["timestamp"])
+    finished = finalize.get("finished_at") or (state.items[-1]["timestamp"] if state.items else state.header["timestamp"])
     status = status or finalize.get("status") or "interrupted"
-    seconds = (parse_timestamp(finished) - parse_timestamp(header["timestamp"])).total_seconds()
-    record = {
-        "execution_id": header["execution_id"], "config_name": header["config_name"],
-        "timestamp": header["timestamp"], "finished_at": None if status == "running" else finished,
-        "status": status, "execution_mode": header.get("execution_mode"),
-        "safety_level": header.get("safety_level"), "user_id": header.get("user_id"),
-        "session_id": header.get("session_id"),
-        "total_execution_time": None if status == "running" else round(max(seconds, 0.0), 6),
-        "taxonomy_version": header.get("taxonomy_version"), "items": state.items,
-    }
-    return check_record(record)
+    return check_record(records.build_record(state.header, state.items, status,
+                                             None if status == "running" else finished))
 
 
 def is_locked(path: Path) -> bool | None:

@@ -4,6 +4,8 @@ An item's ``file_path`` is text from a record, so hostile: it may hold ``..``, a
 path elsewhere, a symlink leading out, a FIFO, a dotfile. :func:`resolve` is the one
 place that turns it into a file to read (serve, thumbnail, zip) or delete, and it
 answers None for anything but a regular, allow-listed file inside the media dir.
+Media in an S3 bucket (``s3media.S3MediaArea``) plug in here too: a media root may be a
+local dir, such an area, or a tuple of them tried in order (:func:`media_root_for`).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import stat
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol, Union
 
 from .errors import ExecutionHistoryError, RunNotFound
 
@@ -39,13 +41,18 @@ MEDIA_ITEM_TYPES = frozenset({"user_input_image", "user_input_audio", "output_im
 
 @dataclass(frozen=True)
 class MediaFile:
-    """A media file found for an item: where it is, what it is, and its stat."""
+    """A media file found for an item: where it is, what it is, and its stat.
 
-    path: Path
+    *path* is the real path of a local file, or the ``s3://bucket/key`` URL of an object
+    (then *version* is its ETag, so a replaced object gets a new HTTP ETag).
+    """
+
+    path: Path | str
     mimetype: str
     kind: str
     size: int
     mtime_ns: int
+    version: str = ""
 
     @property
     def inline(self) -> bool:
@@ -75,14 +82,38 @@ def media_type_of(name: str) -> tuple[str, str] | None:
     return MEDIA_TYPES.get(os.path.splitext(name)[1].lower())
 
 
-def resolve(file_path: object, media_root: str | os.PathLike[str]) -> MediaFile | None:
+class MediaArea(Protocol):
+    """Media somewhere else than a local folder (S3: ``s3media.S3MediaArea``), with the same checks."""
+
+    def resolve(self, file_path: object) -> MediaFile | None:
+        """The media file *file_path* names, or None if it must not be read (see :func:`resolve`)."""
+
+    def open(self, file_path: object) -> tuple[MediaFile, BinaryIO] | None:
+        """That file opened for reading (see :func:`open_media`)."""
+
+
+#: Where media are looked for: a local media dir, a MediaArea, or several of them in order.
+MediaRoot = Union[str, os.PathLike, MediaArea, tuple]
+
+
+def is_local_root(media_root: object) -> bool:
+    """Whether *media_root* is a local media dir (a path), not an area or a chain of them."""
+    return isinstance(media_root, (str, os.PathLike))
+
+
+def resolve(file_path: object, media_root: MediaRoot) -> MediaFile | None:
     """The media file an item's *file_path* names, or None if it must not be read.
 
     None for: no path or not text, a NUL, a dotfile or a path through a dot-folder, an
     extension off the allow-list, a resolved real path outside *media_root* (``..``,
     an absolute path elsewhere, a symlink leading out), anything but a regular file
     (FIFO, socket, device, directory), or a file that does not exist. Nothing is opened.
+    *media_root* may also be a MediaArea (S3) or a tuple of roots tried in order.
     """
+    if isinstance(media_root, tuple):
+        return next((found for root in media_root if (found := resolve(file_path, root)) is not None), None)
+    if not is_local_root(media_root):
+        return media_root.resolve(file_path)
     if not isinstance(file_path, str) or not file_path or "\x00" in file_path:
         return None
     root = Path(os.path.realpath(media_root))
@@ -114,14 +145,42 @@ def default_media_root(configured: str | os.PathLike[str] | None = None) -> Path
     return Path(configured or os.environ.get("RUN_HISTORY_MEDIA_DIR") or os.getcwd()).absolute()
 
 
-def open_media(file_path: object, media_root: str | os.PathLike[str]) -> tuple[MediaFile, BinaryIO] | None:
+def media_root_for(configured: str | os.PathLike[str] | None, store: Any = None,
+                   endpoint_url: str | None = None) -> MediaRoot:
+    """Where the app reads media from (serving, thumbnails, zip exports).
+
+    ``RUN_HISTORY_MEDIA_DIR=s3://bucket/prefix``: that S3 area only (at *endpoint_url*, default
+    the store's, else ``RUN_HISTORY_S3_ENDPOINT_URL``). Else the local media dir
+    (:func:`default_media_root`), and for an S3 record store then the bucket's
+    ``<prefix>/media`` area: a file found locally is served from disk, as on a local store.
+    """
+    configured = configured or os.environ.get("RUN_HISTORY_MEDIA_DIR") or None
+    if configured is not None and os.fspath(configured).startswith("s3://"):
+        from .s3media import S3MediaArea  # boto3 only for those who use S3
+
+        return S3MediaArea(os.fspath(configured), endpoint_url or getattr(store, "endpoint_url", None)
+                           or os.environ.get("RUN_HISTORY_S3_ENDPOINT_URL") or None)
+    local = default_media_root(configured)
+    if store is not None and str(getattr(store, "root", "")).startswith("s3://"):
+        from .s3media import S3MediaArea
+
+        return (local, S3MediaArea.of_store(store))
+    return local
+
+
+def open_media(file_path: object, media_root: MediaRoot) -> tuple[MediaFile, BinaryIO] | None:
     """The media file *file_path* names, opened for reading, with its stat; None as for :func:`resolve`.
 
     The file is opened once, without following a last symlink and without blocking (a FIFO
     swapped in after :func:`resolve` looked cannot hang the reader), then checked again on
     the open descriptor: a regular file whose real path is still inside *media_root*.
     Callers read from the handle only, so what they hash or send is what was checked.
+    A MediaArea (S3) opens its own way; a tuple of roots is tried in order.
     """
+    if isinstance(media_root, tuple):
+        return next((opened for root in media_root if (opened := open_media(file_path, root)) is not None), None)
+    if not is_local_root(media_root):
+        return media_root.open(file_path)
     found = resolve(file_path, media_root)
     if found is None:
         return None

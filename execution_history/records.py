@@ -38,6 +38,63 @@ TRACKER_STATUSES = ("completed", "blocked", "failed")
 DEFAULT_USER_ID = "anonymous"
 DEFAULT_SESSION_ID = "default"
 
+# ---------------------------------------------------------------- the field lists
+# Every module that lists a record's fields takes them from here (exporters, OpenAPI, the
+# index); test_records.py checks them against the schemas below.
+
+#: A record file's run fields, in the contract's key order (API.md 1); ``items`` follows them.
+RUN_FIELDS = ("execution_id", "config_name", "timestamp", "finished_at", "status", "execution_mode",
+              "safety_level", "user_id", "session_id", "total_execution_time", "taxonomy_version")
+#: Run fields only older files carry (API.md 1b): served, and exported, where a file has them.
+OPTIONAL_RUN_FIELDS = ("used_seed",)
+#: An item's fields, in the order the tracker writes them.
+ITEM_FIELDS = ("sequence_number", "stage", "stage_iteration", "loop_iteration", "item_type", "timestamp",
+               "content", "file_path", "model_used", "backend_used", "media_type", "config_used",
+               "execution_time", "metadata")
+#: The count of a record's items, derived: exports and summaries carry it beside the run fields.
+ITEMS_COUNT = "items_count"
+#: The run fields of an export (XML metadata, CSV/XLSX run rows): RUN_FIELDS with the item count.
+EXPORT_RUN_FIELDS = (*RUN_FIELDS[:-1], ITEMS_COUNT, RUN_FIELDS[-1])
+#: A run's summary, in the order the list API answers it (``GET /api/runs``; the index stores these).
+SUMMARY_FIELDS = ("execution_id", "config_name", "timestamp", "status", "execution_mode", "safety_level",
+                  "total_execution_time", ITEMS_COUNT, "user_id", "session_id", "taxonomy_version")
+#: The run fields a tabular item row repeats (CSV/XLSX; ``timestamp`` named ``run_timestamp`` there).
+ITEM_ROW_RUN_FIELDS = ("execution_id", "config_name", "timestamp", "status", "execution_mode", "safety_level",
+                       "user_id", "session_id")
+#: The item fields of a tabular item row, in its column order (``timestamp`` named ``item_timestamp``):
+#: the long text and the metadata last, where a spreadsheet reader expects them.
+ITEM_ROW_FIELDS = ("sequence_number", "stage", "stage_iteration", "loop_iteration", "item_type", "timestamp",
+                   "model_used", "backend_used", "media_type", "config_used", "execution_time", "file_path",
+                   "content", "metadata")
+
+
+def summary_of(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A checked record's summary (SUMMARY_FIELDS), as the list API shows a run."""
+    return {name: len(record["items"]) if name == ITEMS_COUNT else record.get(name) for name in SUMMARY_FIELDS}
+
+
+def build_record(header: Mapping[str, Any], items: list[dict[str, Any]], status: str,
+                 finished_at: str | None) -> dict[str, Any]:
+    """A run's record from its header and items: the one place both the tracker and the
+    journal's recovery make one, so they write the same bytes.
+
+    *header* holds the run fields known at the start (``execution_id``, ``config_name``,
+    ``timestamp``, ``execution_mode``, ``safety_level``, ``user_id``, ``session_id``,
+    ``taxonomy_version``; a missing optional one is null). ``total_execution_time`` is
+    *finished_at* minus ``timestamp`` in seconds (never negative, 6 decimals), null when
+    *finished_at* is (a run in progress). Keys in RUN_FIELDS order, then ``items`` (the
+    list itself, not a copy). Nothing is checked here: callers that read a journal
+    follow with :func:`check_record`.
+    """
+    total = None
+    if finished_at is not None:
+        seconds = (parse_timestamp(finished_at) - parse_timestamp(header["timestamp"])).total_seconds()
+        total = round(max(seconds, 0.0), 6)
+    derived = {"finished_at": finished_at, "status": status, "total_execution_time": total}
+    record = {name: derived[name] if name in derived else header.get(name) for name in RUN_FIELDS}
+    record["items"] = items
+    return record
+
 
 def is_valid_execution_id(value: object) -> bool:
     """True if *value* is a well-formed execution id (the only ids that become paths)."""

@@ -207,19 +207,36 @@ class S3Store:
         """
         execution_id = record["execution_id"]
         key = self.key_for(execution_id)
-        data = dump_record(record)
+        if not self._put_new(execution_id, key, dump_record(record)):
+            raise RunAlreadyExists("Run already stored", execution_id=execution_id)
+        return SavedObject(execution_id, key)
+
+    def save_bytes(self, execution_id: str, data: bytes) -> bool:
+        """Publish the bytes of a record file as they are (an import); never overwrites.
+
+        The same conditional put as :meth:`save` (and the same change notice). The caller
+        validates *data* first (``parse_record``): the object holds the file byte for byte.
+
+        :returns: True if stored, False if a run with this id is already stored (nothing written).
+        :raises RunNotFound: if *execution_id* is malformed.
+        :raises StorageError: if the store refuses or does not answer (StoreUnavailable).
+        """
+        return self._put_new(execution_id, self.key_for(execution_id), data)
+
+    def _put_new(self, execution_id: str, key: str, data: bytes) -> bool:
+        """A conditional put (``If-None-Match: *``) of *data*, then its change notice; False if taken."""
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*",
                                    ContentType="application/json; charset=utf-8")
         except botocore.exceptions.ClientError as err:
             # 412: the key exists. 409: a concurrent conditional put to the same key won.
             if _status(err) in (409, 412) or _error_code(err) in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise RunAlreadyExists("Run already stored", execution_id=execution_id) from None
+                return False
             raise translate(err, "put", execution_id=execution_id) from err
         except botocore.exceptions.BotoCoreError as err:
             raise translate(err, "put", execution_id=execution_id) from err
         self.notify(execution_id)
-        return SavedObject(execution_id, key)
+        return True
 
     def notify(self, execution_id: str) -> None:
         """Leave a change notice for the run (published or deleted), sorted by the time now.

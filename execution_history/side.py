@@ -13,10 +13,9 @@ import os
 import re
 import stat
 from pathlib import Path
-import shutil
 from typing import BinaryIO, Protocol
 
-from .atomic import create_file, fsync_dir, replace_file, temp_path_for
+from .atomic import copy_file, create_file, replace_file
 from .errors import StorageError
 
 _SEGMENT = re.compile(r"\A[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}\Z")
@@ -107,18 +106,10 @@ class LocalSideArea:
     def put_file(self, key: str, source: str | os.PathLike[str]) -> None:
         """:raises StorageError: if the folder cannot be written."""
         path = self._ready(key)
-        temp = temp_path_for(path)
         try:
-            shutil.copyfile(source, temp)
-            os.chmod(temp, 0o600)
-            with open(temp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(temp, path)
+            copy_file(source, path, 0o600)
         except OSError as err:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
             raise StorageError("Side area cannot be written", reason=err.strerror) from err
-        fsync_dir(path.parent)
 
     def open(self, key: str) -> BinaryIO | None:
         path = self.path_for(key)

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
-import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 from .atomic import create_file, is_writer_alive
 from .errors import InvalidRecord, RunAlreadyExists, RunNotFound, StorageError
@@ -21,10 +19,10 @@ from .regular import NotARegularFile, read_regular
 log = logging.getLogger(__name__)
 
 RECORD_SUFFIX = ".json"
-#: Temp files start with a dot and end in ``.tmp``: no reader lists them (readers list
-#: ``exec_*.json`` only). The writer's pid is part of the name so sweeping can tell orphans.
-TEMP_PREFIX = ".tmp-"
-TEMP_SUFFIX = ".tmp"
+#: Temp files (atomic.py's) start with a dot and end in ``.tmp``: no reader lists them (readers
+#: list ``exec_*.json`` only). The writer's pid is part of the name so sweeping can tell orphans.
+TEMP_PREFIX = atomic.TEMP_PREFIX
+TEMP_SUFFIX = atomic.TEMP_SUFFIX
 #: Journals of runs in progress live in this subfolder (see journal.py).
 JOURNAL_DIR = ".journal"
 #: A temp file whose writer is gone, or that is older than this, is an orphan.
@@ -59,23 +57,12 @@ class Malformed:
 
 
 @dataclass(frozen=True)
-class PreparedFile:
-    """A record written to its temp file, ready to publish."""
-
-    execution_id: str
-    temp: Path
-    path: Path
-
-
-@dataclass(frozen=True)
 class SavedFile:
-    """What :meth:`RunStore.commit` published, and the folder's mtime just before and after."""
+    """What :meth:`RunStore.save` published."""
 
     execution_id: str
     path: Path
     identity: tuple[int, int, int]  # inode, size, mtime_ns of the published file
-    dir_mtime_before: int
-    dir_mtime_after: int
 
 
 class RunStore:
@@ -129,16 +116,25 @@ class RunStore:
         """Publish a record atomically; never overwrites an existing run.
 
         The bytes go to a temp file in the same folder (a name no reader lists), are
-        fsynced, made readable by other users, then hard-linked to the final name, which
-        fails if that name exists; the folder is fsynced last. A reader therefore sees
-        the whole file or none, even if this process is killed half-way; a killed
-        writer's temp file is swept later by :meth:`sweep_temp_files`.
+        fsynced, made readable by other users (0o644), then hard-linked to the final name,
+        which fails if that name exists; the folder is fsynced last (``atomic.create_file``).
+        A reader therefore sees the whole file or none, even if this process is killed
+        half-way; a killed writer's temp file is swept later by :meth:`sweep_temp_files`.
 
         :raises RunAlreadyExists: if a run with this id is already stored.
         :raises StorageError: if the folder cannot be written (permissions, disk full).
         :raises ValueError: if the record holds values JSON cannot carry.
         """
-        return self.commit(self.prepare(record))
+        execution_id = record["execution_id"]
+        path = self.path_for(execution_id)
+        if not self._create(execution_id, path, dump_record(record)):
+            raise RunAlreadyExists("Run already stored", execution_id=execution_id)
+        try:
+            st = path.stat()
+        except OSError as err:
+            raise StorageError("Run could not be saved", execution_id=execution_id,
+                               reason=err.strerror or str(err)) from err
+        return SavedFile(execution_id, path, (st.st_ino, st.st_size, st.st_mtime_ns))
 
     def save_bytes(self, execution_id: str, data: bytes) -> bool:
         """Publish the bytes of a record file as they are (an import); never overwrites.
@@ -150,93 +146,15 @@ class RunStore:
         :raises RunNotFound: if *execution_id* is malformed.
         :raises StorageError: if the folder cannot be written.
         """
-        path = self.path_for(execution_id)
+        return self._create(execution_id, self.path_for(execution_id), data)
+
+    def _create(self, execution_id: str, path: Path, data: bytes) -> bool:
         self.ensure_root()
         try:
             return create_file(path, data)
         except OSError as err:
             raise StorageError("Run could not be saved", execution_id=execution_id,
                                reason=err.strerror or str(err)) from err
-
-    def prepare(self, record: dict[str, Any],
-                around_create: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> PreparedFile:
-        """First half of :meth:`save`: the record's bytes in a fsynced temp file.
-
-        :param around_create: wraps the creation of the temp file, the one step that changes
-            the folder (the index holds its write lock there, to know the change is ours).
-        :raises StorageError: if the folder cannot be written (permissions, disk full).
-        :raises ValueError: if the record holds values JSON cannot carry.
-        """
-        path = self.path_for(record["execution_id"])
-        data = dump_record(record)
-        self.ensure_root()
-        temp = self.root / f"{TEMP_PREFIX}{record['execution_id']}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
-        try:
-            with around_create():
-                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fchmod(fd, 0o644)  # readable by the server's user whatever our umask
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as err:
-            _unlink_quietly(temp)
-            raise StorageError("Run could not be saved", execution_id=record["execution_id"],
-                               reason=err.strerror or str(err)) from err
-        return PreparedFile(record["execution_id"], temp, path)
-
-    def commit(self, prepared: PreparedFile) -> SavedFile:
-        """Second half of :meth:`save`: publish the temp file under its final name.
-
-        Quick (a link, an unlink, two stats, an fsync of the folder): the index runs it
-        while holding its write lock, so it knows which folder changes are its own.
-
-        :raises RunAlreadyExists: if a run with this id is already stored.
-        :raises StorageError: if the file cannot be published.
-        """
-        try:
-            before = self.root.stat().st_mtime_ns
-            self._publish(prepared.temp, prepared.path)
-            _unlink_quietly(prepared.temp)
-            after = self.root.stat().st_mtime_ns
-            st = prepared.path.stat()
-            self._fsync_dir()
-        except FileExistsError:
-            raise RunAlreadyExists("Run already stored", execution_id=prepared.execution_id) from None
-        except OSError as err:
-            raise StorageError("Run could not be saved", execution_id=prepared.execution_id,
-                               reason=err.strerror or str(err)) from err
-        finally:
-            _unlink_quietly(prepared.temp)
-        return SavedFile(prepared.execution_id, prepared.path, (st.st_ino, st.st_size, st.st_mtime_ns), before, after)
-
-    @staticmethod
-    def _publish(temp: Path, path: Path) -> None:
-        try:
-            os.link(temp, path)  # atomic and refuses to replace an existing file
-        except OSError as err:
-            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
-            # A file system without hard links: rename, after an existence check (racy
-            # only against a second writer of the same random id).
-            if path.exists():
-                raise FileExistsError(path) from None
-            os.rename(temp, path)
-
-    def _fsync_dir(self) -> None:
-        try:
-            fd = os.open(self.root, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:  # some file systems refuse fsync on a folder; the data is synced
-            pass
-        finally:
-            os.close(fd)
 
     def sweep_temp_files(self, now: float | None = None) -> int:
         """Remove temp files whose writer has died or that are older than an hour.
@@ -276,7 +194,7 @@ class RunStore:
         except OSError as err:
             raise StorageError("Run could not be deleted", execution_id=execution_id,
                                reason=err.strerror or str(err)) from err
-        self._fsync_dir()  # the removal survives a power cut, like a publication
+        atomic.fsync_dir(self.root)  # the removal survives a power cut, like a publication
         return True
 
     # ------------------------------------------------------------ reading

@@ -51,6 +51,9 @@ class RecordStore(Protocol):
     def save(self, record: dict[str, Any]) -> Any:
         """Publish a record if no record has its id (save-if-absent); RunAlreadyExists otherwise."""
 
+    def save_bytes(self, execution_id: str, data: bytes) -> bool:
+        """Publish a record file's bytes as they are (an import) if no record has its id; False otherwise."""
+
     def read_bytes(self, execution_id: str) -> bytes:
         """The stored bytes of a record (RunNotFound if none)."""
 

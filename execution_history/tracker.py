@@ -19,6 +19,7 @@ from .records import (
     DEFAULT_SESSION_ID,
     DEFAULT_USER_ID,
     TRACKER_STATUSES,
+    build_record,
     dump_record,
     format_timestamp,
     make_json_safe,
@@ -98,9 +99,12 @@ class ExecutionTracker(EarlierTrackerCalls):
     def _open_journal(self) -> Journal:
         # Items are durable from here on: a crash leaves a journal that recovery turns into a record.
         folder = self._journal_dir if self._journal_dir is not None else stores.default_journal_dir(self.store)
-        return Journal(folder, {"execution_id": self.execution_id, **self._header,
-                                    "timestamp": format_timestamp(self._started),
-                                    "taxonomy_version": TAXONOMY_VERSION})
+        return Journal(folder, self._run_header())
+
+    def _run_header(self) -> dict[str, Any]:
+        """The run fields known from the start: the journal's header, and the record's with its items."""
+        return {"execution_id": self.execution_id, **self._header,
+                "timestamp": format_timestamp(self._started), "taxonomy_version": TAXONOMY_VERSION}
 
     @_failsafe()
     def _make_header(self, config_name: Any, execution_mode: Any, safety_level: Any,
@@ -237,22 +241,7 @@ class ExecutionTracker(EarlierTrackerCalls):
             return self.execution_id
 
     def _record(self, status: str) -> dict[str, Any]:
-        finished = self._now()
-        header = self._header
-        return {  # key order of the contract
-            "execution_id": self.execution_id,
-            "config_name": header["config_name"],
-            "timestamp": format_timestamp(self._started),
-            "finished_at": format_timestamp(finished),
-            "status": status,
-            "execution_mode": header["execution_mode"],
-            "safety_level": header["safety_level"],
-            "user_id": header["user_id"],
-            "session_id": header["session_id"],
-            "total_execution_time": round(max((finished - self._started).total_seconds(), 0.0), 6),
-            "taxonomy_version": TAXONOMY_VERSION,
-            "items": self._items,
-        }
+        return build_record(self._run_header(), self._items, status, format_timestamp(self._now()))
 
     def _publish(self, record: dict[str, Any]) -> bool:
         """Save the record through the store; False (logged truthfully) if it could not be.

@@ -27,7 +27,7 @@ from execution_history import records
 from execution_history.exporters.cells import ITEM_COLUMNS
 from execution_history.index import RunIndex, read_chunk
 
-from .conftest import PROJECT, LiveServer, free_port
+from .conftest import PROJECT, LiveServer, app_config, free_port, store_for
 from .test_exports import PARSERS, expected_item_rows, expected_run_row, unneutralize
 
 LEGACY = Path(__file__).parent / "legacy"
@@ -317,7 +317,9 @@ def run_import(app, source):
     return result.exit_code, result.output.splitlines()
 
 
-def test_import_copies_the_original_bytes_and_reports_every_file(tmp_path, runs_dir):
+@pytest.mark.parametrize("store_kind", ["local", "s3"], indirect=True)
+def test_import_copies_the_original_bytes_and_reports_every_file(tmp_path, runs_dir, store_kind):
+    store = store_for(store_kind, runs_dir)
     source = tmp_path / "executions"
     shutil.copytree(LEGACY, source)
     (source / "exec_20250101_000000_0000dead.json").write_text('{"execution_id": "exec_2025')
@@ -326,7 +328,7 @@ def test_import_copies_the_original_bytes_and_reports_every_file(tmp_path, runs_
     (source / ".hidden.json").write_text("{}")
     os.mkfifo(source / "exec_20250101_000000_00000001.json")  # reading it would block
     (source / "exec_20250101_000000_00000002.json").symlink_to(LEGACY / f"{FAILED}.json")
-    app = create_app({"TESTING": True, "RUN_HISTORY_DIR": str(runs_dir)})
+    app = create_app(app_config(store))
     before = fingerprints(source)
     code, lines = run_import(app, source)
     assert code == 1  # an unreadable file
@@ -338,28 +340,30 @@ def test_import_copies_the_original_bytes_and_reports_every_file(tmp_path, runs_
         "unreadable: notes\\x1b[2J.json (the file name is no execution id, exec_YYYYMMDD_HHMMSS_<8 hex>.json)",
         f"8 file(s) from {source}: 4 copied, 0 already there, 4 unreadable.",
     ]
-    assert {p.name: p.read_bytes() for p in runs_dir.glob("exec_*.json")} == \
-        {p.name: p.read_bytes() for p in LEGACY.glob("exec_*.json")}
+    assert {i: store.read_bytes(i) for i in store.list_ids()} == \
+        {p.name[:-len(".json")]: p.read_bytes() for p in LEGACY.glob("exec_*.json")}
     assert fingerprints(source) == before
     assert {r["execution_id"] for r in app.test_client().get("/api/runs").get_json()["executions"]} == \
         set(EXPECTED_IDS)
 
 
-def test_import_never_overwrites(tmp_path, runs_dir):
+@pytest.mark.parametrize("store_kind", ["local", "s3"], indirect=True)
+def test_import_never_overwrites(tmp_path, runs_dir, store_kind):
+    store = store_for(store_kind, runs_dir)
     source = tmp_path / "pipeline_runs_old"
     shutil.copytree(LEGACY, source)
-    app = create_app({"TESTING": True, "RUN_HISTORY_DIR": str(runs_dir)})
+    app = create_app(app_config(store))
     assert run_import(app, source)[0] == 0
     changed = source / f"{FAILED}.json"
     changed.write_text(changed.read_text(encoding="utf-8").replace("dada", "bauhaus"), encoding="utf-8")
-    stored = (runs_dir / f"{FAILED}.json").read_bytes()
+    stored = store.read_bytes(FAILED)
     code, lines = run_import(app, source)
     assert code == 0
     assert sorted(lines[:-1]) == sorted(
         [f"already there: {i}.json" for i in sorted(EXPECTED_IDS) if i != FAILED]
         + [f"already there: {FAILED}.json (the stored file differs; kept as it is)"])
     assert lines[-1] == f"4 file(s) from {source}: 0 copied, 4 already there, 0 unreadable."
-    assert (runs_dir / f"{FAILED}.json").read_bytes() == stored
+    assert store.read_bytes(FAILED) == stored
 
 
 def test_import_refuses_what_is_no_folder(tmp_path, runs_dir):

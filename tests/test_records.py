@@ -1,4 +1,4 @@
-"""Record rules: ids, the schema's checker, values JSON cannot carry."""
+"""Record rules: ids, the schema's checker, values JSON cannot carry, the one record shape."""
 import datetime as dt
 import enum
 import json
@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from execution_history.errors import InvalidRecord
+from execution_history import records
+from execution_history.errors import InvalidRecord, StorageError
 from execution_history.records import (
     RunRecordSchema,
     check_record,
@@ -132,3 +133,65 @@ def test_older_files_with_nan_and_lone_surrogates_are_read_safely():
     assert record["total_execution_time"] is None
     assert record["items"][0]["content"] == "broken \ufffd"
     json.dumps(record, allow_nan=False).encode("utf-8")  # strict and encodable
+
+
+# ---------------------------------------------------------------- one record shape
+
+
+def test_field_lists_are_the_schemas_fields_in_file_order():
+    run_fields = [name for name in RunRecordSchema().fields if name not in ("items", *records.OPTIONAL_RUN_FIELDS)]
+    assert list(records.RUN_FIELDS) == run_fields
+    assert set(RunRecordSchema().fields) == {*records.RUN_FIELDS, *records.OPTIONAL_RUN_FIELDS, "items"}
+    assert list(records.ITEM_FIELDS) == list(records.RunItemSchema().fields)
+    assert sorted(records.ITEM_ROW_FIELDS) == sorted(records.ITEM_FIELDS)
+    assert set(records.SUMMARY_FIELDS) - {records.ITEMS_COUNT} <= set(records.RUN_FIELDS)
+    assert set(records.ITEM_ROW_RUN_FIELDS) <= set(records.RUN_FIELDS)
+    assert [n for n in records.EXPORT_RUN_FIELDS if n != records.ITEMS_COUNT] == list(records.RUN_FIELDS)
+
+
+def test_build_record_keys_in_contract_order_and_duration_from_the_timestamps():
+    header = {"execution_id": "exec_20251103_205239_896e054c", "config_name": "dada",
+              "timestamp": "2025-11-03T21:52:39.250000+01:00", "user_id": "u7", "taxonomy_version": "1.1"}
+    record = records.build_record(header, [], "completed", "2025-11-03T20:52:49+00:00")
+    assert list(record) == [*records.RUN_FIELDS, "items"]
+    assert record["total_execution_time"] == 9.75 and record["execution_mode"] is None
+    running = records.build_record(header, [], "running", None)
+    assert running["finished_at"] is None and running["total_execution_time"] is None
+    early = records.build_record(header, [], "failed", "2025-11-03T20:00:00+00:00")  # a clock set back
+    assert early["total_execution_time"] == 0.0
+
+
+class RefusingStore:
+    """A local store that refuses every save (the tracker keeps its journal) and remembers what it was given."""
+
+    def __init__(self, store):
+        self.root, self.offered = store.root, []
+
+    def save(self, record):
+        self.offered.append(dump_record(record))
+        raise StorageError("Run could not be saved", reason="refused for the test")
+
+
+def test_tracker_and_journal_recovery_write_the_same_bytes(store, tmp_path):
+    from execution_history import ExecutionTracker, journal
+
+    from .conftest import StepClock
+
+    refusing = RefusingStore(store)
+    with ExecutionTracker("stillepost", "eco", "kids", user_id="u7", store=refusing, journal_dir=tmp_path / "j",
+                          clock=StepClock(dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.timezone.utc))) as run:
+        run.log_user_input_text("Eine Blume 🌸", metadata={"lang": "de"})
+        run.log_interception_iteration(1, "A flower", model_used="gpt-oss:20b", backend_used="ollama",
+                                       execution_time=0.8)
+        run.log_output_image(file_path="exports/media/flower.png", loop_iteration=1)
+    assert len(refusing.offered) == 1  # finalize tried once, and the journal stayed
+    assert journal.recover(store, tmp_path / "j") == [run.execution_id]
+    assert store.read_bytes(run.execution_id) == refusing.offered[0]
+
+
+def test_summary_of_a_record_is_what_the_list_answers(client, store, recorded_runs):
+    listed = client.get("/api/runs?limit=100").get_json()["executions"]
+    assert sorted(e["execution_id"] for e in listed) == sorted(recorded_runs)
+    for entry in listed:
+        assert list(entry) == [*records.SUMMARY_FIELDS, "last_activity_at", "stale"]
+        assert {k: entry[k] for k in records.SUMMARY_FIELDS} == records.summary_of(store.load(entry["execution_id"]))

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from execution_history import ExecutionTracker, RunStore
+from execution_history import ExecutionTracker, RunStore, atomic
 from execution_history.errors import InvalidRecord, RunAlreadyExists, RunNotFound
 from execution_history.storage import TEMP_PREFIX
 
@@ -37,7 +37,7 @@ def test_save_is_readable_under_a_restrictive_umask(store):
 
 def _killed_writer(root):
     store = RunStore(root)
-    store._publish = lambda temp, path: os.kill(os.getpid(), signal.SIGKILL)
+    atomic.link_new = lambda temp, path: os.kill(os.getpid(), signal.SIGKILL)  # in the forked child only
     store.save(minimal_record())
 
 

@@ -6,16 +6,15 @@ from typing import Any
 
 import orjson
 
+from ..records import EXPORT_RUN_FIELDS, ITEM_ROW_FIELDS, ITEM_ROW_RUN_FIELDS
+
 #: One row per run.
-RUN_COLUMNS = ("execution_id", "config_name", "timestamp", "finished_at", "status", "execution_mode",
-               "safety_level", "user_id", "session_id", "total_execution_time", "items_count",
-               "taxonomy_version")
-#: One row per item, the run's columns repeated. Fields beyond these (a run's used_seed, an
-#: item's backend_type, unknown extras) are in JSON, JSON Lines and XML only.
-ITEM_COLUMNS = ("execution_id", "config_name", "run_timestamp", "status", "execution_mode", "safety_level",
-                "user_id", "session_id", "sequence_number", "stage", "stage_iteration", "loop_iteration",
-                "item_type", "item_timestamp", "model_used", "backend_used", "media_type", "config_used",
-                "execution_time", "file_path", "content", "metadata")
+RUN_COLUMNS = EXPORT_RUN_FIELDS
+#: One row per item, the run's columns repeated (the two timestamps told apart by name). Fields
+#: beyond these (a run's used_seed, an item's backend_type, unknown extras) are in JSON, JSON Lines
+#: and XML only.
+ITEM_COLUMNS = (*("run_timestamp" if name == "timestamp" else name for name in ITEM_ROW_RUN_FIELDS),
+                *("item_timestamp" if name == "timestamp" else name for name in ITEM_ROW_FIELDS))
 #: Item columns that hold timestamps (XLSX turns them into dates).
 TIMESTAMP_COLUMNS = frozenset({"timestamp", "finished_at", "run_timestamp", "item_timestamp"})
 

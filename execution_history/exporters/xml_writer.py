@@ -16,20 +16,16 @@ from typing import Any
 
 from lxml import etree
 
-from ..records import RunItemSchema, RunRecordSchema
+from ..records import EXPORT_RUN_FIELDS, ITEM_FIELDS, OPTIONAL_RUN_FIELDS, RunItemSchema, RunRecordSchema
 from .info import ExportInfo
 
 FORMAT_VERSION = "1.0"
 #: Characters outside XML 1.0's Char production (lone surrogates never reach here).
 _NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
-RUN_FIELDS = ("execution_id", "config_name", "timestamp", "finished_at", "status", "execution_mode",
-              "safety_level", "user_id", "session_id", "total_execution_time", "items_count", "taxonomy_version")
-#: Run fields written only when the record has them (older files), after RUN_FIELDS.
-OPTIONAL_RUN_FIELDS = ("used_seed",)
-ITEM_FIELDS = ("sequence_number", "stage", "stage_iteration", "loop_iteration", "item_type", "timestamp",
-               "content", "file_path", "model_used", "backend_used", "media_type", "config_used",
-               "execution_time", "metadata")
+#: The run's elements in <metadata> (records.py owns the lists); OPTIONAL_RUN_FIELDS are written
+#: only when the record has them (older files), after these.
+RUN_FIELDS = EXPORT_RUN_FIELDS
 _INTEGERS = frozenset({"items_count", "sequence_number", "stage", "stage_iteration", "loop_iteration", "used_seed"})
 _DOUBLES = frozenset({"total_execution_time", "execution_time"})
 _KNOWN_RUN = frozenset(RunRecordSchema().fields)

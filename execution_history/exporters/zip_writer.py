@@ -29,7 +29,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-from ..media import default_media_root, open_media, safe_name
+from ..media import MediaRoot, default_media_root, is_local_root, open_media, safe_name
 from ..records import is_valid_execution_id
 from .info import ExportInfo
 from .json_writer import dump_json
@@ -101,14 +101,15 @@ class _Spool:
 
 
 def write_zip(records: Iterable[dict[str, Any]], *, bulk: bool = False, info: ExportInfo | None = None,
-              media_root: str | os.PathLike[str] | None = None) -> Iterator[bytes]:
+              media_root: MediaRoot | None = None) -> Iterator[bytes]:
     """The archive of *records* and their media (found under *media_root*), chunk by chunk.
 
     :param media_root: where items' relative file paths resolve (default: RUN_HISTORY_MEDIA_DIR or
-        the working directory); only what ``execution_history.media`` allows is ever read.
+        the working directory; an S3 area or a tuple of roots too, see ``media.media_root_for``);
+        only what ``execution_history.media`` allows is ever read.
     """
     info = info or ExportInfo()
-    root = default_media_root(media_root)
+    root = default_media_root(media_root) if media_root is None or is_local_root(media_root) else media_root
     sink = _Sink()
     archive = zipfile.ZipFile(sink, "w", allowZip64=True)
     manifest, sums = _Spool(), _Spool()
@@ -136,7 +137,7 @@ def write_zip(records: Iterable[dict[str, Any]], *, bulk: bool = False, info: Ex
 
 
 def _add_run(archive: zipfile.ZipFile, sink: _Sink, sums: _Spool, record: dict[str, Any],
-             used_folders: set[str], root: os.PathLike[str], exported_at: dt.datetime) -> Iterator[bytes]:
+             used_folders: set[str], root: MediaRoot, exported_at: dt.datetime) -> Iterator[bytes]:
     """Write one run's record and media files; returns its manifest entry."""
     execution_id = record["execution_id"]
     # store ids are safe folder names; anything else (a writer fed by hand) is made safe
