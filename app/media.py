@@ -27,11 +27,11 @@ from execution_history.media import (
     RangeNotSatisfiable,
     default_media_root,
     find_item,
-    media_root_for,
     open_media,
     resolve,
     safe_name,
 )
+from execution_history.media_sources import media_root_for
 from execution_history.thumbnails import MIMETYPE as THUMBNAIL_MIMETYPE
 from execution_history.thumbnails import ThumbnailCache
 

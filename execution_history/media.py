@@ -5,7 +5,7 @@ path elsewhere, a symlink leading out, a FIFO, a dotfile. :func:`resolve` is the
 place that turns it into a file to read (serve, thumbnail, zip) or delete, and it
 answers None for anything but a regular, allow-listed file inside the media dir.
 Media in an S3 bucket (``s3media.S3MediaArea``) plug in here too: a media root may be a
-local dir, such an area, or a tuple of them tried in order (:func:`media_root_for`).
+local dir, such an area, or a tuple of them tried in order (``media_sources.media_root_for``).
 """
 from __future__ import annotations
 
@@ -143,29 +143,6 @@ def resolve(file_path: object, media_root: MediaRoot) -> MediaFile | None:
 def default_media_root(configured: str | os.PathLike[str] | None = None) -> Path:
     """``RUN_HISTORY_MEDIA_DIR`` if set, else the working directory (where ``exports/media/...`` resolve)."""
     return Path(configured or os.environ.get("RUN_HISTORY_MEDIA_DIR") or os.getcwd()).absolute()
-
-
-def media_root_for(configured: str | os.PathLike[str] | None, store: Any = None,
-                   endpoint_url: str | None = None) -> MediaRoot:
-    """Where the app reads media from (serving, thumbnails, zip exports).
-
-    ``RUN_HISTORY_MEDIA_DIR=s3://bucket/prefix``: that S3 area only (at *endpoint_url*, default
-    the store's, else ``RUN_HISTORY_S3_ENDPOINT_URL``). Else the local media dir
-    (:func:`default_media_root`), and for an S3 record store then the bucket's
-    ``<prefix>/media`` area: a file found locally is served from disk, as on a local store.
-    """
-    configured = configured or os.environ.get("RUN_HISTORY_MEDIA_DIR") or None
-    if configured is not None and os.fspath(configured).startswith("s3://"):
-        from .s3media import S3MediaArea  # boto3 only for those who use S3
-
-        return S3MediaArea(os.fspath(configured), endpoint_url or getattr(store, "endpoint_url", None)
-                           or os.environ.get("RUN_HISTORY_S3_ENDPOINT_URL") or None)
-    local = default_media_root(configured)
-    if store is not None and str(getattr(store, "root", "")).startswith("s3://"):
-        from .s3media import S3MediaArea
-
-        return (local, S3MediaArea.of_store(store))
-    return local
 
 
 def open_media(file_path: object, media_root: MediaRoot) -> tuple[MediaFile, BinaryIO] | None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import atomic
 from .atomic import create_file, is_writer_alive
 from .errors import InvalidRecord, RunAlreadyExists, RunNotFound, StorageError
 from .records import dump_record, is_valid_execution_id, parse_record, parse_timestamp

@@ -14,7 +14,8 @@ from werkzeug.http import parse_options_header
 
 from app import create_app
 from execution_history import ExecutionTracker, RunStore
-from execution_history.media import media_root_for, open_media, resolve
+from execution_history.media import open_media, resolve
+from execution_history.media_sources import media_root_for
 from execution_history.s3media import S3MediaArea
 
 from .conftest import LiveServer, app_config, assert_error, audit_events, free_port, store_for

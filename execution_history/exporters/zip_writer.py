@@ -105,7 +105,7 @@ def write_zip(records: Iterable[dict[str, Any]], *, bulk: bool = False, info: Ex
     """The archive of *records* and their media (found under *media_root*), chunk by chunk.
 
     :param media_root: where items' relative file paths resolve (default: RUN_HISTORY_MEDIA_DIR or
-        the working directory; an S3 area or a tuple of roots too, see ``media.media_root_for``);
+        the working directory; an S3 area or a tuple of roots too, see ``media_sources.media_root_for``);
         only what ``execution_history.media`` allows is ever read.
     """
     info = info or ExportInfo()
