@@ -84,5 +84,5 @@ def from_arguments(args) -> Path:
     source = args.source
     if source is None and args.seed == SEED:  # a set the team made already (gen_runs.py, seed 42)
         source = next((p for p in sorted(Path("/tmp/corpus").glob("runs*k")) if p.is_dir()
-                       and len(os.listdir(p)) >= args.runs), None)
+                       and p.with_name(p.name + ".done").exists() and len(os.listdir(p)) >= args.runs), None)
     return realistic(args.runs, args.seed, source)
