@@ -82,7 +82,13 @@ def add_arguments(parser, runs: int = 20_000) -> None:
 def from_arguments(args) -> Path:
     """The corpus folder the parsed ``add_arguments`` options name."""
     source = args.source
-    if source is None and args.seed == SEED:  # a set the team made already (gen_runs.py, seed 42)
-        source = next((p for p in sorted(Path("/tmp/corpus").glob("runs*k")) if p.is_dir()
-                       and p.with_name(p.name + ".done").exists() and len(os.listdir(p)) >= args.runs), None)
+    if source is None and args.seed == SEED:
+        source = existing(args.runs)
     return realistic(args.runs, args.seed, source)
+
+
+def existing(count: int) -> Path | None:
+    """A converted set of at least *count* runs the team made already (``/tmp/corpus/runs<N>k``,
+    gen_runs.py with seed 42, complete when ``runs<N>k.done`` is beside it), or None."""
+    return next((p for p in sorted(Path("/tmp/corpus").glob("runs*k")) if p.is_dir()
+                 and p.with_name(p.name + ".done").exists() and len(os.listdir(p)) >= count), None)
