@@ -50,13 +50,15 @@ def _rows(records: Iterable[dict[str, Any]], shape: str, bom: bool, raw: bool) -
     yield (prefix + buffer.getvalue()).encode("utf-8")
 
 
-def _neutralized_item_rows(record: dict[str, Any]) -> list[tuple[Any, ...]]:
+def _neutralized_item_rows(record: dict[str, Any]) -> list[list[Any]]:
     """:func:`iter_item_rows` with formula-like text neutralized (what :func:`neutralize`
     does to each text cell), the run's columns done once per run instead of once per item."""
     rows = iter_item_rows(record)
     first = next(rows)
-    head = tuple("'" + v if type(v) is str and v[:1] in _TRIGGERS else v for v in first[:_RUN_PART])
-    out = [head + tuple("'" + v if type(v) is str and v[:1] in _TRIGGERS else v for v in first[_RUN_PART:])]
-    for row in rows:
-        out.append(head + tuple("'" + v if type(v) is str and v[:1] in _TRIGGERS else v for v in row[_RUN_PART:]))
+    head = ["'" + v if type(v) is str and v[:1] in _TRIGGERS else v for v in first[:_RUN_PART]]
+    out = []
+    for row in (first, *rows):
+        cells = head.copy()
+        cells += ["'" + v if type(v) is str and v[:1] in _TRIGGERS else v for v in row[_RUN_PART:]]
+        out.append(cells)
     return out
