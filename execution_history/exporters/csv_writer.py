@@ -7,10 +7,13 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..errors import InvalidParameter
-from .cells import ITEM_COLUMNS, RUN_COLUMNS, iter_item_rows, neutralize, run_row
+from .cells import FORMULA_TRIGGERS, ITEM_COLUMNS, RUN_COLUMNS, iter_item_rows, neutralize, run_row
 from .info import ExportInfo
 
 SHAPES = ("items", "runs")
+#: FORMULA_TRIGGERS as a set: each is one character, so ``v[:1] in`` it is ``v.startswith(...)``.
+_TRIGGERS = frozenset(FORMULA_TRIGGERS)
+_RUN_PART = len(ITEM_COLUMNS) - 14  # the run's columns that start every item row
 _FLUSH_BYTES = 64 * 1024
 
 
@@ -34,12 +37,28 @@ def _rows(records: Iterable[dict[str, Any]], shape: str, bom: bool, raw: bool) -
     writer.writerow(ITEM_COLUMNS if shape == "items" else RUN_COLUMNS)
     prefix = "\ufeff" if bom else ""
     for record in records:
-        rows = iter_item_rows(record) if shape == "items" else (run_row(record),)
-        # csv writes None as an empty cell; only text may need neutralizing
-        writer.writerows(rows if raw else ([neutralize(v) if type(v) is str else v for v in row] for row in rows))
+        if shape == "runs":
+            rows = (run_row(record),) if raw else ([neutralize(v) if type(v) is str else v for v in run_row(record)],)
+        else:
+            rows = iter_item_rows(record) if raw else _neutralized_item_rows(record)
+        writer.writerows(rows)
         if buffer.tell() >= _FLUSH_BYTES:
             yield (prefix + buffer.getvalue()).encode("utf-8")
             prefix = ""
             buffer.seek(0)
             buffer.truncate()
     yield (prefix + buffer.getvalue()).encode("utf-8")
+
+
+def _neutralized_item_rows(record: dict[str, Any]) -> list[list[Any]]:
+    """:func:`iter_item_rows` with formula-like text neutralized (what :func:`neutralize`
+    does to each text cell), the run's columns done once per run instead of once per item."""
+    rows = iter_item_rows(record)
+    first = next(rows)
+    head = ["'" + v if type(v) is str and v[:1] in _TRIGGERS else v for v in first[:_RUN_PART]]
+    out = []
+    for row in (first, *rows):
+        cells = head.copy()
+        cells += ["'" + v if type(v) is str and v[:1] in _TRIGGERS else v for v in row[_RUN_PART:]]
+        out.append(cells)
+    return out

@@ -1,0 +1,39 @@
+"""The CSV writer's fast neutralizing path writes the bytes of the plain rule: every text
+cell of every ``iter_item_rows`` row through ``neutralize``, the stdlib csv writer, CRLF."""
+from __future__ import annotations
+
+import csv
+import io
+
+from execution_history import RunStore
+from execution_history.exporters.cells import ITEM_COLUMNS, RUN_COLUMNS, iter_item_rows, neutralize, run_row
+from execution_history.exporters.csv_writer import write_csv
+
+from .hostile_records import write_hostile_runs
+
+
+def reference(records: list[dict], shape: str, raw: bool) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(ITEM_COLUMNS if shape == "items" else RUN_COLUMNS)
+    for record in records:
+        rows = iter_item_rows(record) if shape == "items" else [run_row(record)]
+        writer.writerows(row if raw else [neutralize(v) if type(v) is str else v for v in row] for row in rows)
+    return buffer.getvalue().encode("utf-8")
+
+
+def test_fast_path_writes_the_bytes_of_the_plain_rule(tmp_path):
+    store = RunStore(tmp_path)
+    records = [store.load(i) for i in write_hostile_runs(tmp_path, 60)]
+    # run columns that trigger too, and a run without items (one row, item columns empty)
+    records.append({**records[0], "config_name": "=cmd|' /C calc'!A0", "user_id": "+49", "session_id": "@s",
+                    "items": []})
+    records.append({**records[1], "execution_mode": "-x", "status": "\tcompleted"})
+    for shape in ("items", "runs"):
+        for raw in (False, True):
+            written = b"".join(write_csv(iter(records), shape=shape, raw=raw))
+            assert written == reference(records, shape, raw), (shape, raw)
+    neutralized = b"".join(write_csv(iter(records), shape="items"))
+    assert b"'=cmd" in neutralized and b",'+49," in neutralized  # the rule did apply
+    parsed = list(csv.reader(io.StringIO(neutralized.decode("utf-8"), newline="")))
+    assert len(parsed) == 1 + sum(max(1, len(r["items"])) for r in records)
