@@ -15,9 +15,10 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .exporters.info import ExportInfo
+if TYPE_CHECKING:  # a type only: execution_history/exporters/__init__.py imports this module
+    from .exporters.info import ExportInfo
 
 #: The export option that asks for pseudonyms (a parameter of every export route).
 OPTION = "pseudonymize"

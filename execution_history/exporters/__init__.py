@@ -16,7 +16,7 @@ from .json_writer import write_json, write_jsonl
 from .xlsx_writer import EXCEL_MAX_ROWS, write_xlsx
 from .xml_writer import write_xml
 from .zip_writer import write_zip
-from ..pseudonyms import prepare_export  # after .info, which it imports
+from ..pseudonyms import prepare_export
 
 
 class Selection(Protocol):
