@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import click
 from flask import current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 from werkzeug.datastructures import MultiDict
 
 from examples.sample_pipeline import iter_sample_runs
@@ -36,7 +36,15 @@ from .params import (
     load_query,
 )
 
-runs = AppGroup("runs", help="Inspect and manage recorded pipeline runs.")
+
+@with_appcontext
+def _wait_for_index_builds() -> None:
+    """A command waits for a cold index build (and builds it itself) instead of answering
+    INDEX_BUILDING like a request."""
+    get_index().build_in_background = False
+
+
+runs = AppGroup("runs", help="Inspect and manage recorded pipeline runs.", callback=_wait_for_index_builds)
 
 
 def _echo_json(data: object) -> None:

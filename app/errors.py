@@ -6,7 +6,7 @@ import logging
 from flask import Flask, Response, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from execution_history.errors import ExecutionHistoryError
+from execution_history.errors import ExecutionHistoryError, IndexBuilding
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ _HTTP_CODES = {
 
 _TITLES = {400: "That request is not right", 401: "Please sign in", 403: "Not yours to see",
            404: "Not found", 405: "Not allowed", 410: "Link expired", 500: "Something went wrong",
-           501: "Not available yet"}
+           501: "Not available yet", 503: "Not available right now"}
 
 
 def _is_page_request() -> bool:
@@ -38,6 +38,10 @@ def _is_page_request() -> bool:
 
 def error_response(status: int, body: dict) -> Response:
     """An error response carrying the request id: JSON, or a page for a page request."""
+    if _is_page_request() and body.get("code") == "INDEX_BUILDING":  # "indexing N of M", reloads itself
+        page = render_template("building.html", indexed=body["indexed"], total=body["total"], phase=body["phase"],
+                               retry_after=IndexBuilding.retry_after, request_id=g.get("request_id"))
+        return Response(page, status=status, content_type="text/html; charset=utf-8")
     if _is_page_request():
         hint = body.get("allowed")
         page = render_template(

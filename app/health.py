@@ -14,8 +14,9 @@ RETRY_AFTER = "5"
 
 @bp.get("/health")
 def get_health() -> Response:
-    """200 ``{"store": "ok", "index": "ready" | "building", "runs_indexed": N}``; 503 when the
-    store cannot be reached. Never builds the index itself: it must stay cheap."""
+    """200 ``{"store": "ok", "index": "ready" | "building", "runs_indexed": N}`` (during a cold
+    build also ``"build": {"phase", "indexed", "total"}``); 503 when the store cannot be
+    reached. Never builds the index itself: it must stay cheap."""
     try:
         get_store().check()
     except StorageError:

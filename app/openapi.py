@@ -316,7 +316,12 @@ def build_spec() -> dict[str, Any]:
     health = {"type": "object", "required": ["store", "index"], "properties": {
         "store": {"type": "string", "enum": ["ok", "unavailable"]},
         "index": {"type": "string", "enum": ["ready", "building"]},
-        "runs_indexed": {"type": "integer"}, "error": {"type": "string"}, "code": {"type": "string"}}}
+        "runs_indexed": {"type": "integer"}, "error": {"type": "string"}, "code": {"type": "string"},
+        "build": {"type": "object",
+                  "description": "A cold index build's progress (only while one runs): phase "
+                                 "summaries (index building) or text (ready; text search not yet)",
+                  "properties": {"phase": {"type": "string", "enum": ["summaries", "text"]},
+                                 "indexed": {"type": "integer"}, "total": {"type": "integer"}}}}}
     spec.path(path="/api/health", operations={"get": {
         "operationId": "get_health", "summary": "Readiness for a load balancer (no token needed)",
         "security": [],
@@ -329,8 +334,12 @@ def build_spec() -> dict[str, Any]:
         "operationId": "get_openapi", "summary": "This document",
         "responses": {"200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}}}}})
     document = spec.to_dict()
-    # Every route that reads the record store answers 503 while the store does not (API.md 7).
-    unavailable = {"description": "The record store does not answer (STORE_UNAVAILABLE); retry after Retry-After",
+    # Every route that reads the record store answers 503 while the store does not (API.md 7),
+    # and those that read the index while a cold build indexes its summaries (text search: its text).
+    unavailable = {"description": "The record store does not answer (STORE_UNAVAILABLE), or the run index is "
+                                  "being built from scratch (INDEX_BUILDING, with phase, indexed and total: "
+                                  "lists, stats and exports wait for the summaries phase, text search q also "
+                                  "for the text phase); retry after Retry-After",
                    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     for path, operations in document["paths"].items():

@@ -143,3 +143,15 @@ class SelectionChanged(ExecutionHistoryError):
     status_code = 503
     code = "STORE_UNAVAILABLE"
     headers = {"Retry-After": "1"}
+
+
+class IndexBuilding(ExecutionHistoryError):
+    """The run index is being built from scratch (a cold build): answered 503 with the build's
+    progress (``phase`` ``summaries`` or ``text``, ``indexed`` of ``total``) until it is done.
+    In the ``text`` phase only text search (``q``) waits; lists, stats and exports answer."""
+
+    status_code = 503
+    code = "INDEX_BUILDING"
+    #: Seconds a client should wait before asking again.
+    retry_after = 2
+    headers = {"Retry-After": str(retry_after)}

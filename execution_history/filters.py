@@ -1,4 +1,7 @@
-"""RunQuery: what a list or bulk export selects (filters, order, page), and its SQL."""
+"""RunQuery: what a list or bulk export selects (filters, order, page), validated.
+
+The SQL these select in the index's tables is written in execution_history/index/queries.py.
+"""
 from __future__ import annotations
 
 import datetime as dt
@@ -17,21 +20,8 @@ MAX_LIMIT = 100
 ITEM_SEPARATOR = "\n x0itembreak0x \n"
 _SEPARATOR_WORD = "x0itembreak0x"
 
-#: Filters compared for equality with a column of the runs table.
-_EQUALITY = ("config_name", "user_id", "session_id", "execution_mode", "safety_level", "status")
 #: Filter field -> wire parameter name, where they differ.
 WIRE_NAMES = {"config_name": "config"}
-#: Sort key -> SQL expression (timestamps sort by their UTC instant, not their text).
-_SORT_SQL = {"timestamp": "ts_key", "config_name": "config_name",
-             "total_execution_time": "total_execution_time", "items_count": "items_count"}
-
-
-def to_key(value: dt.datetime) -> int:
-    """A timestamp as integer microseconds since the epoch (the index's sort key)."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 @dataclass(frozen=True)
@@ -64,58 +54,6 @@ class RunFilters:
             wire[WIRE_NAMES.get(field.name, field.name)] = value
         return wire
 
-    def where(self) -> tuple[str, list[Any]]:
-        """The SQL condition on the ``runs`` table (alias ``r``) and its parameters."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        for name in _EQUALITY:
-            value = getattr(self, name)
-            if value is not None:
-                clauses.append(f"r.{name} = ?")
-                params.append(value)
-        low, high = self._time_range()
-        if low is not None:
-            clauses.append("r.ts_key >= ?")
-            params.append(low)
-        if high is not None:
-            clauses.append("r.ts_key <= ?")
-            params.append(high)
-        if self.item_type is not None:
-            clauses.append("r.id IN (SELECT run_id FROM run_item_types WHERE item_type = ?)")
-            params.append(self.item_type)
-        if self.model is not None:
-            clauses.append("r.id IN (SELECT run_id FROM run_models WHERE model = ?)")
-            params.append(self.model)
-        if self.q is not None:
-            clauses.append("r.id IN (SELECT rowid FROM run_text WHERE run_text MATCH ?)")
-            params.append(fts_query(self.q))
-        if self.ids is not None:
-            clauses.append(f"r.execution_id IN ({', '.join('?' * len(self.ids))})")
-            params.extend(self.ids)
-        return (" AND ".join(clauses) or "1"), params
-
-    def _time_range(self) -> tuple[int | None, int | None]:
-        bounds_low, bounds_high = [], []
-        if self.date is not None:
-            bounds_low.append(_day_start(self.date))
-            bounds_high.append(_day_end(self.date))
-        if self.date_from is not None:
-            bounds_low.append(to_key(self.date_from) if isinstance(self.date_from, dt.datetime)
-                              else _day_start(self.date_from))
-        if self.date_to is not None:  # inclusive: a bare date means the whole day
-            bounds_high.append(to_key(self.date_to) if isinstance(self.date_to, dt.datetime)
-                               else _day_end(self.date_to))
-        return max(bounds_low, default=None), min(bounds_high, default=None)
-
-
-def _day_end(day: dt.date) -> int:
-    """The last microsecond of a UTC day (9999-12-31 included)."""
-    return _day_start(day) + 86_400_000_000 - 1
-
-
-def _day_start(day: dt.date) -> int:
-    return to_key(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc))
-
 
 @dataclass(frozen=True)
 class RunQuery:
@@ -126,11 +64,6 @@ class RunQuery:
     order: str = "desc"
     limit: int | None = DEFAULT_LIMIT
     offset: int = 0
-
-    def order_sql(self) -> str:
-        """ORDER BY clause; ties broken by execution_id in the same direction."""
-        direction = "DESC" if self.order == "desc" else "ASC"
-        return f"{_SORT_SQL[self.order_by]} {direction}, execution_id {direction}"
 
 
 def fold_text(text: str) -> str:

@@ -224,6 +224,21 @@ class LiveServer:
                 time.sleep(0.1)
         raise RuntimeError(f"gunicorn not ready: {self.log_path.read_text()[-2000:]}")
 
+    def wait_for_index(self, timeout: float = 120.0) -> None:
+        """Until a cold index build (more than 1000 runs: 503 INDEX_BUILDING meanwhile) is done."""
+        import json
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{self.url}/api/health", timeout=10) as response:
+                state = json.loads(response.read())
+            if state["index"] == "ready" and "build" not in state:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("index build not done")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:

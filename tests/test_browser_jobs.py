@@ -22,6 +22,7 @@ def big_site(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser-jobs")
     write_runs(root / "runs", RUNS)
     server = LiveServer(root / "runs", root / "gunicorn.log")
+    server.wait_for_index()  # more than 1000 runs: a cold build answers 503 INDEX_BUILDING meanwhile
     yield server
     server.stop()
 

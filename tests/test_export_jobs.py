@@ -76,6 +76,7 @@ def many(tmp_path_factory):
     root = tmp_path_factory.mktemp("jobs")
     ids = write_runs(root / "runs", RUNS)
     server = LiveServer(root / "runs", root / "gunicorn.log")
+    server.wait_for_index()  # more than 1000 runs: a cold build answers 503 INDEX_BUILDING meanwhile
     yield server, root / "runs", ids
     server.stop()
 

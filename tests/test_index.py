@@ -187,8 +187,8 @@ def test_large_scans_parse_in_worker_processes(store, recorded_runs, monkeypatch
     import execution_history.index as index_module
 
     (store.root / "exec_20250101_000000_0000dead.json").write_text("{")
-    monkeypatch.setattr(index_module, "PARALLEL_MIN", 2)
-    monkeypatch.setattr(index_module, "CHUNK", 3)
+    monkeypatch.setattr(index_module.sync, "PARALLEL_MIN", 2)
+    monkeypatch.setattr(index_module.sync, "CHUNK", 3)
     ids = sorted(store.list_inodes())
     chunks = list(index_module.iter_parsed(store, ids))
     assert [i for chunk in chunks for i, _ in chunk] == ids

@@ -273,8 +273,8 @@ def test_index_worker_processes_read_in_the_apps_zone(legacy_dir, monkeypatch, c
     assert [parsed[i].summary[2] for i in ids] == [expected_record(i)["timestamp"] for i in ids]
     records.set_naive_timezone("Europe/Berlin")  # as create_app does
     try:
-        monkeypatch.setattr(index_module, "PARALLEL_MIN", 2)
-        monkeypatch.setattr(index_module, "CHUNK", 1)
+        monkeypatch.setattr(index_module.sync, "PARALLEL_MIN", 2)
+        monkeypatch.setattr(index_module.sync, "CHUNK", 1)
         chunks = list(index_module.iter_parsed(index_module.RunStore(legacy_dir), ids))
     finally:
         records.set_naive_timezone("UTC")

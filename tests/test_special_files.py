@@ -88,9 +88,9 @@ def test_a_full_rescan_keeps_counting_them_without_reading_them(store, recorded_
     special = make_special_files(store.root)
     index = RunIndex(store)
     assert index.stats()["unreadable_records"] == len(special)
-    import execution_history.index as index_module
+    import execution_history.index.sync as sync_module  # where the scan reads files
     read = []
-    monkeypatch.setattr(index_module, "read_indexed", lambda path, i: read.append(i))
+    monkeypatch.setattr(sync_module, "read_indexed", lambda path, i, text=True: read.append(i))
     index.sync(full=True)
     assert index.stats()["unreadable_records"] == len(special) and read == []
 

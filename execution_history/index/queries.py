@@ -1,0 +1,202 @@
+"""Queries of the index: pages of summaries, counts, ids for exports, the pages' choices,
+and the SQL that a RunQuery (execution_history/filters.py) selects in the index's tables.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from ..errors import InvalidRecord, RunNotFound, SelectionChanged, StorageError
+from ..filters import RunFilters, RunQuery, fts_query
+from ..storage import RunStore
+from .connection import _sqlite_errors
+from .schema import FILE, SUMMARY_COLUMNS, to_key
+
+#: Ids fetched at once by iter_ids.
+FETCH = 1000
+#: Filters compared for equality with a column of the runs table.
+_EQUALITY = ("config_name", "user_id", "session_id", "execution_mode", "safety_level", "status")
+#: Sort key -> SQL expression (timestamps sort by their UTC instant, not their text).
+_SORT_SQL = {"timestamp": "ts_key", "config_name": "config_name",
+             "total_execution_time": "total_execution_time", "items_count": "items_count"}
+
+
+def order_sql(query: RunQuery) -> str:
+    """ORDER BY clause; ties broken by execution_id in the same direction."""
+    direction = "DESC" if query.order == "desc" else "ASC"
+    return f"{_SORT_SQL[query.order_by]} {direction}, execution_id {direction}"
+
+
+def where_sql(filters: RunFilters) -> tuple[str, list[Any]]:
+    """The SQL condition on the ``runs`` table (alias ``r``) and its parameters."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for name in _EQUALITY:
+        value = getattr(filters, name)
+        if value is not None:
+            clauses.append(f"r.{name} = ?")
+            params.append(value)
+    low, high = time_range(filters)
+    if low is not None:
+        clauses.append("r.ts_key >= ?")
+        params.append(low)
+    if high is not None:
+        clauses.append("r.ts_key <= ?")
+        params.append(high)
+    if filters.item_type is not None:
+        clauses.append("r.id IN (SELECT run_id FROM run_item_types WHERE item_type = ?)")
+        params.append(filters.item_type)
+    if filters.model is not None:
+        clauses.append("r.id IN (SELECT run_id FROM run_models WHERE model = ?)")
+        params.append(filters.model)
+    if filters.q is not None:
+        clauses.append("r.id IN (SELECT rowid FROM run_text WHERE run_text MATCH ?)")
+        params.append(fts_query(filters.q))
+    if filters.ids is not None:
+        clauses.append(f"r.execution_id IN ({', '.join('?' * len(filters.ids))})")
+        params.extend(filters.ids)
+    return (" AND ".join(clauses) or "1"), params
+
+
+def time_range(filters: RunFilters) -> tuple[int | None, int | None]:
+    """The filters' date bounds as inclusive ts_key bounds (None: unbounded)."""
+    bounds_low, bounds_high = [], []
+    if filters.date is not None:
+        bounds_low.append(_day_start(filters.date))
+        bounds_high.append(_day_end(filters.date))
+    if filters.date_from is not None:
+        bounds_low.append(to_key(filters.date_from) if isinstance(filters.date_from, dt.datetime)
+                          else _day_start(filters.date_from))
+    if filters.date_to is not None:  # inclusive: a bare date means the whole day
+        bounds_high.append(to_key(filters.date_to) if isinstance(filters.date_to, dt.datetime)
+                           else _day_end(filters.date_to))
+    return max(bounds_low, default=None), min(bounds_high, default=None)
+
+
+def _day_end(day: dt.date) -> int:
+    """The last microsecond of a UTC day (9999-12-31 included)."""
+    return _day_start(day) + 86_400_000_000 - 1
+
+
+def _day_start(day: dt.date) -> int:
+    return to_key(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc))
+
+
+class IndexQueries:
+    """Reading the index (a part of RunIndex): every method brings it in step first."""
+
+    stale_after: float
+    store: RunStore
+    _clock: Callable[[], float]
+
+    @_sqlite_errors
+    def query(self, query: RunQuery, user_scope: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """One page of run summaries in the query's order, and how many runs match in all."""
+        self.sync()
+        conn = self._connection()
+        where, params = self._where(query, user_scope)
+        total = self._count(conn, where, params)
+        # Page over the narrow index first, then fetch the few whole rows (cheap deep offsets).
+        rows = conn.execute(
+            f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM runs WHERE id IN ("
+            f"SELECT r.id FROM runs r WHERE {where} ORDER BY {order_sql(query)} LIMIT ? OFFSET ?)"
+            f" ORDER BY {order_sql(query)}",
+            [*params, query.limit if query.limit is not None else -1, query.offset]).fetchall()
+        return [self._summary(row) for row in rows], total
+
+    def _summary(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        """A list entry; a run in progress is ``stale`` when nothing was logged for ``stale_after``."""
+        summary = dict(zip(SUMMARY_COLUMNS, row))
+        activity = summary["last_activity_at"]
+        summary["stale"] = activity is not None and (
+            self._clock() - dt.datetime.fromisoformat(activity).timestamp() > self.stale_after)
+        return summary
+
+    @_sqlite_errors
+    def count(self, query: RunQuery, user_scope: str | None = None) -> int:
+        """How many runs the query's filters select (ignoring its page)."""
+        self.sync()
+        return self._count(self._connection(), *self._where(query, user_scope))
+
+    def _count(self, conn: sqlite3.Connection, where: str, params: list[Any]) -> int:
+        return self._cached(conn, ("count", where, *params), lambda: conn.execute(
+            f"SELECT COUNT(*) FROM runs r WHERE {where}", params).fetchone()[0])
+
+    @_sqlite_errors
+    def count_rows(self, query: RunQuery, user_scope: str | None = None) -> tuple[int, int]:
+        """Finished runs the query selects (its page applied) and their item rows (a run without
+        items: one). Exports hold finished runs only; runs in progress have no record yet."""
+        self.sync()
+        where, params = self._where(query, user_scope, finished_only=True)
+        if query.limit is None and query.offset == 0:  # every match: no need to order them
+            sql, args = f"SELECT items_count FROM runs r WHERE {where}", params
+        else:
+            sql = f"SELECT items_count FROM runs r WHERE {where} ORDER BY {order_sql(query)} LIMIT ? OFFSET ?"
+            args = [*params, query.limit if query.limit is not None else -1, query.offset]
+        return tuple(self._connection().execute(
+            f"SELECT COUNT(*), COALESCE(SUM(MAX(items_count, 1)), 0) FROM ({sql})", args).fetchone())
+
+    def iter_ids(self, query: RunQuery, user_scope: str | None = None) -> Iterator[str]:
+        """Every selected finished run's id in the query's order (its page applied).
+
+        One consistent snapshot, read at once: a long export must not hold a read lock (it
+        would keep every writer out). The ids are kept packed, ~30 bytes a run.
+        """
+        self.sync()
+        where, params = self._where(query, user_scope, finished_only=True)
+        cursor = self._connection().execute(
+            f"SELECT r.execution_id FROM runs r WHERE {where} ORDER BY {order_sql(query)} LIMIT ? OFFSET ?",
+            [*params, query.limit if query.limit is not None else -1, query.offset])
+        packed = bytearray()  # ids are ASCII: bytes take a fraction of a list of str's memory
+        while rows := cursor.fetchmany(FETCH):
+            packed += ",".join(row[0] for row in rows).encode("ascii") + b","
+        cursor.close()  # the statement's read lock goes now, before the first record is read
+        start = 0
+        while start < len(packed):
+            end = packed.find(b",", start)
+            yield packed[start:end].decode("ascii")
+            start = end + 1
+
+    def iter_listed_records(self, store: RunStore, execution_ids: Iterable[str]) -> Iterator[dict[str, Any]]:
+        """Records for ids the index listed, in order, for an export whose count was already given.
+
+        A run that vanished or turned unreadable since is looked at again at once (so lists
+        stop showing it) and raises: skipping it would send fewer runs than counted.
+
+        :raises SelectionChanged: when a listed run can no longer be read.
+        """
+        for execution_id in execution_ids:
+            try:
+                yield store.load(execution_id)
+            except (RunNotFound, InvalidRecord, StorageError) as err:
+                self.recheck([execution_id])
+                raise SelectionChanged("A run changed while the export was streaming; please retry",
+                                       execution_id=execution_id) from err
+
+    def _where(self, query: RunQuery, user_scope: str | None, finished_only: bool = False) -> tuple[str, list[Any]]:
+        """The query's condition, scoped; text search raises IndexBuilding while the text is indexed."""
+        if query.filters.q is not None:
+            self._check_text_ready(self._connection())
+        where, params = where_sql(query.filters)
+        if user_scope is not None:
+            where, params = f"({where}) AND r.user_id = ?", [*params, user_scope]
+        if finished_only:
+            where = f"({where}) AND r.source = '{FILE}'"
+        return where, params
+
+    DISTINCT_COLUMNS = ("execution_mode", "safety_level")
+
+    @_sqlite_errors
+    def distinct_values(self, column: str, user_scope: str | None = None) -> list[str]:
+        """The values of *column* present in the finished runs (a researcher's own), sorted; for
+        the pages' choices (Mode, Safety level)."""
+        if column not in self.DISTINCT_COLUMNS:
+            raise ValueError(f"not a choice column: {column}")
+        self.sync()
+        conn = self._connection()
+        scope, params = (f"source = '{FILE}' AND user_id = ?", [user_scope]) if user_scope is not None \
+            else (f"source = '{FILE}'", [])
+        return self._cached(conn, ("distinct", column, user_scope), lambda: [value for (value,) in conn.execute(
+            f"SELECT DISTINCT {column} FROM runs WHERE {scope} AND {column} IS NOT NULL ORDER BY 1", params)])

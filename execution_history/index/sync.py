@@ -1,0 +1,538 @@
+"""Keeping the index in step with the store, and building it from scratch.
+
+The record files stay the source of truth; the index is rebuilt from them whenever it is
+missing, corrupt or of another schema version, and is kept in step with them like this:
+
+- Every request calls :meth:`IndexSync.sync`. It compares the data folder's mtime with the
+  one recorded at the last sync (one ``stat``). Adding, deleting or renaming a file in
+  the folder changes it, and the next sync lists the folder (names and inodes, no
+  ``stat`` per file) and indexes what is new, replaced (another inode) or gone.
+- That listing runs under the index's write lock, and only once the folder's mtime is
+  older than one clock tick, so a later change always moves the mtime again.
+- The tracker publishes through the store only (it takes no index lock and imports no
+  index module): its new file moves the folder's mtime, and the next request lists the
+  folder (names and inodes) and indexes it.
+- Every ``rescan_seconds`` (60) one process stats every file and re-indexes those whose
+  size or mtime changed: that catches files edited in place, which leave the folder's
+  mtime alone. ``runs reindex`` rebuilds everything at once.
+- Runs in progress come from their journals (listed through ``journal.load_running``;
+  the index recovers nothing), looked at about once a second.
+
+A cold build (an index that never finished a scan, with more than ``BATCH`` files to read)
+runs in two phases: the summaries first (runs, item types, models; the sort and filter
+indexes of ``runs`` are dropped and made again at the end, one sorted pass each instead
+of sixteen B-tree updates per row), then the text search terms, re-read from the files.
+Lists, filters and stats answer as soon as the first phase is done; text search raises
+:class:`IndexBuilding` until the second is. Progress lives in the ``meta`` table, so every
+process sees it. With ``build_in_background`` (the app), a request that finds the index
+cold starts the build in a thread of its process and every request answers
+:class:`IndexBuilding` (503) meanwhile, instead of waiting for it.
+"""
+from __future__ import annotations
+
+import collections
+import fcntl
+import logging
+import multiprocessing
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+from .. import journal, records
+from ..errors import IndexBuilding, StorageError
+from ..records import is_valid_execution_id
+from ..storage import Malformed, RunStore
+from .connection import _sqlite_errors
+from .schema import _INSERT_RUN, FILE, JOURNAL, RUNS_INDEXES, IndexedRun, Parsed, extract, read_indexed
+
+log = logging.getLogger("execution_history.index")
+
+#: How old the folder's mtime must be before it is listed: a change in the same clock tick as
+#: the recorded mtime would not move it. Well above Linux's coarse file-time tick (1-10 ms);
+#: file systems with coarser times (FAT) are not supported.
+RACY_NS = 100_000_000
+#: Runs parsed per write transaction while scanning (bounds memory and lock time).
+BATCH = 1000
+#: Below this many files to read, a scan parses them itself; above, worker processes help.
+PARALLEL_MIN = 2000
+CHUNK = 250
+
+
+def read_chunk(root: str, execution_ids: list[str], naive_timezone: str | None = None,
+               text: bool = True) -> list[Parsed]:
+    """Parse a chunk of files (runs in a worker process during large scans).
+
+    :param naive_timezone: the parent's naive zone (a spawned worker starts with the default).
+    :param text: False: leave the search text out (the summaries phase of a cold build).
+    """
+    if naive_timezone is not None and naive_timezone != records.naive_timezone():
+        records.set_naive_timezone(naive_timezone)
+    store = RunStore(root)
+    return [(i, read_indexed(store.path_for(i), i, text=text)) for i in execution_ids]
+
+
+def iter_parsed(store: RunStore, execution_ids: list[str], text: bool = True) -> Iterator[list[Parsed]]:
+    """Parsed files in chunks, in order; spread over worker processes when there are many.
+
+    Reading and parsing JSON is most of a cold build, and it is CPU-bound: with two
+    cores, two spawned workers parse while this process writes to SQLite. At most a few
+    chunks wait at once, so memory stays flat whatever the number of files.
+    """
+    chunks = [execution_ids[i:i + CHUNK] for i in range(0, len(execution_ids), CHUNK)]
+    workers = min(os.cpu_count() or 1, 4)
+    done = 0
+    if len(execution_ids) >= PARALLEL_MIN and workers > 1:
+        try:
+            # spawn, not fork: this may run in a threaded gunicorn worker
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                pending: collections.deque = collections.deque()
+                for chunk in chunks:
+                    pending.append(pool.submit(read_chunk, str(store.root), chunk, records.naive_timezone(), text))
+                    if len(pending) > 2 * workers:
+                        yield pending.popleft().result()
+                        done += 1
+                while pending:
+                    yield pending.popleft().result()
+                    done += 1
+        except (BrokenProcessPool, OSError, RuntimeError) as err:
+            # e.g. a __main__ that cannot be imported again by spawn: this process does the rest
+            log.warning("index: worker processes failed (%s); parsing in this process", err)
+    for chunk in chunks[done:]:
+        yield read_chunk(str(store.root), chunk, text=text)
+
+
+class IndexSync:
+    """Keeping the index in step with its store (a part of RunIndex)."""
+
+    store: RunStore
+    folder: Path
+    rescan_seconds: float
+    running_refresh: float
+    journal_dir: Path
+    build_in_background: bool
+    _journals_checked_at: float
+
+    def _dir_mtime(self) -> int | None:
+        try:
+            return os.stat(self.store.root).st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def _is_current(self, meta: dict[str, Any], dir_mtime: int | None, full: bool) -> bool:
+        due = full or self._clock() - float(meta["full_check_at"] or 0) >= self.rescan_seconds
+        return not due and meta["dir_mtime_ns"] == dir_mtime
+
+    def sync(self, full: bool = False) -> None:
+        """Bring the index in step with the folder (cheap when nothing changed).
+
+        :param full: stat every file now (what happens every ``rescan_seconds`` anyway).
+        :raises IndexBuilding: with ``build_in_background``, while a cold build's summaries
+            are being indexed (by this process or another).
+        :raises StorageError: if the index cannot be opened or written.
+        """
+        try:
+            conn = self._connection()
+            now = time.monotonic()
+            if now - self._journals_checked_at >= self.running_refresh:  # at most once a second a process
+                self._journals_checked_at = now
+                self._sync_journals(conn)
+            meta = self._meta(conn)
+            if meta["text_upto"] is not None:  # a cold build's text phase to do (or to resume)
+                self._start_text_phase()
+            if self._is_current(meta, self._dir_mtime(), full):
+                return
+            if self.build_in_background and not full and meta["dir_mtime_ns"] is None:
+                self._sync_cold(conn)
+                return
+            with self._scan_lock():
+                conn = self._connection()  # the index may have been rebuilt meanwhile
+                full = full or self._clock() - float(self._meta(conn)["full_check_at"] or 0) >= self.rescan_seconds
+                if self._is_current(self._meta(conn), self._dir_mtime(), full):
+                    return
+                self._scan(conn, full)
+            if not self.build_in_background:
+                self._index_text()  # a cold build's second phase, here and now
+        except sqlite3.Error as err:
+            raise StorageError("Run index unavailable", reason=str(err)) from err
+
+    # ------------------------------------------------------------ cold builds
+
+    def _sync_cold(self, conn: sqlite3.Connection) -> None:
+        """An index that never finished a scan: a short scan is done here; a long one (more
+        than BATCH files) is started in a thread of this process, holding the scan lock, and
+        IndexBuilding raised, as it is by every process until its summaries are in."""
+        fd = self._try_scan_lock()
+        while fd is None:  # someone scans: a cold build (then answer at once) or a short first scan
+            meta = self._meta(conn)
+            if meta["build_total"] is not None:
+                raise self._building(meta)
+            if meta["dir_mtime_ns"] is not None:  # that scan finished meanwhile
+                return self.sync()
+            time.sleep(0.02)  # a short scan (at most BATCH files, one transaction): wait for it
+            fd = self._try_scan_lock()
+        handed_over = False
+        try:
+            conn = self._connection()  # the index may have been rebuilt meanwhile
+            meta = self._meta(conn)
+            if meta["dir_mtime_ns"] is not None:  # built by another process meanwhile
+                if not self._is_current(meta, self._dir_mtime(), False):
+                    self._scan(conn, False)
+                return None
+            stale, _ = self._diff(conn, full=False)
+            if len(stale) <= BATCH:
+                self._scan(conn, True)
+                return None
+            self._write(conn, lambda c: c.executemany("UPDATE meta SET value = ? WHERE key = ?", [
+                (len(stale), "build_total"), (0, "build_indexed")]))
+            thread = threading.Thread(target=self._build_in_background, args=(fd,), name="index-build", daemon=True)
+            thread.start()
+            handed_over = True
+            log.info("index: cold build of %d files started in the background", len(stale))
+            raise self._building(self._meta(conn))
+        finally:
+            if not handed_over:
+                os.close(fd)  # releases the scan lock
+
+    def _build_in_background(self, fd: int) -> None:
+        """The thread of a cold build: summaries under the scan lock (*fd*), then the text."""
+        try:
+            try:
+                self._scan(self._connection(), True)
+            finally:
+                os.close(fd)  # releases the scan lock: lists work from here on
+            self._index_text()
+        except Exception:  # noqa: BLE001 - a thread has no caller; the next request starts it again
+            log.exception("index: background build failed; the next request resumes it")
+
+    @staticmethod
+    def _building(meta: dict[str, Any]) -> IndexBuilding:
+        """IndexBuilding with a cold build's progress, read from *meta*."""
+        if meta["dir_mtime_ns"] is None:
+            return IndexBuilding(
+                f"The run index is being built: indexing {meta['build_indexed'] or 0} of {meta['build_total'] or 0} runs",
+                phase="summaries", indexed=int(meta["build_indexed"] or 0), total=int(meta["build_total"] or 0))
+        return IndexBuilding(
+            f"Text search is being built: indexing {meta['text_done'] or 0} of {meta['text_total'] or 0} runs",
+            phase="text", indexed=int(meta["text_done"] or 0), total=int(meta["text_total"] or 0))
+
+    def _check_text_ready(self, conn: sqlite3.Connection) -> None:
+        """:raises IndexBuilding: while a cold build's text phase has runs left to index."""
+        meta = self._meta(conn)
+        if meta["text_upto"] is not None:
+            raise self._building(meta)
+
+    def _start_text_phase(self) -> None:
+        """Resume a text phase no process is running (its builder died): here, or in a thread."""
+        fd = self._try_text_lock()
+        if fd is None:
+            return
+        if self.build_in_background:
+            threading.Thread(target=self._index_text, args=(fd,), name="index-text", daemon=True).start()
+        else:
+            self._index_text(fd)
+
+    def _try_text_lock(self) -> int | None:
+        fd = os.open(self.folder / "text.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _index_text(self, fd: int | None = None) -> None:
+        """A cold build's second phase: the search text of the runs its first phase indexed
+        without (ids up to ``text_upto``), read again from their files, in batches.
+
+        One process at a time (``text.lock``, *fd* if already taken); scans go on meanwhile:
+        a run replaced since has a new row (with its text), a run gone is skipped.
+        """
+        if fd is None:
+            fd = self._try_text_lock()
+            if fd is None:
+                return
+        try:
+            conn = self._connection()
+            meta = self._meta(conn)
+            upto, after = meta["text_upto"], int(meta["text_after"] or 0)
+            if upto is None:
+                return
+            rows = {row[0]: (row[1], tuple(row[2:])) for row in conn.execute(
+                f"SELECT execution_id, id, inode, size, mtime_ns FROM runs WHERE source = '{FILE}'"
+                " AND id > ? AND id <= ? ORDER BY id", (after, upto))}
+            pending: list[tuple[int, str]] = []
+            done = written = int(meta["text_done"] or 0)
+            for parsed in iter_parsed(self.store, list(rows)):
+                for execution_id, result in parsed:
+                    run_id, identity = rows[execution_id]
+                    after = run_id
+                    if isinstance(result, IndexedRun) and result.identity == identity and result.text:
+                        pending.append((run_id, result.text))
+                done += len(parsed)
+                if done - written >= BATCH:  # one transaction, and one step of progress, per BATCH runs
+                    self._write(conn, lambda c, p=pending, a=after, d=done: self._store_text(c, p, a, d))
+                    pending, written = [], done
+            self._write(conn, lambda c: self._store_text(c, pending, after, done, finished=True))
+            log.info("index: text of %d runs indexed", done)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _store_text(conn: sqlite3.Connection, texts: list[tuple[int, str]], after: int, done: int,
+                    finished: bool = False) -> None:
+        """Index *texts* (rowid, folded text) of rows still there, and note the progress."""
+        present = set()
+        for start in range(0, len(texts), CHUNK):
+            chunk = [run_id for run_id, _ in texts[start:start + CHUNK]]
+            present.update(row[0] for row in conn.execute(
+                f"SELECT id FROM runs WHERE id IN ({', '.join('?' * len(chunk))})", chunk))
+        conn.executemany("INSERT INTO run_text (rowid, content) VALUES (?, ?)",
+                         [(run_id, text) for run_id, text in texts if run_id in present])
+        conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [
+            (after, "text_after"), (done, "text_done"), *([(None, "text_upto")] if finished else [])])
+
+    def state(self) -> dict[str, Any]:
+        """``{"index": "ready" | "building", "runs_indexed": N}`` without building anything:
+        building until the first scan of the folder has finished (or while the file is missing).
+        During a cold build also ``"build": {"phase", "indexed", "total"}``: phase ``summaries``
+        (the index is building) or ``text`` (ready; text search not yet)."""
+        if not self.path.exists():
+            return {"index": "building", "runs_indexed": 0}
+        try:
+            conn = self._connection()
+            meta = self._meta(conn)
+            indexed = conn.execute(f"SELECT COUNT(*) FROM runs WHERE source = '{FILE}'").fetchone()[0]
+        except (sqlite3.Error, StorageError):
+            return {"index": "building", "runs_indexed": 0}
+        state: dict[str, Any] = {"index": "ready" if meta["dir_mtime_ns"] is not None else "building",
+                                 "runs_indexed": indexed}
+        if (meta["dir_mtime_ns"] is None and meta["build_total"] is not None) or meta["text_upto"] is not None:
+            state["build"] = dict(self._building(meta).context)
+        return state
+
+    # ------------------------------------------------------------ keeping in step
+
+    def _sync_journals(self, conn: sqlite3.Connection) -> None:
+        """Runs in progress as rows with status ``running`` (journals of dead processes are
+        recovered by the app's background step, never inside a request: a GET writes no record)."""
+        live: dict[str, os.stat_result] = {}
+        for path in journal.iter_journals(self.journal_dir):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if journal.is_locked(path):
+                live[path.name[: -len(journal.SUFFIX)]] = st
+        known = {row[0]: tuple(row[1:]) for row in conn.execute(
+            f"SELECT execution_id, inode, size, mtime_ns FROM runs WHERE source = '{JOURNAL}'")}
+        changed = [i for i, st in live.items() if known.get(i) != (st.st_ino, st.st_size, st.st_mtime_ns)]
+        gone = [i for i in known if i not in live]
+        if not changed and not gone:
+            return
+        parsed: list[Parsed] = []
+        for execution_id in changed:
+            st = live[execution_id]
+            record = journal.load_running(self.journal_dir, execution_id)  # None: finished or unreadable
+            if record is None:
+                continue
+            parsed.append((execution_id, extract(record, (st.st_ino, st.st_size, st.st_mtime_ns),
+                                                 last_activity_at=journal.activity_time(st))))
+
+        def work(c: sqlite3.Connection) -> None:
+            self._delete(c, gone + [i for i, _ in parsed], source=JOURNAL)
+            finished = {row[0] for row in c.execute(
+                f"SELECT execution_id FROM runs WHERE source = '{FILE}' AND execution_id IN "
+                f"({', '.join('?' * len(parsed))})", [i for i, _ in parsed])}
+            self._store_batch(c, [p for p in parsed if p[0] not in finished])  # a record file wins
+
+        self._write(conn, work)
+
+    def rebuild(self) -> None:
+        """Throw the index away and build it again from the files (``runs reindex``)."""
+        with self._scan_lock():
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:
+                conn.close()
+            self._local.conn = None
+            self._remove_files()
+        self.sync(full=True)
+
+    def _diff(self, conn: sqlite3.Connection, full: bool,
+              malformed: Malformed | None = None) -> tuple[list[str], list[str]]:
+        """(new or changed ids, removed ids): the folder listed against the index."""
+        known: dict[str, tuple[int, int, int]] = {
+            row[0]: tuple(row[1:]) for row in conn.execute(
+                f"SELECT execution_id, inode, size, mtime_ns FROM runs WHERE source = '{FILE}'"
+                " UNION ALL SELECT execution_id, inode, size, mtime_ns FROM unreadable")}
+        if full:
+            present = {f.execution_id: (f.inode, f.size, f.mtime_ns) for f in self.store.list_files(malformed)}
+            stale = [i for i, ident in present.items() if known.get(i) != ident]
+        else:
+            inodes = self.store.list_inodes(malformed)
+            present = inodes
+            stale = [i for i, inode in inodes.items() if i not in known or known[i][0] != inode]
+        return stale, [i for i in known if i not in present]
+
+    def _settled_dir_mtime(self) -> int | None:
+        """The folder's mtime once it is at least one clock tick old.
+
+        A change made in the same tick as the mtime we record would not move it again; so
+        we list only after that tick has passed (waiting at most RACY_NS, and only right
+        after a change), and any later change gets a later mtime.
+
+        Trackers publish without the index's lock, so under a steady stream of new runs the
+        folder may never settle: after waiting one tick we give up and return -1, which no
+        folder has, so the state is indexed now and the next request lists again.
+        """
+        waited = False
+        while True:
+            mtime = self._dir_mtime()
+            age = time.time_ns() - (mtime or 0)
+            if mtime is None or age >= RACY_NS:
+                return mtime
+            if waited:
+                return -1
+            waited = True
+            time.sleep((RACY_NS - age) / 1e9)
+
+    def _scan(self, conn: sqlite3.Connection, full: bool) -> None:
+        """Index what changed in the folder, and record the folder mtime that state matches.
+
+        The final look runs under the index's write lock, so no tracker publishes while
+        the folder is listed and every change after it moves the mtime. Should many files
+        have changed (a cold build), they are indexed first without the lock, in batches,
+        so trackers are never held up for long, and then the folder is looked at again.
+        """
+        first_full, changed = full, 0
+        cold = self._meta(conn)["dir_mtime_ns"] is None  # never built: two phases (module docstring)
+        while True:
+            with self._transaction(conn):
+                dir_mtime = self._settled_dir_mtime()
+                malformed = Malformed()
+                stale, removed = self._diff(conn, full, malformed)
+                if len(stale) <= BATCH:
+                    if cold:
+                        self._end_summaries_phase(conn)
+                    self._delete(conn, removed)
+                    self._store_batch(conn, [p for chunk in iter_parsed(self.store, stale) for p in chunk])
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'dir_mtime_ns'", (dir_mtime,))
+                    # exec_*.json files whose names are no ids: unreadable records, never opened
+                    conn.executemany("UPDATE meta SET value = ? WHERE key = ?",
+                                     [(malformed.count, "malformed_files"), (malformed.size, "malformed_bytes")])
+                    if first_full:
+                        conn.execute("UPDATE meta SET value = ? WHERE key = 'full_check_at'", (self._clock(),))
+                    changed += len(stale) + len(removed)
+                    break
+            log.info("index catching up: %d new or changed files, %d removed", len(stale), len(removed))
+            changed += len(stale) + len(removed)
+            if removed:
+                self._write(conn, lambda c: self._delete(c, removed))
+            if cold:
+                self._write(conn, lambda c: self._start_summaries_phase(c, len(stale)))
+            pending: list[Parsed] = []
+            for parsed in iter_parsed(self.store, stale, text=not cold):
+                pending += parsed
+                if len(pending) >= BATCH:
+                    self._write(conn, lambda c: self._store_batch(c, pending, progress=cold))
+                    pending = []
+            if pending:
+                self._write(conn, lambda c: self._store_batch(c, pending, progress=cold))
+            full = False  # the final look only needs the listing
+        if changed >= PARALLEL_MIN:  # table statistics, so the planner picks the narrow index
+            self._write(conn, lambda c: c.execute("ANALYZE"))
+
+    @staticmethod
+    def _start_summaries_phase(conn: sqlite3.Connection, files: int) -> None:
+        """A cold build's first phase: *files* still to index; the sort and filter indexes of
+        ``runs`` go until its end (made again in one sorted pass each, much faster)."""
+        for name, _ in RUNS_INDEXES:
+            conn.execute(f"DROP INDEX IF EXISTS {name}")
+        conn.execute("UPDATE meta SET value = (SELECT COALESCE(value, 0) FROM meta WHERE key = 'build_indexed') + ?"
+                     " WHERE key = 'build_total'", (files,))  # done so far and still to do
+
+    @staticmethod
+    def _end_summaries_phase(conn: sqlite3.Connection) -> None:
+        """The end of a cold build's first phase (in the transaction that marks the index built):
+        the indexes of ``runs`` made again, and the rows indexed so far (all without their
+        text) handed to the text phase."""
+        for _, statement in RUNS_INDEXES:
+            conn.execute(statement.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
+        upto, total = conn.execute(f"SELECT MAX(id), COUNT(*) FROM runs WHERE source = '{FILE}'").fetchone()
+        conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [
+            (None, "build_total"), (upto, "text_upto"), (0, "text_after"), (0, "text_done"), (total, "text_total")])
+
+    @staticmethod
+    def _delete(conn: sqlite3.Connection, execution_ids: list[str], source: str | None = None) -> None:
+        """Drop what is indexed for these ids (only rows of *source*, if given)."""
+        only = f" AND source = '{source}'" if source else ""
+        for start in range(0, len(execution_ids), CHUNK):
+            chunk = execution_ids[start:start + CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            if source is None:
+                conn.execute(f"DELETE FROM unreadable WHERE execution_id IN ({marks})", chunk)
+            run_ids = [row[0] for row in conn.execute(
+                f"DELETE FROM runs WHERE execution_id IN ({marks}){only} RETURNING id", chunk).fetchall()]
+            if run_ids:
+                marks = ", ".join("?" * len(run_ids))
+                conn.execute(f"DELETE FROM run_item_types WHERE run_id IN ({marks})", run_ids)
+                conn.execute(f"DELETE FROM run_models WHERE run_id IN ({marks})", run_ids)
+
+    @_sqlite_errors
+    def forget(self, execution_ids: list[str]) -> None:
+        """Drop these runs from the index at once, in one write transaction (after a delete), so
+        no list, search, stats or export shows them again, whatever the folder's mtime says."""
+        self._write(self._connection(), lambda c: self._delete(c, list(execution_ids)))
+
+    def _store_batch(self, conn: sqlite3.Connection, parsed: list[Parsed], progress: bool = False) -> None:
+        """Index parsed files (unreadable ones as such), replacing what was indexed for them.
+
+        Replacing, because a writer may have written a run through since the scan began.
+        *progress*: count them in a cold build's progress (``build_indexed``).
+        """
+        if progress:
+            conn.execute("UPDATE meta SET value = value + ? WHERE key = 'build_indexed'", (len(parsed),))
+        self._delete(conn, [execution_id for execution_id, _ in parsed])
+        runs = [result for _, result in parsed if isinstance(result, IndexedRun)]
+        conn.executemany("INSERT INTO unreadable VALUES (?, ?, ?, ?)",
+                         [(i, *result) for i, result in parsed if isinstance(result, tuple)])
+        if not runs:
+            return
+        # ids handed out here, so every table is filled with one executemany
+        first = conn.execute("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'runs'), 0) + 1"
+                             ).fetchone()[0]
+        numbered = list(enumerate(runs, start=first))
+        conn.executemany(_INSERT_RUN, [(n, *run.summary, run.ts_key, run.source, *run.identity)
+                                       for n, run in numbered])
+        # sorted: rows arrive in key order, so the WITHOUT ROWID trees fill page by page
+        conn.executemany("INSERT INTO run_item_types VALUES (?, ?)",
+                         sorted((t, n) for n, run in numbered for t in run.item_types))
+        conn.executemany("INSERT INTO run_models VALUES (?, ?)",
+                         sorted((m, n) for n, run in numbered for m in run.models))
+        conn.executemany("INSERT INTO run_text (rowid, content) VALUES (?, ?)",
+                         [(n, run.text) for n, run in numbered if run.text])
+
+
+    def recheck(self, execution_ids: list[str]) -> None:
+        """Index these record files as they are now (a load found one gone or unreadable, so
+        lists must stop showing it at once). Never raises: the caller's answer stands."""
+        ids = [i for i in execution_ids if is_valid_execution_id(i)]
+        if not ids:
+            return
+        try:
+            conn = self._connection()
+            marks = ", ".join("?" * len(ids))
+            # only runs indexed from files: a run in progress keeps its journal row
+            filed = [row[0] for row in conn.execute(
+                f"SELECT execution_id FROM runs WHERE source = '{FILE}' AND execution_id IN ({marks})"
+                f" UNION SELECT execution_id FROM unreadable WHERE execution_id IN ({marks})", ids * 2)]
+            if filed:
+                parsed = [(i, read_indexed(self.store.path_for(i), i)) for i in filed]
+                self._write(conn, lambda c: self._store_batch(c, parsed))
+        except (sqlite3.Error, StorageError) as err:
+            log.warning("index: could not recheck %s (%s)", ", ".join(ids), err)

@@ -1,0 +1,205 @@
+"""A cold index build through gunicorn: while the summaries are indexed every list, stats, search
+and export answers 503 INDEX_BUILDING with Retry-After and the build's progress, and the pages
+say "indexing N of M"; once they are in, lists answer and text search waits for the text phase.
+
+The build is slowed deterministically: tests/slow_build_app.py makes each batch wait until the
+test opens its gate (a file), so the test sees every step without timing anything.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from execution_history import ExecutionTracker, RunStore
+from execution_history.index import BATCH, RunIndex
+
+from .conftest import LiveServer
+
+RUNS = 3 * BATCH
+TIMEOUT = 30
+
+
+def make_runs(folder: Path, count: int) -> list[str]:
+    """*count* small record files: one recorded by the real tracker, copied under new ids."""
+    store = RunStore(folder)
+    with ExecutionTracker("cold", "eco", "kids", store=store) as run:
+        run.log_user_input_text("a common word and the needle quokka")
+    template = json.loads((folder / f"{run.execution_id}.json").read_bytes())
+    (folder / f"{run.execution_id}.json").unlink()
+    start = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+    ids = []
+    for n in range(count):
+        when = start + dt.timedelta(minutes=n)
+        execution_id = f"exec_{when:%Y%m%d_%H%M%S}_{n:08x}"
+        record = {**template, "execution_id": execution_id, "timestamp": when.isoformat(),
+                  "config_name": f"c{n % 3}"}
+        (folder / f"{execution_id}.json").write_text(json.dumps(record))
+        ids.append(execution_id)
+    return ids
+
+
+def get(server: LiveServer, path: str, accept: str = "application/json") -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(server.url + path, headers={"Accept": accept})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def building(server: LiveServer, path: str, phase: str) -> dict:
+    """The body of a 503 INDEX_BUILDING answer of *phase* (checked: Retry-After, progress)."""
+    status, headers, body = get(server, path)
+    assert status == 503, body[:300]
+    assert headers["Content-Type"].startswith("application/json")
+    assert int(headers["Retry-After"]) > 0
+    data = json.loads(body)
+    assert data["code"] == "INDEX_BUILDING" and data["phase"] == phase, data
+    assert data["total"] == RUNS and 0 <= data["indexed"] <= RUNS
+    assert data["request_id"] == headers["X-Request-ID"]
+    return data
+
+
+def until(check, what: str, limit: float = 120.0):
+    """Ask *check()* again until it returns something true (a guard against hanging, not a timing)."""
+    deadline = time.monotonic() + limit
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.05)
+
+
+class _PageText(HTMLParser):
+    """The visible text of a page, and whether it has inline script."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text, self.inline_script, self._in_script = [], False, False
+        self.refresh = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "script":
+            self._in_script = True
+            self.inline_script |= "src" not in attrs
+        if tag == "meta" and attrs.get("http-equiv") == "refresh":
+            self.refresh = attrs.get("content")
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data):
+        if self._in_script:
+            self.inline_script |= bool(data.strip())
+        else:
+            self.text.append(data)
+
+
+def page(server: LiveServer, path: str) -> tuple[int, dict[str, str], _PageText]:
+    status, headers, body = get(server, path, accept="text/html")
+    parsed = _PageText()
+    parsed.feed(body.decode())
+    return status, headers, parsed
+
+
+def progress_in(parsed: _PageText) -> tuple[int, int] | None:
+    match = re.search(r"indexing (\d+) of (\d+) runs", " ".join(" ".join(parsed.text).split()))
+    return (int(match[1]), int(match[2])) if match else None
+
+
+@pytest.fixture
+def gates(tmp_path: Path) -> Path:
+    folder = tmp_path / "gates"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def cold_server(runs_dir: Path, tmp_path: Path, gates: Path):
+    make_runs(runs_dir, RUNS)
+    server = LiveServer(runs_dir, tmp_path / "gunicorn.log", extra_env={"RUN_HISTORY_TEST_BUILD_GATES": str(gates)},
+                        app="tests.slow_build_app:app")
+    yield server
+    for phase in ("summaries", "text"):  # let a build still waiting finish, so the server stops cleanly
+        for n in range(1, 10):
+            (gates / f"{phase}-{n}").touch()
+    server.stop()
+
+
+def test_a_cold_build_answers_503_with_progress_then_lists_then_searches(cold_server, gates, runs_dir):
+    server = cold_server
+    some_id = min(path.stem for path in runs_dir.glob("exec_*.json"))
+    # the summaries phase: nothing indexed yet, every worker answers at once instead of waiting
+    for path in ("/api/runs", "/api/runs/stats", "/api/runs?q=quokka", "/api/runs/export/csv?config=c1",
+                 "/api/runs?order_by=total_execution_time&offset=10"):
+        assert building(server, path, "summaries")["indexed"] == 0
+    status, headers, parsed = page(server, "/")
+    assert status == 503 and int(headers["Retry-After"]) > 0 and headers["Content-Type"].startswith("text/html")
+    assert progress_in(parsed) == (0, RUNS) and not parsed.inline_script and parsed.refresh
+    status, _, body = get(server, f"/api/runs/{some_id}")  # one record needs no index
+    assert status == 200 and json.loads(body)["execution_id"] == some_id
+    assert page(server, f"/runs/{some_id}")[0] == 200
+    status, _, body = get(server, "/api/health")
+    assert status == 200 and json.loads(body)["index"] == "building"
+    assert json.loads(body)["build"] == {"phase": "summaries", "indexed": 0, "total": RUNS}
+
+    seen = [0]
+    for step in (1, 2):
+        (gates / f"summaries-{step}").touch()
+        indexed = until(lambda: (building(server, "/api/runs", "summaries")["indexed"] == step * BATCH), "progress")
+        assert indexed
+        seen.append(step * BATCH)
+        status, _, parsed = page(server, "/stats")
+        assert status == 503 and progress_in(parsed) == (step * BATCH, RUNS)
+        assert json.loads(get(server, "/api/health")[2])["build"]["indexed"] == step * BATCH
+    assert seen == sorted(seen)  # the progress only grows
+
+    # the summaries are in: lists, filters, sorts, stats and exports answer; text search waits
+    (gates / "summaries-3").touch()
+    status, headers, body = until(lambda: (lambda r: r[0] == 200 and r)(get(server, "/api/runs?config=c1&limit=5")),
+                                  "the list answers")
+    assert headers["X-Total-Count"] == str(RUNS // 3) and len(json.loads(body)["executions"]) == 5
+    assert json.loads(get(server, "/api/runs/stats")[2])["total_records"] == RUNS
+    status, _, body = get(server, "/api/runs?order_by=items_count&order=asc&offset=2990&limit=100")
+    assert status == 200 and len(json.loads(body)["executions"]) == 10
+    text = building(server, "/api/runs?q=quokka", "text")
+    assert text["indexed"] == 0
+    status, _, parsed = page(server, "/?q=quokka")
+    assert status == 503 and progress_in(parsed) == (0, RUNS)
+    assert json.loads(get(server, "/api/health")[2])["build"] == {"phase": "text", "indexed": 0, "total": RUNS}
+    assert json.loads(get(server, "/api/health")[2])["index"] == "ready"
+
+    (gates / "text-1").touch()
+    until(lambda: building(server, "/api/runs?q=quokka", "text")["indexed"] == BATCH, "text progress")
+    for step in (2, 3, 4):
+        (gates / f"text-{step}").touch()
+    status, headers, body = until(lambda: (lambda r: r[0] == 200 and r)(get(server, "/api/runs?q=quokka&limit=1")),
+                                  "text search answers")
+    assert headers["X-Total-Count"] == str(RUNS)
+    status, headers, _ = get(server, "/api/runs?q=needle+-nothing")
+    assert status == 200
+    assert get(server, "/?q=quokka", accept="text/html")[0] == 200
+    health = json.loads(get(server, "/api/health")[2])
+    assert health["index"] == "ready" and "build" not in health
+
+
+def test_a_build_in_one_call_without_background_indexes_text_too(runs_dir):
+    """Scripts and the CLI (no build_in_background) wait for both phases in the one call."""
+    make_runs(runs_dir, BATCH + 5)
+    index = RunIndex(RunStore(runs_dir))
+    from execution_history.filters import RunFilters, RunQuery
+
+    _, total = index.query(RunQuery(filters=RunFilters(q="quokka")))
+    assert total == BATCH + 5 and "build" not in index.state()
