@@ -196,3 +196,50 @@ def test_large_scans_parse_in_worker_processes(store, recorded_runs, monkeypatch
     index = RunIndex(store)
     assert ids_of(index) == sorted(recorded_runs)
     assert index.stats() == store.scan_stats()
+
+
+def test_requests_waiting_for_a_scan_share_the_next_one_under_a_stream_of_new_runs(runs_dir, monkeypatch):
+    """Requests that queue for the scan lock while pipelines keep publishing are answered by
+    one scan that listed the folder after they arrived, not by one scan each in turn; and
+    each of them sees every run published before it arrived."""
+    import fcntl
+    import threading
+
+    import execution_history.index.sync as sync_module
+
+    store = RunStore(runs_dir)
+    index = RunIndex(store)
+    record_run(store)
+    index.sync()
+    scans, arrived = [], []
+    original_scan, original_lock = sync_module.IndexSync._scan, type(index)._scan_lock
+
+    def scan(self, conn, full):
+        original_scan(self, conn, full)
+        scans.append(1)
+        record_run(store, config="during")  # a pipeline publishes while every scan runs
+
+    def scan_lock(self):
+        arrived.append(threading.get_ident())
+        return original_lock(self)
+
+    monkeypatch.setattr(sync_module.IndexSync, "_scan", scan)
+    monkeypatch.setattr(type(index), "_scan_lock", scan_lock)
+    before = record_run(store, config="before")  # published before any of the requests below
+    seen = {}
+    holder = os.open(index.lock_path, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # a scan of another process is under way
+
+    def request(n):  # a list request: query() brings the index in step first
+        seen[n] = {s["execution_id"] for s in index.query(ALL)[0]}
+
+    threads = [threading.Thread(target=request, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    while len(arrived) < len(threads):
+        threading.Event().wait(0.01)
+    os.close(holder)  # that scan ends (it listed the folder before the requests arrived)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(seen) == len(threads) and all(before in ids for ids in seen.values())
+    assert len(scans) == 1, f"{len(scans)} scans for {len(threads)} waiting requests"

@@ -95,6 +95,9 @@ END;
 -- contentless: the text lives in the record files, the index keeps only its search terms
 CREATE VIRTUAL TABLE run_text USING fts5(content, content='', tokenize='unicode61 remove_diacritics 2');
 INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('dir_mtime_ns', NULL), ('full_check_at', 0),
+    -- when the last scan's final listing began (wall clock, ns): requests that arrived before
+    -- it need no scan of their own (sync.py)
+    ('listed_at_ns', 0),
     ('malformed_files', 0), ('malformed_bytes', 0),
     -- a cold build's progress (see sync.py): files to index and indexed in its summaries phase,
     -- then the text phase: runs rows with text_after < id <= text_upto have no text indexed yet

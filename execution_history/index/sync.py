@@ -9,6 +9,10 @@ missing, corrupt or of another schema version, and is kept in step with them lik
   ``stat`` per file) and indexes what is new, replaced (another inode) or gone.
 - That listing runs under the index's write lock, and only once the folder's mtime is
   older than one clock tick, so a later change always moves the mtime again.
+- One process scans at a time (the scan lock); requests that queue for it while pipelines
+  keep publishing share the next scan: a scan whose listing began after a request arrived
+  has indexed every run published before it (``listed_at_ns`` in ``meta``), so that
+  request answers at once instead of listing the folder once more itself.
 - The tracker publishes through the store only (it takes no index lock and imports no
   index module): its new file moves the folder's mtime, and the next request lists the
   folder (names and inodes) and indexes it.
@@ -136,6 +140,7 @@ class IndexSync:
             are being indexed (by this process or another).
         :raises StorageError: if the index cannot be opened or written.
         """
+        arrived = time.time_ns()
         try:
             conn = self._connection()
             now = time.monotonic()
@@ -152,8 +157,15 @@ class IndexSync:
                 return
             with self._scan_lock():
                 conn = self._connection()  # the index may have been rebuilt meanwhile
-                full = full or self._clock() - float(self._meta(conn)["full_check_at"] or 0) >= self.rescan_seconds
-                if self._is_current(self._meta(conn), self._dir_mtime(), full):
+                meta = self._meta(conn)
+                full = full or self._clock() - float(meta["full_check_at"] or 0) >= self.rescan_seconds
+                if self._is_current(meta, self._dir_mtime(), full):
+                    return
+                if not full and int(meta.get("listed_at_ns") or 0) > arrived:
+                    # Coalesced: a scan that listed the folder after this request arrived has
+                    # finished, so it indexed every run published before; under a steady
+                    # stream of new runs, waiting requests share one scan instead of each
+                    # doing their own in turn.
                     return
                 self._scan(conn, full)
             if not self.build_in_background:
@@ -414,6 +426,7 @@ class IndexSync:
         while True:
             with self._transaction(conn):
                 dir_mtime = self._settled_dir_mtime()
+                listed_at = time.time_ns()
                 malformed = Malformed()
                 stale, removed = self._diff(conn, full, malformed)
                 if len(stale) <= BATCH:
@@ -422,6 +435,7 @@ class IndexSync:
                     self._delete(conn, removed)
                     self._store_batch(conn, [p for chunk in iter_parsed(self.store, stale) for p in chunk])
                     conn.execute("UPDATE meta SET value = ? WHERE key = 'dir_mtime_ns'", (dir_mtime,))
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES ('listed_at_ns', ?)", (listed_at,))
                     # exec_*.json files whose names are no ids: unreadable records, never opened
                     conn.executemany("UPDATE meta SET value = ? WHERE key = ?",
                                      [(malformed.count, "malformed_files"), (malformed.size, "malformed_bytes")])
