@@ -18,7 +18,7 @@ from execution_history import RunStore
 from execution_history.index import RunIndex, iter_parsed
 from execution_history.index import sync as index_sync
 
-from .stats_after_change import corpus
+from . import corpus
 
 
 def build(store: RunStore, folder: Path) -> tuple[float, float]:
@@ -44,10 +44,9 @@ def build(store: RunStore, folder: Path) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=20_000)
-    parser.add_argument("--source", type=Path, default=Path("/tmp/corpus/runs20k"))
+    corpus.add_arguments(parser, runs=20_000)
     args = parser.parse_args()
-    folder = corpus(args.runs, args.source)
+    folder = corpus.from_arguments(args)
     store = RunStore(folder)
     ids = sorted(store.list_inodes())
     started = time.perf_counter()

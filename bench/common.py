@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -121,8 +122,15 @@ class Gunicorn:
         raise RuntimeError("gunicorn did not start")
 
     def get(self, path: str) -> bytes:
-        with urllib.request.urlopen(f"{self.url}{path}", timeout=600) as response:
-            return response.read()
+        """The body of GET *path*; while a cold index build answers 503 INDEX_BUILDING, asked again."""
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}{path}", timeout=600) as response:
+                    return response.read()
+            except urllib.error.HTTPError as err:
+                if err.code != 503 or b"INDEX_BUILDING" not in err.read():
+                    raise
+            time.sleep(0.1)
 
     def worker_rss_mb(self) -> list[float]:
         """Resident memory of each worker process."""

@@ -5,7 +5,7 @@
 prefixes, long outputs, schema drift) and ``to_contract.py`` turns them into record files
 of API.md section 1. :func:`realistic` runs both once per (count, seed) into
 ``bench/out/corpus_<count>_s<seed>/`` and reuses that folder afterwards. A converted set
-that already exists (``--source``, e.g. ``/tmp/corpus/runs20k``) is hard-linked instead
+that already exists (``--source DIR``) is hard-linked instead
 (copied across file systems); the source itself is never written to, since the
 benchmarks build an index beside the records and write new runs into the folder.
 
@@ -76,19 +76,9 @@ def add_arguments(parser, runs: int = 20_000) -> None:
     parser.add_argument("--runs", type=int, default=runs)
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--source", type=Path, default=None,
-                        help="a converted corpus to link the runs from (default: /tmp/corpus/runs<N/1000>k if there)")
+                        help="a converted corpus to link the runs from (default: generate)")
 
 
 def from_arguments(args) -> Path:
     """The corpus folder the parsed ``add_arguments`` options name."""
-    source = args.source
-    if source is None and args.seed == SEED:
-        source = existing(args.runs)
-    return realistic(args.runs, args.seed, source)
-
-
-def existing(count: int) -> Path | None:
-    """A converted set of at least *count* runs the team made already (``/tmp/corpus/runs<N>k``,
-    gen_runs.py with seed 42, complete when ``runs<N>k.done`` is beside it), or None."""
-    return next((p for p in sorted(Path("/tmp/corpus").glob("runs*k")) if p.is_dir()
-                 and p.with_name(p.name + ".done").exists() and len(os.listdir(p)) >= count), None)
+    return realistic(args.runs, args.seed, args.source)

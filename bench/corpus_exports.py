@@ -2,7 +2,7 @@
 back with its real parser (csv, openpyxl, lxml + the shipped XSD, json); prints counts and
 timings. Reads the folder only (no index, nothing written beside it).
 
-    python -m bench.corpus_exports /tmp/corpus/runs20k [--single 20000] [--formats csv xml]
+    python -m bench.corpus_exports bench/out/corpus_20000_s42 [--single 20000] [--formats csv xml]
 
 The corpus comes from ``../shared/corpus`` (gen_runs.py, then to_contract.py); the test suite
 runs its own small hostile generator instead (tests/hostile_records.py).
@@ -106,7 +106,7 @@ def run(folder: Path, formats: list[str], single: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Command line: the corpus folder, how many runs to export one by one, which formats."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path, nargs="?", default=Path("/tmp/corpus/runs20k"))
+    parser.add_argument("folder", type=Path, help="a folder of record files (e.g. made by bench.corpus)")
     parser.add_argument("--single", type=int, default=None, help="runs exported one by one (default: all)")
     parser.add_argument("--formats", nargs="+", default=sorted(COUNTERS), choices=sorted(COUNTERS))
     args = parser.parse_args(argv)

@@ -12,13 +12,12 @@ import argparse
 import shutil
 import statistics
 import time
-from pathlib import Path
 
 from execution_history import RunStore
 from execution_history.filters import ORDER_BY, RunFilters, RunQuery
 from execution_history.index import RunIndex
 
-from .stats_after_change import corpus
+from . import corpus
 
 
 def median_ms(index: RunIndex, query: RunQuery) -> float:
@@ -32,10 +31,9 @@ def median_ms(index: RunIndex, query: RunQuery) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=10_000)
-    parser.add_argument("--source", type=Path, default=Path("/tmp/corpus/runs20k"))
+    corpus.add_arguments(parser, runs=10_000)
     args = parser.parse_args()
-    folder = corpus(args.runs, args.source)
+    folder = corpus.from_arguments(args)
     shutil.rmtree(folder / ".index", ignore_errors=True)
     index = RunIndex(RunStore(folder))
     started = time.perf_counter()

@@ -56,7 +56,7 @@ def queries(count: int) -> dict[str, str]:
 def bench_size(count: int, root: Path) -> None:
     print(f"\n=== {count} runs ===")
     started = time.perf_counter()
-    folder = corpus.realistic(count, source=corpus.existing(count), out=root)
+    folder = corpus.realistic(count, out=root)
     size = sum(p.stat().st_size for p in folder.glob("exec_*.json"))
     print(f"data: {size / 2**30:.2f} GiB in {count} files (ready in {time.perf_counter() - started:.1f} s)")
 

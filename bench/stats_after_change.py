@@ -19,35 +19,14 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 from execution_history import ExecutionTracker, RunStore
 from execution_history.filters import RunFilters, RunQuery
 from execution_history.index import RunIndex
 
-from .common import PROJECT
+from . import corpus
 
-CORPUS = PROJECT.parent / "shared" / "corpus"
-OUT = PROJECT / "bench" / "out"
-
-
-def corpus(runs: int, source: Path | None) -> Path:
-    """A folder of *runs* realistic records (made once, reused)."""
-    folder = OUT / f"corpus{runs}"
-    if folder.exists() and len(list(folder.glob("exec_*.json"))) >= runs:
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    if source is not None and source.exists():
-        for path in sorted(source.glob("exec_*.json"))[:runs]:
-            shutil.copy2(path, folder / path.name)
-        return folder
-    raw = OUT / f"raw{runs}"
-    subprocess.run([sys.executable, str(CORPUS / "gen_runs.py"), str(raw), str(runs), "--seed", "42"], check=True)
-    subprocess.run([sys.executable, str(CORPUS / "to_contract.py"), str(raw), str(folder)], check=True)
-    return folder
 
 
 def timed(work) -> float:
@@ -58,11 +37,10 @@ def timed(work) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=10_000)
+    corpus.add_arguments(parser, runs=10_000)
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--source", type=Path, default=Path("/tmp/corpus/runs20k"))
     args = parser.parse_args()
-    folder = corpus(args.runs, args.source)
+    folder = corpus.from_arguments(args)
     shutil.rmtree(folder / ".index", ignore_errors=True)
     store = RunStore(folder)
     index = RunIndex(store)

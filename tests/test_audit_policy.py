@@ -11,7 +11,12 @@ from execution_history import ExecutionTracker, RunStore
 
 @pytest.fixture
 def audited_app(runs_dir, tmp_path):
-    """An app with access control on, one run of alice, and alice's token."""
+    return make_audited_app(runs_dir, tmp_path)
+
+
+def make_audited_app(runs_dir, tmp_path):
+    """An app with access control on, one run of alice, and alice's token (made after any
+    change to the policy table: the app reads it at start-up)."""
     tokens = TokenStore(tmp_path / "tokens.json")
     token = tokens.create("alice", "researcher")
     with ExecutionTracker("cfg", user_id="alice", store=RunStore(runs_dir)) as run:
@@ -41,26 +46,21 @@ def test_the_table_alone_decides_the_event(runs_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(AUDITED, "api.export_run", Audited("export_renamed", ("execution_id", "format")))
     monkeypatch.setitem(AUDITED, "jobs.create_export_job", Audited("job_renamed", at_start=False))
     monkeypatch.setitem(AUDITED, "api.get_stats", Audited("stats_read"))  # a route audited by one line
-    tokens = TokenStore(tmp_path / "tokens.json")
-    token = tokens.create("alice", "researcher")
-    with ExecutionTracker("cfg", user_id="alice", store=RunStore(runs_dir)) as run:
-        run.log_user_input_text("hello")
-    app = create_app({"TESTING": True, "RUN_HISTORY_DIR": str(runs_dir), "RUN_HISTORY_TOKENS": str(tokens.path),
-                      "RUN_HISTORY_AUDIT_LOG": str(tmp_path / "audit.log")})
+    app, token, execution_id = make_audited_app(runs_dir, tmp_path)
     client = app.test_client()
     bearer = {"Authorization": f"Bearer {token}"}
 
-    assert client.get(f"/api/runs/{run.execution_id}/export/json", headers=bearer).status_code == 200
-    assert client.get(f"/api/runs/{run.execution_id}/export/json").status_code == 401
+    assert client.get(f"/api/runs/{execution_id}/export/json", headers=bearer).status_code == 200
+    assert client.get(f"/api/runs/{execution_id}/export/json").status_code == 401
     assert client.post("/api/exports", json={"format": "json"}, headers=bearer).status_code == 202
     assert client.get("/api/runs/stats", headers=bearer).status_code == 200
 
     lines = audit_lines(app)
     assert [(e["event"], e["status"]) for e in lines] == [
         ("export_renamed", 200), ("export_renamed", 401), ("job_renamed", 202), ("stats_read", 200)]
-    assert lines[0]["execution_id"] == run.execution_id and lines[0]["format"] == "json"
+    assert lines[0]["execution_id"] == execution_id and lines[0]["format"] == "json"
     assert lines[0]["rows"] == 1 and lines[0]["route"] == "/api/runs/<execution_id>/export/<fmt>"
-    assert lines[1]["execution_id"] == run.execution_id and lines[1]["user"] is None
+    assert lines[1]["execution_id"] == execution_id and lines[1]["user"] is None
     assert lines[2]["format"] == "json" and lines[2]["rows"] == 1
     assert lines[3]["route"] == "/api/runs/stats" and lines[3]["user"] == "alice"
 

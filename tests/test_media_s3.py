@@ -1,7 +1,6 @@
 """Media in the bucket of an S3 store (SeaweedFS): served like local files, through gunicorn; containment on keys."""
 from __future__ import annotations
 
-import http.client
 import io
 import json
 import wave
@@ -20,6 +19,7 @@ from execution_history.s3media import S3MediaArea
 
 from .conftest import LiveServer, app_config, assert_error, audit_events, free_port, store_for
 from .media_files import write_mp4, write_png, write_wav
+from .test_media_serving import fetch, seq_of, url
 from .s3server import BUCKET
 
 #: file_path -> (item type, Content-Type); all of them objects under <prefix>/media/
@@ -68,10 +68,6 @@ def build_bucket_site(store, tmp_path: Path) -> tuple[str, dict[str, bytes], dic
     return run.execution_id, data, sequences, local
 
 
-def seq_of(store, execution_id: str, file_path: str) -> int:
-    return next(i["sequence_number"] for i in store.load(execution_id)["items"] if i["file_path"] == file_path)
-
-
 @pytest.fixture(scope="module")
 def site(s3_server, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("s3media")
@@ -83,20 +79,6 @@ def site(s3_server, tmp_path_factory):
         "RUN_HISTORY_SECRET_KEY": "test-secret-shared-by-every-host"})
     yield server, store, execution_id, data, traps, audit
     server.stop()
-
-
-def fetch(server, path, method="GET", headers=None):
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    try:
-        connection.request(method, path, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, response.headers, response.read()
-    finally:
-        connection.close()
-
-
-def url(execution_id, seq):
-    return f"/api/runs/{execution_id}/items/{seq}/file"
 
 
 @pytest.mark.parametrize("file_path", sorted(SERVED))
