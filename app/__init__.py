@@ -31,7 +31,6 @@ from . import (
 )
 from .config import load_config
 from .errors import register_error_handlers
-from .extensions import get_index, get_links, get_side, get_store  # noqa: F401 - where they were before
 from .links import LinkSigner
 from .recovery import open_checked_store, start_recovery
 

@@ -23,7 +23,6 @@ from execution_history.errors import InvalidParameter, RunNotFound, StorageError
 from execution_history.media import (
     MediaFile,
     MediaNotFound,
-    MediaRoot,
     RangeNotSatisfiable,
     default_media_root,
     find_item,
@@ -38,7 +37,7 @@ from execution_history.thumbnails import ThumbnailCache
 from . import audit_hooks, extensions
 from .auth import load_visible
 from .downloads import content_disposition
-from .extensions import get_audit, get_media_root, get_media_sources, get_store, get_thumbnails
+from .extensions import get_audit, get_media_sources, get_store, get_thumbnails
 
 bp = Blueprint("media", __name__, url_prefix="/api")
 #: The thumbnail cache: a hidden folder of the data folder (like the index), never served as media.
@@ -56,29 +55,18 @@ def init_app(app: Flask, data_dir: Path) -> None:
     app.register_blueprint(bp)
 
 
-def media_root() -> Path:
-    """The current app's local media dir (``RUN_HISTORY_MEDIA_DIR``, default: the start-up working
-    directory): where the sample pipeline writes its files."""
-    return get_media_root()
-
-
-def media_sources() -> MediaRoot:
-    """Where the current app reads media from: the local media dir and/or an S3 area (``media_root_for``)."""
-    return get_media_sources()
-
-
 def open_item_file(item: dict[str, Any]) -> tuple[MediaFile, BinaryIO] | None:
     """The one function that opens an item's media file (None: none, missing or refused).
 
     :raises StoreUnavailable: if media live on S3 and the endpoint does not answer (503).
     """
-    return open_media(item.get("file_path"), media_sources())
+    return open_media(item.get("file_path"), get_media_sources())
 
 
 def _resolve_for_page(file_path: object) -> MediaFile | None:
     # a page still renders when the S3 endpoint stops answering: its files are shown as missing
     try:
-        return resolve(file_path, media_sources())
+        return resolve(file_path, get_media_sources())
     except StorageError:
         return None
 

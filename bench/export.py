@@ -33,7 +33,6 @@ import orjson
 from lxml import etree
 from openpyxl import Workbook
 
-from execution_history import RunStore
 from execution_history.exporters.cells import ITEM_COLUMNS, RUN_COLUMNS
 
 from . import corpus

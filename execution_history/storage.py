@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic
-from .atomic import create_file, is_writer_alive
 from .errors import InvalidRecord, RunAlreadyExists, RunNotFound, StorageError
 from .records import dump_record, is_valid_execution_id, parse_record, parse_timestamp
 from .regular import NotARegularFile, read_regular
@@ -152,7 +151,7 @@ class RunStore:
     def _create(self, execution_id: str, path: Path, data: bytes) -> bool:
         self.ensure_root()
         try:
-            return create_file(path, data)
+            return atomic.create_file(path, data)
         except OSError as err:
             raise StorageError("Run could not be saved", execution_id=execution_id,
                                reason=err.strerror or str(err)) from err
@@ -175,7 +174,7 @@ class RunStore:
                 age = now - entry.stat().st_mtime
             except OSError:
                 continue
-            if age > ORPHAN_AGE_SECONDS or not is_writer_alive(_writer_pid(entry.name)):
+            if age > ORPHAN_AGE_SECONDS or not atomic.is_writer_alive(_writer_pid(entry.name)):
                 if _unlink_quietly(Path(entry.path)):
                     removed += 1
         return removed
