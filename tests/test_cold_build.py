@@ -203,3 +203,39 @@ def test_a_build_in_one_call_without_background_indexes_text_too(runs_dir):
 
     _, total = index.query(RunQuery(filters=RunFilters(q="quokka")))
     assert total == BATCH + 5 and "build" not in index.state()
+
+
+def test_a_server_killed_mid_build_leaves_an_index_the_next_one_completes(runs_dir, tmp_path, gates):
+    """SIGKILL every gunicorn process after the first batch of a cold build: the next server
+    goes on from what was indexed (the scan lock dies with its holder) and ends with every run
+    listed once, counted once and searchable."""
+    import os
+    import signal
+
+    make_runs(runs_dir, RUNS)
+    first = LiveServer(runs_dir, tmp_path / "first.log", extra_env={"RUN_HISTORY_TEST_BUILD_GATES": str(gates)},
+                       app="tests.slow_build_app:app")
+    try:
+        assert building(first, "/api/runs", "summaries")["indexed"] == 0
+        (gates / "summaries-1").touch()
+        until(lambda: building(first, "/api/runs", "summaries")["indexed"] == BATCH, "the first batch")
+        children = Path(f"/proc/{first.proc.pid}/task/{first.proc.pid}/children").read_text().split()
+        for pid in (first.proc.pid, *map(int, children)):
+            os.kill(pid, signal.SIGKILL)
+        first.proc.wait(timeout=TIMEOUT)
+    finally:
+        first.stop()
+    second = LiveServer(runs_dir, tmp_path / "second.log")
+    try:
+        status, headers, _ = until(lambda: (lambda r: r[0] == 200 and r)(get(second, "/api/runs?limit=1")),
+                                   "the list answers")
+        assert headers["X-Total-Count"] == str(RUNS)
+        assert json.loads(get(second, "/api/runs/stats")[2])["total_records"] == RUNS
+        status, headers, _ = until(lambda: (lambda r: r[0] == 200 and r)(get(second, "/api/runs?q=quokka&limit=1")),
+                                   "text search answers")
+        assert headers["X-Total-Count"] == str(RUNS)
+        status, _, body = get(second, "/api/runs?limit=100&offset=2950&order=asc")
+        ids = [e["execution_id"] for e in json.loads(body)["executions"]]
+        assert ids == sorted(path.stem for path in runs_dir.glob("exec_*.json"))[2950:]
+    finally:
+        second.stop()
