@@ -7,11 +7,13 @@ import hashlib
 import io
 import json
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from werkzeug.http import parse_options_header
 
 from app import create_app
 from execution_history import ExecutionTracker, RunStore
@@ -238,3 +240,50 @@ def test_a_file_past_4_gib_makes_a_zip64_archive(tmp_path):
     assert [f["size"] for f in manifest["runs"][0]["files"]] == [big_size, len(small)]
     sums = dict(reversed(line.split("  ", 1)) for line in archive.read("SHA256SUMS").decode().splitlines())
     assert sums[f"{prefix}/media/2_small.png"] == hashlib.sha256(small).hexdigest()
+
+
+def finished_job(client, job_id):
+    """The download of a job, once the executor (started by the POST, in this process) has done it."""
+    deadline = time.monotonic() + 60
+    while (state := client.get(f"/api/exports/{job_id}").get_json())["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, state
+        time.sleep(0.05)
+    assert state["state"] == "done", state
+    return client.get(f"/api/exports/{job_id}/download")
+
+
+def test_bulk_zip_as_an_export_job_bundles_the_same_media(site, tmp_path, monkeypatch):
+    """The media dir set in the app's config only (no environment variable) reaches the job's writer too."""
+    monkeypatch.delenv("RUN_HISTORY_MEDIA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # a writer that fell back to the working directory would find nothing
+    app, store, ids, _, originals = site
+    client = app.test_client()
+    response = client.post("/api/exports", json={"format": "zip", "filters": {"config": "one"}})
+    assert response.status_code == 202, response.get_json()
+    job = response.get_json()
+    download = finished_job(client, job["id"])
+    assert download.status_code == 200 and download.headers["Content-Type"] == "application/zip"
+    manifest = check_with_real_tools(download.get_data(), tmp_path / "job")
+    direct = check_with_real_tools(client.get("/api/runs/export/zip?config=one").get_data(), tmp_path / "direct")
+    assert [r["execution_id"] for r in manifest["runs"]] == [ids[0]]
+    assert manifest["runs"] == direct["runs"]  # the same records, files, hashes and missing files as the direct export
+    assert [f["file_path"] for f in manifest["runs"][0]["files"]] == ["exports/media/flower.png",
+                                                                       "exports/media/tone.wav"]
+
+
+def test_a_pseudonymized_zip_job_is_the_pseudonymized_direct_export(site, tmp_path):
+    app, store, ids, _, _ = site
+    client = app.test_client()
+    response = client.post("/api/exports", json={"format": "zip", "filters": {"config": "two"},
+                                                 "options": {"pseudonymize": True}})
+    assert response.status_code == 202, response.get_json()
+    download = finished_job(client, response.get_json()["id"])
+    assert download.status_code == 200
+    name = parse_options_header(download.headers["Content-Disposition"])[1]["filename"]
+    assert name.startswith("runs_") and name.endswith("_pseudonymized.zip")
+    check_with_real_tools(download.get_data(), tmp_path / "job")
+    direct = client.get("/api/runs/export/zip?config=two&pseudonymize=true")
+    check_with_real_tools(direct.get_data(), tmp_path / "direct")
+    job_record = json.loads((tmp_path / "job" / ids[1] / "record.json").read_bytes())
+    assert job_record == json.loads((tmp_path / "direct" / ids[1] / "record.json").read_bytes())
+    assert job_record["user_id"].startswith("u_") and job_record["user_id"] != store.load(ids[1])["user_id"]
