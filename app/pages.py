@@ -25,6 +25,7 @@ from .presenters import (
     query_string,
     timeline,
     visible_controls,
+    visible_name,
 )
 
 bp = Blueprint("pages", __name__)
@@ -34,6 +35,12 @@ bp = Blueprint("pages", __name__)
 def visible(text: str | None) -> str:
     """Jinja filter: control characters made visible (escaping stays Jinja's)."""
     return visible_controls(text) if text else ""
+
+
+@bp.app_template_filter("visible_name")
+def visible_name_filter(text: str | None) -> str:
+    """Jinja filter: a file path as one visible line (presenters.visible_name)."""
+    return visible_name(text) if text else ""
 
 
 @bp.app_context_processor

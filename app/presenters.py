@@ -31,6 +31,24 @@ def visible_controls(text: str) -> str:
     return _CONTROLS.sub(lambda m: "\u2421" if m.group() == "\x7f" else chr(0x2400 + ord(m.group())), text)
 
 
+#: What a one-line name (a file path) must not hide: every C0 control (tab and line breaks too),
+#: C1 controls, bidi overrides and isolates, zero-width and other invisible format characters.
+_NAME_HIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+
+
+def visible_name(text: str) -> str:
+    """A file path as one visible line: C0 controls and DEL as their pictures (␉, ␊, ␡), the other
+    invisible characters (C1, bidi overrides such as U+202E, zero-width ones) as ``[U+XXXX]``,
+    so a name cannot hide or reorder what it says."""
+    def shown(match: re.Match[str]) -> str:
+        ch = match.group()
+        if ch < "\x20":
+            return chr(0x2400 + ord(ch))
+        return "\u2421" if ch == "\x7f" else f"[U+{ord(ch):04X}]"
+
+    return _NAME_HIDDEN.sub(shown, text)
+
+
 def query_string(args: MultiDict[str, str], **changes: Any) -> str:
     """The page's query string with *changes* applied (None removes), empty values dropped."""
     kept = {k: v for k, v in args.items() if v != "" and k not in changes}

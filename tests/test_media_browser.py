@@ -10,11 +10,14 @@ from examples.sample_pipeline import iter_sample_runs
 from execution_history import ExecutionTracker, RunStore
 
 from .conftest import LiveServer
+from .media_files import write_png
 from .test_browser import ARTIFACTS, CHROMIUM_ARGS, chromium_path
 
 #: Headless chromium has no user to click play: let media play without a gesture.
 MEDIA_ARGS = [*CHROMIUM_ARGS, "--autoplay-policy=no-user-gesture-required"]
 UNBROKEN = "Wiese" * 200  # 1,000 characters without a space: folded, with a 300-character preview
+#: A found file with a 250-byte name and hostile characters (a control, a bidi override, formula text).
+LONG_NAME = "=SUM(A1)\x07\u202e" + "L" * 230 + ".png"
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +27,15 @@ def media_site(tmp_path_factory):
     store = RunStore(root / "pipeline_runs")
     ids = list(iter_sample_runs(8, store, now=dt.datetime(2025, 11, 20, tzinfo=dt.timezone.utc),
                                 media_root=root / "media"))
+    write_png(root / "media" / "exports" / "media" / LONG_NAME, size=(40, 30))
     with ExecutionTracker("unbroken", store=store) as run:
         run.log_user_input_text(UNBROKEN)
         run.log_output_text("x" * 400)
+        run.log_output_text("y" * 300, model_used="m" * 300)  # shown whole: 300 characters, no break
         run.log_output_image(file_path="exports/media/gone.png", loop_iteration=1)
         run.log_output_image(file_path="../../etc/passwd.png", loop_iteration=1)
+        run.log_output_image(file_path="exports/media/" + LONG_NAME, loop_iteration=1)
+        run.log_output_image(file_path="exports/media/" + "Z" * 300 + ".png", loop_iteration=1)  # missing
     server = LiveServer(store.root, root / "gunicorn.log", extra_env={"RUN_HISTORY_MEDIA_DIR": str(root / "media")})
     yield server, store, ids, run.execution_id
     server.stop()
@@ -94,16 +101,35 @@ def test_a_missing_or_refused_file_is_said_plainly(media_site, page):
     server, _, _, execution_id = media_site
     page.goto(f"{server.url}/runs/{execution_id}")
     assert page.locator(".file.missing").all_inner_texts() == [
-        "File not found: exports/media/gone.png", "File not found: ../../etc/passwd.png"]
-    assert page.locator(".media").count() == 0
+        "File not found: exports/media/gone.png", "File not found: ../../etc/passwd.png",
+        "File not found: exports/media/" + "Z" * 300 + ".png"]
+    assert page.locator(".media").count() == 1  # the long-named file, found
 
 
 def test_long_unbroken_text_does_not_widen_the_page(media_site, page):
     server, _, _, execution_id = media_site
     page.goto(f"{server.url}/runs/{execution_id}")
     assert page.locator("details.content").count() == 1  # folded: its 300-character preview shows
+    preview = page.locator("details.content summary .preview").inner_text()
+    assert preview.rstrip("…") == UNBROKEN[:300]
+    assert page.locator("div.content.text", has_text="y" * 300).count() == 1  # 300 characters shown whole
     widths = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
     assert widths[0] <= widths[1] == 1366
+    # every element stays inside the viewport: previews, texts, the model name, long file names
+    widest = page.evaluate("""() => Math.max(...[...document.querySelectorAll('main *')].map(
+        e => e.getBoundingClientRect().right))""")
+    assert widest <= 1366
+    caption = page.locator(".media figcaption code").inner_text()
+    assert caption == "exports/media/=SUM(A1)\u2407[U+202E]" + "L" * 230 + ".png"  # nothing hidden or reordered
+    image = page.locator(".media-image img")
+    image.scroll_into_view_if_needed()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    narrow = page.context.new_page()  # a phone's width: still no horizontal scrolling
+    narrow.set_viewport_size({"width": 360, "height": 800})
+    narrow.goto(page.url)
+    assert narrow.evaluate("document.documentElement.scrollWidth") <= 360
+    narrow.screenshot(path=str(ARTIFACTS / "run-unbroken-text-narrow.png"), full_page=True)
+    narrow.close()
     page.locator("details.content summary").click()
     assert page.evaluate("document.documentElement.scrollWidth") <= 1366
     screenshot(page, "run-unbroken-text")
