@@ -10,7 +10,7 @@ from examples.sample_pipeline import iter_sample_runs
 from execution_history import ExecutionTracker, RunStore
 
 from .conftest import LiveServer
-from .media_files import write_png
+from .media_files import write_png, write_wav, write_webm
 from .test_browser import ARTIFACTS, CHROMIUM_ARGS, chromium_path
 
 #: Headless chromium has no user to click play: let media play without a gesture.
@@ -36,6 +36,14 @@ def media_site(tmp_path_factory):
         run.log_output_image(file_path="../../etc/passwd.png", loop_iteration=1)
         run.log_output_image(file_path="exports/media/" + LONG_NAME, loop_iteration=1)
         run.log_output_image(file_path="exports/media/" + "Z" * 300 + ".png", loop_iteration=1)  # missing
+    write_webm(root / "media" / "exports" / "media" / "clip.webm")
+    write_png(root / "media" / "exports" / "media" / "still.png", size=(50, 40))
+    write_wav(root / "media" / "exports" / "media" / "tone.wav")
+    with ExecutionTracker("video", store=store) as video:  # image, audio, video: shown in timeline order
+        video.log_output_image(file_path="exports/media/still.png", loop_iteration=1)
+        video.log_output_audio(file_path="exports/media/tone.wav", loop_iteration=1)
+        video.log("output_video", None, loop_iteration=1, file_path="exports/media/clip.webm")
+    ids.append(video.execution_id)
     server = LiveServer(store.root, root / "gunicorn.log", extra_env={"RUN_HISTORY_MEDIA_DIR": str(root / "media")})
     yield server, store, ids, run.execution_id
     server.stop()
@@ -95,6 +103,29 @@ def test_stille_post_page_shows_its_image_and_plays_its_audio(media_site, page):
     assert not [m for m in page.console_errors if "Content Security Policy" in m]  # nothing refused by the CSP
     assert [url for url in page.failed if not url.endswith("/favicon.ico")] == []
     screenshot(page, "run-stillepost-media")
+
+
+def test_a_webm_video_plays_inline_after_the_image_and_audio(media_site, page):
+    server, store, ids, _ = media_site
+    execution_id = next(i for i in ids if store.load(i)["config_name"] == "video")
+    page.goto(f"{server.url}/runs/{execution_id}")
+    kinds = page.locator("figure.media").evaluate_all("figures => figures.map(f => f.className)")
+    assert kinds == ["media media-image", "media media-audio", "media media-video"]  # timeline order
+    video = page.locator(".media-video video")
+    assert video.get_attribute("preload") == "none" and video.get_attribute("controls") is not None
+    video.scroll_into_view_if_needed()
+    size = video.evaluate("""v => new Promise((done, fail) => {
+        v.addEventListener('loadeddata', () => done([v.videoWidth, v.videoHeight, v.duration]), {once: true});
+        v.addEventListener('error', () => fail(new Error('media error ' + (v.error && v.error.code))), {once: true});
+        v.load();
+    })""")
+    assert size[:2] == [64, 48] and 0.9 <= size[2] <= 1.1  # chromium decoded the VP8 frames
+    played = video.evaluate("""v => v.play().then(() => new Promise(done =>
+        v.addEventListener('timeupdate', () => v.currentTime > 0 && done(v.currentTime))))""")
+    assert played > 0
+    assert not [m for m in page.console_errors if "Content Security Policy" in m]
+    assert [url for url in page.failed if not url.endswith("/favicon.ico")] == []
+    screenshot(page, "run-video")
 
 
 def test_a_missing_or_refused_file_is_said_plainly(media_site, page):

@@ -18,12 +18,13 @@ from app.auth import TokenStore
 from execution_history import ExecutionTracker, RunStore
 
 from .conftest import LiveServer, assert_error
-from .media_files import write_mp4, write_png, write_wav
+from .media_files import write_mp4, write_png, write_wav, write_webm
 
 SERVED = {  # file_path -> (item type, Content-Type, inline)
     "exports/media/flower.png": ("output_image", "image/png", True),
     "exports/media/tone.wav": ("output_audio", "audio/wav", True),
     "exports/media/clip.mp4": ("output_video", "video/mp4", True),
+    "exports/media/clip.webm": ("output_video", "video/webm", True),
     "exports/media/model.glb": ("output_3d", "model/gltf-binary", False),
     "exports/media/日本 語.png": ("output_image", "image/png", True),
 }
@@ -43,6 +44,7 @@ def build_site(root: Path) -> tuple[RunStore, str, dict[str, bytes], dict[int, s
     data = {"exports/media/flower.png": write_png(media / "flower.png"),
             "exports/media/tone.wav": write_wav(media / "tone.wav"),
             "exports/media/clip.mp4": write_mp4(media / "clip.mp4"),
+            "exports/media/clip.webm": write_webm(media / "clip.webm", size=(160, 120), frames=20),
             "exports/media/日本 語.png": write_png(media / "日本 語.png", color=(10, 120, 30))}
     (media / "model.glb").write_bytes(b"glTF\x02\x00\x00\x00" + bytes(64))
     data["exports/media/model.glb"] = (media / "model.glb").read_bytes()
@@ -129,30 +131,35 @@ def check_ranges(server, target, whole):
     assert json.loads(body)["code"] == "RANGE_NOT_SATISFIABLE"
 
 
-def test_range_requests_get_206_with_those_bytes(site):
+@pytest.mark.parametrize("path", ["exports/media/clip.mp4", "exports/media/clip.webm", "exports/media/tone.wav"])
+def test_range_requests_get_206_with_those_bytes(site, path):
     server, store, execution_id, data, _ = site
-    path = "exports/media/clip.mp4"
     check_ranges(server, url(execution_id, seq_of(store, execution_id, path)), data[path])
 
 
-def test_etag_and_last_modified_give_304(site):
+REAL = ["exports/media/flower.png", "exports/media/tone.wav", "exports/media/clip.webm"]
+
+
+@pytest.mark.parametrize("path", REAL)
+def test_etag_and_last_modified_give_304(site, path):
     server, store, execution_id, data, _ = site
-    target = url(execution_id, seq_of(store, execution_id, "exports/media/flower.png"))
+    target = url(execution_id, seq_of(store, execution_id, path))
     _, headers, _ = fetch(server, target)
     status, again, body = fetch(server, target, headers={"If-None-Match": headers["ETag"]})
     assert status == 304 and body == b"" and again["ETag"] == headers["ETag"]
     status, _, body = fetch(server, target, headers={"If-Modified-Since": headers["Last-Modified"]})
     assert status == 304 and body == b""
     status, _, body = fetch(server, target, headers={"If-None-Match": '"something-else"'})
-    assert status == 200 and body == data["exports/media/flower.png"]
+    assert status == 200 and body == data[path]
 
 
-def test_head_sends_the_headers_without_a_body(site):
+@pytest.mark.parametrize("path", REAL)
+def test_head_sends_the_headers_without_a_body(site, path):
     server, store, execution_id, data, _ = site
-    path = "exports/media/tone.wav"
     status, headers, body = fetch(server, url(execution_id, seq_of(store, execution_id, path)), method="HEAD")
     assert status == 200 and body == b""
-    assert headers["Content-Type"] == "audio/wav" and int(headers["Content-Length"]) == len(data[path])
+    assert headers["Content-Type"] == SERVED[path][1] and int(headers["Content-Length"]) == len(data[path])
+    assert headers["Accept-Ranges"] == "bytes" and headers["ETag"] and headers["Last-Modified"]
 
 
 def test_every_escape_is_a_404(site):
