@@ -35,7 +35,10 @@ def escapes(root: Path) -> list[str]:
     return ["../outside/secret.png", "exports/../../outside/secret.png", "%2e%2e/outside/secret.png",
             str(root.parent / "outside" / "secret.png"), "link-out.png", "fifo.png", "dir.png", ".hidden.png",
             "exports/.cache/x.png", "tokens.json", "pipeline_runs/.index/runs.sqlite3", ".run_history_secret",
-            "audit.log", "exports/media/missing.png", "exports/media/flower.png\x00.txt", "/etc/passwd", ""]
+            "audit.log", "exports/media/missing.png", "exports/media/flower.png\x00.txt", "/etc/passwd", "",
+            "dir-link/secret.png", "exports/media/flower.png/..", "exports/media/flower.png.txt",
+            "exports/media/%2e%2e/%2e%2e/%2e%2e/outside/secret.png", "exports/media/..%2f..%2f..%2foutside%2fsecret.png",
+            "exports/media/link-in-to-dotdir.png", "exports//media/../../../outside/secret.png"]
 
 
 def build_site(root: Path) -> tuple[RunStore, str, dict[str, bytes], dict[int, str]]:
@@ -51,6 +54,8 @@ def build_site(root: Path) -> tuple[RunStore, str, dict[str, bytes], dict[int, s
     (root.parent / "outside").mkdir()
     write_png(root.parent / "outside" / "secret.png")
     os.symlink(root.parent / "outside" / "secret.png", root / "link-out.png")
+    os.symlink(root.parent / "outside", root / "dir-link")  # a folder on the way leads out
+    os.symlink(root / "exports" / ".cache" / "x.png", media / "link-in-to-dotdir.png")  # inside, but a dot-folder
     os.mkfifo(root / "fifo.png")
     (root / "dir.png").mkdir()
     write_png(root / ".hidden.png")
