@@ -167,6 +167,24 @@ def test_zip_export_and_thumbnail_read_bucket_media(s3_server, tmp_path):
     assert Image.open(io.BytesIO(thumbnail.get_data())).format == "WEBP"
 
 
+def test_a_zip_export_job_reads_bucket_media_too(s3_server, tmp_path):
+    """The job's writer gets the app's media sources (local dir, then the bucket), like a direct zip."""
+    from .test_zip_export import finished_job
+
+    store = store_for("s3", tmp_path / "runs")
+    execution_id, data, _, local = build_bucket_site(store, tmp_path)
+    client = create_app(app_config(store, local)).test_client()
+    response = client.post("/api/exports", json={"format": "zip", "filters": {"ids": execution_id}})
+    assert response.status_code == 202, response.get_json()
+    download = finished_job(client, response.get_json()["id"])
+    archive = zipfile.ZipFile(io.BytesIO(download.get_data()))
+    assert archive.testzip() is None
+    (run,) = json.loads(archive.read("manifest.json"))["runs"]
+    files = {f["file_path"]: archive.read(f["path"]) for f in run["files"]}
+    assert {path: files[path] for path in [*SERVED, "exports/media/local.png"]} == {
+        path: data[path] for path in [*SERVED, "exports/media/local.png"]}
+
+
 def test_an_s3_media_dir_whose_endpoint_is_down_is_a_json_503(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
