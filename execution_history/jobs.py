@@ -50,6 +50,7 @@ from typing import Any, BinaryIO
 from . import atomic
 from .errors import ExecutionHistoryError, ExportExpired, NotReady
 from .exporters import EXPORTERS, ExportInfo
+from .media import MediaRoot
 from .pseudonyms import prepare_export
 from .side import SideArea
 from .storage import RunStore
@@ -316,7 +317,7 @@ class JobExecutor:
     """Runs export jobs in daemon threads of this process (started lazily, after a fork)."""
 
     def __init__(self, jobs: JobStore, store: RunStore, workers: int = 1, slots_dir: str | os.PathLike[str] | None = None,
-                 run_delay: float = 0.0, media_root: Any = None, secret_key: str | None = None) -> None:
+                 run_delay: float = 0.0, media_root: MediaRoot | None = None, secret_key: str | None = None) -> None:
         """*slots_dir*: a local folder every process of this host shares (the per-host limit);
         *run_delay*: seconds added per run (a test hook that makes a job slow enough to watch);
         *media_root*: where a format that bundles media (zip) reads them, as for a direct export
