@@ -160,9 +160,13 @@ def test_zip_export_is_audited_like_other_exports(site, tmp_path):
     response = app.test_client().get(f"/api/runs/{ids[0]}/export/zip")
     size = len(response.get_data())
     response.close()
+    bulk = app.test_client().get("/api/runs/export/zip?config=two")
+    bulk_size = len(bulk.get_data())
+    bulk.close()
     lines = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
-    assert [(e["event"], e["format"], e["execution_id"], e["bytes"], e["rows"]) for e in lines] == [
-        ("export", "zip", ids[0], size, 1)]
+    assert [(e["event"], e["format"], e.get("execution_id"), e["bytes"], e["rows"]) for e in lines] == [
+        ("export", "zip", ids[0], size, 1), ("export", "zip", None, bulk_size, 1)]
+    assert lines[1]["filters"]["config"] == "two" and lines[1]["status"] == 200
 
 
 def test_a_record_of_any_shape_still_makes_a_valid_archive(tmp_path):
