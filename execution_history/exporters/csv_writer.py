@@ -21,6 +21,9 @@ def write_csv(records: Iterable[dict[str, Any]], *, bulk: bool = False, info: Ex
               shape: str | None = None, bom: bool = False, raw: bool = False) -> Iterator[bytes]:
     """Rows of the records: ``shape="items"`` (default for one run) or ``"runs"`` (default for bulk).
 
+    For run rows, a record may also be a run's export fields alone (``items_count`` instead of
+    ``items``), as the index gives them (:func:`takes_run_rows`).
+
     :param bom: start with a UTF-8 byte order mark (for Excel).
     :param raw: do not neutralize formula-like text (for scripts).
     :raises InvalidParameter: for another shape (raised before the first byte).
@@ -29,6 +32,12 @@ def write_csv(records: Iterable[dict[str, Any]], *, bulk: bool = False, info: Ex
     if shape not in SHAPES:
         raise InvalidParameter("Invalid value for shape", parameter="shape", value=shape[:100], allowed=list(SHAPES))
     return _rows(records, shape, bom, raw)
+
+
+def takes_run_rows(options: dict[str, Any]) -> bool:
+    """True if a bulk CSV with these options writes run rows only (the default shape), which
+    need a run's fields but not its items: the index gives them without reading record files."""
+    return (options.get("shape") or "runs") == "runs"
 
 
 def _rows(records: Iterable[dict[str, Any]], shape: str, bom: bool, raw: bool) -> Iterator[bytes]:

@@ -521,7 +521,7 @@ class IndexSync:
         first = conn.execute("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'runs'), 0) + 1"
                              ).fetchone()[0]
         numbered = list(enumerate(runs, start=first))
-        conn.executemany(_INSERT_RUN, [(n, *run.summary, run.ts_key, run.source, *run.identity)
+        conn.executemany(_INSERT_RUN, [(n, *run.summary, run.finished_at, run.ts_key, run.source, *run.identity)
                                        for n, run in numbered])
         # sorted: rows arrive in key order, so the WITHOUT ROWID trees fill page by page
         conn.executemany("INSERT INTO run_item_types VALUES (?, ?)",
