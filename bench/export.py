@@ -102,7 +102,7 @@ def floor_csv(records: Iterable[dict[str, Any]]) -> int:
 
 def floor_csv_runs(index_file: Path) -> int:
     """Run rows straight from the index's SQLite file into the csv writer (the ``runs`` floor)."""
-    conn = sqlite3.connect(f"file:{index_file}?mode=ro", uri=True)
+    conn = sqlite3.connect(index_file)
     try:
         cursor = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE source = 'file'"
                               " ORDER BY ts_key DESC, execution_id DESC")
@@ -234,7 +234,10 @@ def main(argv: list[str] | None = None) -> None:
             rows, before = floor(fmt, paths)
             server = Gunicorn(folder, workers=1)
             server.get("/api/runs?limit=1")
-            first, total, size, status = through_curl(server, URLS[fmt])
+            samples = [through_curl(server, URLS[fmt])]
+            while len(samples) < 5 and sum(sample[1] for sample in samples) < 5:  # short ones: the median of up to 5
+                samples.append(through_curl(server, URLS[fmt]))
+            first, total, size, status = sorted(samples, key=lambda sample: sample[1])[len(samples) // 2]
             peak = max(server.worker_rss_mb())
         finally:
             server.stop()
