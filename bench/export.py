@@ -1,6 +1,6 @@
 """Benchmark bulk exports on the realistic corpus through gunicorn (curl), beside the bare libraries.
 
-    python -m bench.export [--runs 20000] [--source DIR] [--formats csv xml xlsx jsonl json]
+    python -m bench.export [--runs 20000] [--source DIR] [--formats runs csv xml xlsx jsonl json]
 
 The corpus is bench/corpus.py's (../shared/corpus, made once into bench/out/). Prints, per
 format: time to first byte, total, MB, item rows/s, the ratio to the floor and the worker's
@@ -12,7 +12,10 @@ the same run: each file read and parsed with orjson (no checks), the rows built 
 plain ``dict.get``, then the stdlib ``csv`` writer / lxml ``xmlfile`` (one element per
 item, a child per column) / openpyxl write-only (Runs and Items sheets, the characters
 XML cannot hold replaced with one regex, or openpyxl refuses the corpus) / ``orjson.dumps``.
-It is measured just before and just after the export and averaged, since other work shares
+The floor of ``runs`` (a bulk CSV of run rows, the default shape) is a bare
+SQLite query of the index the server built (``SELECT`` the run columns in list order) into
+the stdlib ``csv`` writer: those rows come from the index, not the files. Each floor is
+measured just before and just after the export and averaged, since other work shares
 the two CPUs. ``in memory`` is the writer alone on rows already parsed (the figure the
 first round of benchmarks called the floor).
 """
@@ -23,6 +26,7 @@ import csv
 import io
 import re
 import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -38,10 +42,10 @@ from execution_history.exporters.cells import ITEM_COLUMNS, RUN_COLUMNS
 from . import corpus
 from .common import Gunicorn
 
-URLS = {"csv": "/api/runs/export/csv?shape=items", "xml": "/api/runs/export/xml",
+URLS = {"runs": "/api/runs/export/csv", "csv": "/api/runs/export/csv?shape=items", "xml": "/api/runs/export/xml",
         "xlsx": "/api/runs/export/xlsx", "jsonl": "/api/runs/export/jsonl", "json": "/api/runs/export/json"}
 #: Goals of issue 13 (share of the floor's rows/s).
-GOALS = {"csv": 0.9, "xml": 0.7, "xlsx": 0.8}
+GOALS = {"runs": 0.5, "csv": 0.9, "xml": 0.7, "xlsx": 0.8}
 _HEAD = ("execution_id", "config_name", "timestamp", "status", "execution_mode", "safety_level", "user_id",
          "session_id")
 _ITEM = ("sequence_number", "stage", "stage_iteration", "loop_iteration", "item_type", "timestamp", "model_used",
@@ -96,6 +100,28 @@ def floor_csv(records: Iterable[dict[str, Any]]) -> int:
     return rows
 
 
+def floor_csv_runs(index_file: Path) -> int:
+    """Run rows straight from the index's SQLite file into the csv writer (the ``runs`` floor)."""
+    conn = sqlite3.connect(index_file)
+    try:
+        cursor = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE source = 'file'"
+                              " ORDER BY ts_key DESC, execution_id DESC")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        rows = 0
+        while batch := cursor.fetchmany(1000):
+            writer.writerows(batch)
+            rows += len(batch)
+            if buffer.tell() >= 65536:
+                buffer.getvalue().encode("utf-8")
+                buffer.seek(0)
+                buffer.truncate()
+        buffer.getvalue().encode("utf-8")
+        return rows
+    finally:
+        conn.close()
+
+
 def _text(value: Any) -> str:
     return "" if value is None else _NOT_XML.sub("\ufffd", value) if type(value) is str else str(value)
 
@@ -145,6 +171,8 @@ FLOORS: dict[str, Callable[[Iterable[dict[str, Any]]], int]] = {
 
 def in_memory(fmt: str, paths: list[Path]) -> float:
     """Rows/s of the floor's writer alone, on (at most 3000) records already parsed."""
+    if fmt == "runs":
+        return float("nan")  # its floor reads no record
     records = list(parsed(paths[:3000]))
     started = time.perf_counter()
     rows = FLOORS[fmt](records)
@@ -152,9 +180,9 @@ def in_memory(fmt: str, paths: list[Path]) -> float:
 
 
 def floor(fmt: str, paths: list[Path]) -> tuple[int, float]:
-    """(item rows, rows/s) of the bare library over the files."""
+    """(item rows, or run rows for ``runs``; rows/s) of the bare library over the files (the index)."""
     started = time.perf_counter()
-    rows = FLOORS[fmt](parsed(paths))
+    rows = floor_csv_runs(paths[0].parent / ".index" / "runs.sqlite3") if fmt == "runs" else FLOORS[fmt](parsed(paths))
     return rows, rows / (time.perf_counter() - started)
 
 
@@ -199,11 +227,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'format':6s} {'TTFB':>9s} {'total':>7s} {'MB':>7s} {'rows/s':>9s} {'floor':>9s} {'ratio':>6s}"
           f" {'goal':>5s} {'in memory':>10s} {'peak RSS':>9s}")
     for fmt in args.formats:
-        rows, before = floor(fmt, paths)
         server = Gunicorn(folder, workers=1)
         try:
+            server.get("/api/runs?limit=1")  # the index is there (the runs floor reads it)
+            server.stop()
+            rows, before = floor(fmt, paths)
+            server = Gunicorn(folder, workers=1)
             server.get("/api/runs?limit=1")
-            first, total, size, status = through_curl(server, URLS[fmt])
+            samples = [through_curl(server, URLS[fmt])]
+            while len(samples) < 5 and sum(sample[1] for sample in samples) < 5:  # short ones: the median of up to 5
+                samples.append(through_curl(server, URLS[fmt]))
+            first, total, size, status = sorted(samples, key=lambda sample: sample[1])[len(samples) // 2]
             peak = max(server.worker_rss_mb())
         finally:
             server.stop()
@@ -215,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
               f" {rate / base:6.0%} {goal:>5s} {in_memory(fmt, paths):10,.0f} {peak:6.0f} MB"
               + ("" if status == 200 else f"  HTTP {status}") + f"   (floor before/after {before:,.0f}/{after:,.0f})",
               flush=True)
-    print(f"item rows: {rows}")
+    print("rows: item rows, or run rows for runs (a bulk CSV's default shape)")
 
 
 if __name__ == "__main__":

@@ -198,6 +198,57 @@ def test_large_scans_parse_in_worker_processes(store, recorded_runs, monkeypatch
     assert index.stats() == store.scan_stats()
 
 
+def test_workers_that_break_mid_scan_leave_no_id_unparsed_or_parsed_twice(store, recorded_runs, monkeypatch, caplog):
+    """The ids may come as a stream (a cold build's text phase reads them a slab at a time): when
+    the pool breaks after some chunks, this process parses the chunks in flight and the rest."""
+    import execution_history.index as index_module
+
+    sync_module = index_module.sync
+    monkeypatch.setattr(sync_module, "PARALLEL_MIN", 2)
+    monkeypatch.setattr(sync_module, "CHUNK", 2)
+    ids = sorted(store.list_inodes())
+    real_pool = sync_module.ProcessPoolExecutor
+
+    class BreaksAfterTwo(real_pool):
+        submitted = 0
+
+        def submit(self, *args, **kwargs):
+            BreaksAfterTwo.submitted += 1
+            if BreaksAfterTwo.submitted > 2:
+                raise sync_module.BrokenProcessPool("a worker died")
+            return super().submit(*args, **kwargs)
+
+    monkeypatch.setattr(sync_module, "ProcessPoolExecutor", BreaksAfterTwo)
+    chunks = list(index_module.iter_parsed(store, (i for i in ids), total=len(ids)))
+    assert [i for chunk in chunks for i, _ in chunk] == ids
+    assert "worker processes failed" in caplog.text
+
+
+def test_a_cold_builds_text_phase_reads_the_runs_a_slab_at_a_time(runs_dir, monkeypatch):
+    import execution_history.index.sync as sync_module
+
+    monkeypatch.setattr(sync_module, "TEXT_SLAB", 3)
+    monkeypatch.setattr(sync_module, "TEXT_BATCH_CHARS", 50)  # a transaction every run or so
+    monkeypatch.setattr(sync_module, "BATCH", 4)  # more files than a batch: a cold build in phases
+    store = RunStore(runs_dir)
+    monkeypatch.setattr(sync_module, "CHUNK", 2)
+    ids = [record_run(store, config=f"c{n}", text=f"quokka{n} wombat") for n in range(11)]
+    slabs = []
+    original = sync_module.IndexSync._text_ids
+
+    def counted(conn, after, upto, listed):
+        for execution_id in original(conn, after, upto, listed):
+            slabs.append(len(listed))
+            yield execution_id
+
+    monkeypatch.setattr(sync_module.IndexSync, "_text_ids", staticmethod(counted))
+    index = RunIndex(store)
+    assert index.count(RunQuery(RunFilters(q="wombat"))) == 11
+    assert all(index.count(RunQuery(RunFilters(q=f"quokka{n}"))) == 1 for n in range(11))
+    assert slabs and max(slabs) <= 3 * 2 + 3  # ids in flight: a few chunks, never every run
+    assert sorted(ids) == sorted(ids_of(index))
+
+
 def test_requests_waiting_for_a_scan_share_the_next_one_under_a_stream_of_new_runs(runs_dir, monkeypatch):
     """Requests that queue for the scan lock while pipelines keep publishing are answered by
     one scan that listed the folder after they arrived, not by one scan each in turn; and

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from ..filters import RunQuery
 
 from ..errors import ExportTooLarge, FormatNotImplemented, InvalidFormat
-from .csv_writer import write_csv
+from .csv_writer import takes_run_rows, write_csv
 from .info import ExportInfo
 from .json_writer import write_json, write_jsonl
 from .xlsx_writer import EXCEL_MAX_ROWS, write_xlsx
@@ -32,6 +32,9 @@ class Selection(Protocol):
     def iter_listed_records(self, store: Records, execution_ids: Iterable[str]) -> Iterator[dict[str, Any]]:
         """The records of listed ids; one gone since it was listed raises (the count must hold)."""
 
+    def iter_run_rows(self, query: RunQuery, user_scope: str | None = None) -> Iterator[dict[str, Any]]:
+        """The selected runs' export run fields without their items (EXPORT_RUN_FIELDS), in order."""
+
 
 class Records(Protocol):
     """Where the records come from (any store)."""
@@ -51,12 +54,14 @@ class Exporter:
     options: tuple[str, ...] = ()            # query parameters the writer takes
     max_rows: int | None = None              # item rows a sheet can hold, checked before streaming
     media: bool = False                      # the writer reads media files: callers pass media_root=
+    run_rows: Callable[[dict[str, Any]], bool] | None = None  # options -> a bulk export needs run fields only
 
 
 EXPORTERS: dict[str, Exporter] = {
     "json": Exporter("json", "application/json; charset=utf-8", ".json", write_json),
     "jsonl": Exporter("jsonl", "application/x-ndjson; charset=utf-8", ".jsonl", write_jsonl),
-    "csv": Exporter("csv", "text/csv; charset=utf-8", ".csv", write_csv, options=("shape", "bom", "raw")),
+    "csv": Exporter("csv", "text/csv; charset=utf-8", ".csv", write_csv, options=("shape", "bom", "raw"),
+                    run_rows=takes_run_rows),
     "xml": Exporter("xml", "application/xml; charset=utf-8", ".xml", write_xml),
     "xlsx": Exporter("xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", ".xlsx",
                      write_xlsx, max_rows=EXCEL_MAX_ROWS - 1),
@@ -118,6 +123,9 @@ def export_selection(exporter: Exporter, index: Selection, store: Records, query
     info = ExportInfo(count=runs, filters=query.filters.to_wire(),
                       exported_at=now or dt.datetime.now(dt.timezone.utc))
     # a run gone since it was counted cuts the export (X-Total-Count and the rows must agree)
-    records = tap(index.iter_listed_records(store, index.iter_ids(query, user_scope)))
+    if exporter.run_rows is not None and exporter.run_rows(options):  # run fields only: the index has them
+        records = tap(index.iter_run_rows(query, user_scope))
+    else:
+        records = tap(index.iter_listed_records(store, index.iter_ids(query, user_scope)))
     records, info, options, _ = prepare_export(records, info, options, secret_key)
     return runs, exporter.write(records, bulk=True, info=info, **options)

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from ..records import EXPORT_RUN_FIELDS, ITEM_ROW_FIELDS, ITEM_ROW_RUN_FIELDS
+from ..records import EXPORT_RUN_FIELDS, ITEM_ROW_FIELDS, ITEM_ROW_RUN_FIELDS, ITEMS_COUNT
 
 #: One row per run.
 RUN_COLUMNS = EXPORT_RUN_FIELDS
@@ -24,11 +24,12 @@ FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "'")
 
 
 def run_row(record: dict[str, Any]) -> tuple[Any, ...]:
-    """The values of a record's run row, in RUN_COLUMNS order (None for null)."""
+    """The values of a record's run row, in RUN_COLUMNS order (None for null). *record* may
+    also be the run fields alone, ``items_count`` given instead of ``items`` (from the index)."""
     return (record["execution_id"], record["config_name"], record["timestamp"], record["finished_at"],
             record["status"], record["execution_mode"], record["safety_level"], record["user_id"],
-            record["session_id"], record["total_execution_time"], len(record["items"]),
-            record["taxonomy_version"])
+            record["session_id"], record["total_execution_time"],
+            len(record["items"]) if "items" in record else record[ITEMS_COUNT], record["taxonomy_version"])
 
 
 def iter_item_rows(record: dict[str, Any]) -> Iterator[tuple[Any, ...]]:

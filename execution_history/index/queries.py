@@ -4,6 +4,8 @@ and the SQL that a RunQuery (execution_history/filters.py) selects in the index'
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -12,7 +14,7 @@ from ..errors import InvalidRecord, RunNotFound, SelectionChanged, StorageError
 from ..filters import RunFilters, RunQuery, fts_query
 from ..storage import RunStore
 from .connection import _sqlite_errors
-from .schema import FILE, SUMMARY_COLUMNS, to_key
+from .schema import FILE, RUN_ROW_COLUMNS, SUMMARY_COLUMNS, to_key
 
 #: Ids fetched at once by iter_ids.
 FETCH = 1000
@@ -158,6 +160,27 @@ class IndexQueries:
             end = packed.find(b",", start)
             yield packed[start:end].decode("ascii")
             start = end + 1
+
+    def iter_run_rows(self, query: RunQuery, user_scope: str | None = None) -> Iterator[dict[str, Any]]:
+        """Each selected finished run's export run fields (RUN_ROW_COLUMNS), in the query's order,
+        from the index alone: a bulk CSV of run rows parses no record file.
+
+        The ids are taken at once, like :meth:`iter_ids`; their rows are then read a batch at a
+        time, each batch its own short read (no lock held while the client downloads). A run
+        gone from the index since it was listed raises, as in :meth:`iter_listed_records`.
+
+        :raises SelectionChanged: when a listed run is no longer indexed.
+        """
+        ids = self.iter_ids(query, user_scope)
+        sql = (f"SELECT j.value, {', '.join('r.' + name for name in RUN_ROW_COLUMNS)} FROM json_each(?) j"
+               f" LEFT JOIN runs r ON r.execution_id = j.value AND r.source = '{FILE}' ORDER BY j.key")
+        while batch := list(itertools.islice(ids, FETCH)):
+            rows = self._connection().execute(sql, (json.dumps(batch),)).fetchall()
+            for execution_id, *values in rows:
+                if values[0] is None:  # execution_id is NOT NULL: no row
+                    raise SelectionChanged("A run changed while the export was streaming; please retry",
+                                           execution_id=execution_id)
+                yield dict(zip(RUN_ROW_COLUMNS, values))
 
     def iter_listed_records(self, store: RunStore, execution_ids: Iterable[str]) -> Iterator[dict[str, Any]]:
         """Records for ids the index listed, in order, for an export whose count was already given.

@@ -16,8 +16,9 @@ from .. import records
 from ..records import parse_record, parse_timestamp
 from ..regular import NotARegularFile, read_regular, special_identity
 
-SCHEMA_VERSION = "9"  # 6: files of the earlier tracker became readable; 7: totals table, sort indexes;
-#                       9: cold builds in two phases (summaries, then text), progress in meta
+SCHEMA_VERSION = "10"  # 6: files of the earlier tracker became readable; 7: totals table, sort indexes;
+#                        9: cold builds in two phases (summaries, then text), progress in meta;
+#                        10: finished_at kept, total_execution_time stored as the record has it
 #: The index lives in a hidden subfolder of the data folder: SQLite creates and deletes its
 #: journal files as connections come and go, which must not touch the data folder's mtime.
 INDEX_DIR = ".index"
@@ -25,6 +26,9 @@ INDEX_NAME = "runs.sqlite3"
 #: How old the folder's mtime must be before it is listed: a change in the same clock tick as
 #: Summary columns in the order the list API answers them.
 SUMMARY_COLUMNS = (*records.SUMMARY_FIELDS, "last_activity_at")
+#: Columns a bulk CSV of run rows reads (records.EXPORT_RUN_FIELDS): the rows come from the
+#: index, not from parsing every record file, with the very values the files hold.
+RUN_ROW_COLUMNS = records.EXPORT_RUN_FIELDS
 #: Rows from record files; the others are runs in progress, from their journals.
 FILE = "file"
 JOURNAL = "journal"
@@ -36,13 +40,14 @@ CREATE TABLE runs (
     execution_id TEXT NOT NULL UNIQUE,
     config_name TEXT NOT NULL,
     timestamp TEXT NOT NULL,
+    finished_at TEXT,
     ts_key INTEGER NOT NULL,
     status TEXT NOT NULL,
     execution_mode TEXT,
     safety_level TEXT,
     user_id TEXT,
     session_id TEXT,
-    total_execution_time REAL,
+    total_execution_time,         -- no type: an integer in the file stays one (CSV writes "3", not "3.0")
     items_count INTEGER NOT NULL,
     taxonomy_version TEXT,
     last_activity_at TEXT,        -- runs in progress: their journal's last write
@@ -104,8 +109,8 @@ INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('dir_mtime_ns',
     ('build_total', NULL), ('build_indexed', 0), ('text_upto', NULL), ('text_after', 0), ('text_done', 0), ('text_total', 0);
 """
 
-_INSERT_RUN = f"""INSERT INTO runs (id, {', '.join(SUMMARY_COLUMNS)}, ts_key, source, inode, size, mtime_ns)
-VALUES ({', '.join('?' * (len(SUMMARY_COLUMNS) + 6))})"""
+_INSERT_RUN = f"""INSERT INTO runs (id, {', '.join(SUMMARY_COLUMNS)}, finished_at, ts_key, source, inode, size, mtime_ns)
+VALUES ({', '.join('?' * (len(SUMMARY_COLUMNS) + 7))})"""
 #: Secondary indexes of ``runs`` (name, statement): a cold build creates them after the rows,
 #: one sorted pass each, instead of updating sixteen B-trees per inserted row.
 RUNS_INDEXES = tuple(
@@ -126,6 +131,7 @@ class IndexedRun:
     """What the index keeps of one readable record file."""
 
     summary: tuple[Any, ...]        # SUMMARY_COLUMNS
+    finished_at: str | None
     ts_key: int
     source: str
     item_types: frozenset[str]
@@ -145,6 +151,7 @@ def extract(record: dict[str, Any], identity: tuple[int, int, int], last_activit
                  record["execution_mode"], record["safety_level"], record["total_execution_time"],
                  len(items), record["user_id"], record["session_id"], record["taxonomy_version"],
                  last_activity_at),
+        finished_at=record["finished_at"],
         ts_key=to_key(parse_timestamp(record["timestamp"])),
         source=JOURNAL if in_progress else FILE,
         item_types=frozenset(item["item_type"] for item in items),

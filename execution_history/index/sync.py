@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import itertools
 import logging
 import multiprocessing
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -66,6 +67,10 @@ BATCH = 1000
 #: Below this many files to read, a scan parses them itself; above, worker processes help.
 PARALLEL_MIN = 2000
 CHUNK = 250
+#: A cold build's text phase: runs listed from the index at once, and the folded text kept
+#: before it is written (one transaction each), so memory stays flat whatever the corpus.
+TEXT_SLAB = 5000
+TEXT_BATCH_CHARS = 4_000_000
 
 
 def read_chunk(root: str, execution_ids: list[str], naive_timezone: str | None = None,
@@ -81,34 +86,46 @@ def read_chunk(root: str, execution_ids: list[str], naive_timezone: str | None =
     return [(i, read_indexed(store.path_for(i), i, text=text)) for i in execution_ids]
 
 
-def iter_parsed(store: RunStore, execution_ids: list[str], text: bool = True) -> Iterator[list[Parsed]]:
+def iter_parsed(store: RunStore, execution_ids: Iterable[str], text: bool = True,
+                total: int | None = None) -> Iterator[list[Parsed]]:
     """Parsed files in chunks, in order; spread over worker processes when there are many.
 
     Reading and parsing JSON is most of a cold build, and it is CPU-bound: with two
     cores, two spawned workers parse while this process writes to SQLite. At most a few
-    chunks wait at once, so memory stays flat whatever the number of files.
+    chunks wait at once, so memory stays flat whatever the number of files. The ids are
+    taken as they are needed (*total*: how many there are, when they are no list).
     """
-    chunks = [execution_ids[i:i + CHUNK] for i in range(0, len(execution_ids), CHUNK)]
+    ids = iter(execution_ids)
+    count = len(execution_ids) if total is None else total  # type: ignore[arg-type]
+    chunks = iter(lambda: list(itertools.islice(ids, CHUNK)), [])
     workers = min(os.cpu_count() or 1, 4)
-    done = 0
-    if len(execution_ids) >= PARALLEL_MIN and workers > 1:
+    if count >= PARALLEL_MIN and workers > 1:
+        left: list[list[str]] = []  # chunks taken but not parsed when the workers fail
+        pending: collections.deque = collections.deque()
         try:
             # spawn, not fork: this may run in a threaded gunicorn worker
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                pending: collections.deque = collections.deque()
                 for chunk in chunks:
-                    pending.append(pool.submit(read_chunk, str(store.root), chunk, records.naive_timezone(), text))
+                    pending.append([chunk, None])  # in flight from here on, even if submit fails
+                    pending[-1][1] = pool.submit(read_chunk, str(store.root), chunk, records.naive_timezone(), text)
                     if len(pending) > 2 * workers:
-                        yield pending.popleft().result()
-                        done += 1
+                        yield pending[0][1].result()
+                        pending.popleft()
                 while pending:
-                    yield pending.popleft().result()
-                    done += 1
+                    yield pending[0][1].result()
+                    pending.popleft()
         except (BrokenProcessPool, OSError, RuntimeError) as err:
             # e.g. a __main__ that cannot be imported again by spawn: this process does the rest
             log.warning("index: worker processes failed (%s); parsing in this process", err)
-    for chunk in chunks[done:]:
+            left = [chunk for chunk, _ in pending]
+        for chunk in left:
+            yield read_chunk(str(store.root), chunk, text=text)
+    for chunk in chunks:
         yield read_chunk(str(store.root), chunk, text=text)
+
+
+def _if_not_exists(statement: str) -> str:
+    return statement.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1)
 
 
 class IndexSync:
@@ -275,25 +292,41 @@ class IndexSync:
             upto, after = meta["text_upto"], int(meta["text_after"] or 0)
             if upto is None:
                 return
-            rows = {row[0]: (row[1], tuple(row[2:])) for row in conn.execute(
-                f"SELECT execution_id, id, inode, size, mtime_ns FROM runs WHERE source = '{FILE}'"
-                " AND id > ? AND id <= ? ORDER BY id", (after, upto))}
+            total = conn.execute(f"SELECT COUNT(*) FROM runs WHERE source = '{FILE}' AND id > ? AND id <= ?",
+                                 (after, upto)).fetchone()[0]
+            listed: dict[str, tuple[int, tuple[int, ...]]] = {}  # id -> (row id, identity), for ids in flight
             pending: list[tuple[int, str]] = []
+            pending_chars = 0
             done = written = int(meta["text_done"] or 0)
-            for parsed in iter_parsed(self.store, list(rows)):
+            for parsed in iter_parsed(self.store, self._text_ids(conn, after, upto, listed), text=True, total=total):
                 for execution_id, result in parsed:
-                    run_id, identity = rows[execution_id]
+                    run_id, identity = listed.pop(execution_id)
                     after = run_id
                     if isinstance(result, IndexedRun) and result.identity == identity and result.text:
                         pending.append((run_id, result.text))
+                        pending_chars += len(result.text)
                 done += len(parsed)
-                if done - written >= BATCH:  # one transaction, and one step of progress, per BATCH runs
+                # one transaction, and one step of progress, per BATCH runs (or TEXT_BATCH_CHARS of text)
+                if done - written >= BATCH or pending_chars >= TEXT_BATCH_CHARS:
                     self._write(conn, lambda c, p=pending, a=after, d=done: self._store_text(c, p, a, d))
-                    pending, written = [], done
+                    pending, pending_chars, written = [], 0, done
             self._write(conn, lambda c: self._store_text(c, pending, after, done, finished=True))
             log.info("index: text of %d runs indexed", done)
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _text_ids(conn: sqlite3.Connection, after: int, upto: int,
+                  listed: dict[str, tuple[int, tuple[int, ...]]]) -> Iterator[str]:
+        """Ids of the runs whose text is still to index (row ids *after* < id <= *upto*), read a
+        slab at a time (no list of every run in memory), each noted in *listed* until parsed."""
+        while rows := conn.execute(
+                f"SELECT execution_id, id, inode, size, mtime_ns FROM runs WHERE source = '{FILE}'"
+                " AND id > ? AND id <= ? ORDER BY id LIMIT ?", (after, upto, TEXT_SLAB)).fetchall():
+            for execution_id, run_id, *identity in rows:
+                listed[execution_id] = (run_id, tuple(identity))
+                yield execution_id
+            after = rows[-1][1]
 
     @staticmethod
     def _store_text(conn: sqlite3.Connection, texts: list[tuple[int, str]], after: int, done: int,
@@ -457,6 +490,9 @@ class IndexSync:
                     pending = []
             if pending:
                 self._write(conn, lambda c: self._store_batch(c, pending, progress=cold))
+            if cold:  # each sort index in a transaction of its own: one index's pages in memory at a time
+                for _, statement in RUNS_INDEXES:
+                    self._write(conn, lambda c, s=statement: c.execute(_if_not_exists(s)))
             full = False  # the final look only needs the listing
         if changed >= PARALLEL_MIN:  # table statistics, so the planner picks the narrow index
             self._write(conn, lambda c: c.execute("ANALYZE"))
@@ -473,10 +509,10 @@ class IndexSync:
     @staticmethod
     def _end_summaries_phase(conn: sqlite3.Connection) -> None:
         """The end of a cold build's first phase (in the transaction that marks the index built):
-        the indexes of ``runs`` made again, and the rows indexed so far (all without their
+        the indexes of ``runs`` made again (if the batches have not: every file fitted in one), and the rows indexed so far (all without their
         text) handed to the text phase."""
-        for _, statement in RUNS_INDEXES:
-            conn.execute(statement.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
+        for _, statement in RUNS_INDEXES:  # made already unless every file fitted in one batch
+            conn.execute(_if_not_exists(statement))
         upto, total = conn.execute(f"SELECT MAX(id), COUNT(*) FROM runs WHERE source = '{FILE}'").fetchone()
         conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [
             (None, "build_total"), (upto, "text_upto"), (0, "text_after"), (0, "text_done"), (total, "text_total")])
@@ -521,7 +557,7 @@ class IndexSync:
         first = conn.execute("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'runs'), 0) + 1"
                              ).fetchone()[0]
         numbered = list(enumerate(runs, start=first))
-        conn.executemany(_INSERT_RUN, [(n, *run.summary, run.ts_key, run.source, *run.identity)
+        conn.executemany(_INSERT_RUN, [(n, *run.summary, run.finished_at, run.ts_key, run.source, *run.identity)
                                        for n, run in numbered])
         # sorted: rows arrive in key order, so the WITHOUT ROWID trees fill page by page
         conn.executemany("INSERT INTO run_item_types VALUES (?, ?)",
