@@ -249,6 +249,58 @@ def test_a_job_of_a_killed_server_ends_failed_never_running(tmp_path):
         restarted.stop()
 
 
+def test_a_job_whose_workers_are_killed_ends_failed_with_no_request_needed(tmp_path):
+    """SIGKILL the workers only: gunicorn starts new ones, whose executors (started after the
+    fork, since jobs exist) record the job failed within a minute, before anyone asks."""
+    runs = tmp_path / "runs"
+    write_runs(runs, 300)
+    server = LiveServer(runs, tmp_path / "gunicorn.log", extra_env={"RUN_HISTORY_TEST_EXPORT_DELAY": "0.1"})
+    try:
+        _, _, data = call(f"{server.url}/api/exports", "POST", {"format": "xlsx"})
+        job = json.loads(data)
+        seen = wait_for(job["status_url"], states=("running",))
+        while seen[-1]["runs_done"] == 0:
+            seen = wait_for(job["status_url"], states=("running",))
+        workers = gunicorn_pids(server)[1:]
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        stored = runs / ".side" / "jobs" / f"{job['id']}.json"
+        deadline = time.monotonic() + 60
+        while json.loads(stored.read_text())["state"] != "failed":  # no HTTP request meanwhile
+            assert time.monotonic() < deadline, json.loads(stored.read_text())["state"]
+            time.sleep(0.2)
+        assert not set(workers) & set(gunicorn_pids(server)[1:])  # new workers did it
+        final = json.loads(call(job["status_url"])[2])
+        assert final["state"] == "failed" and "heartbeat" in final["error"], final
+    finally:
+        server.stop()
+
+
+def test_a_restarted_server_deletes_expired_files_unasked(tmp_path):
+    """Housekeeping deletes a file past its TTL (and records the job expired) without a
+    download or status call for it."""
+    runs = tmp_path / "runs"
+    write_runs(runs, 5)
+    server = LiveServer(runs, tmp_path / "first.log")
+    try:
+        _, _, data = call(f"{server.url}/api/exports", "POST", {"format": "json"})
+        job = json.loads(data)
+        assert wait_for(job["status_url"])[-1]["state"] == "done"
+    finally:
+        server.stop()
+    file = runs / ".side" / "jobs" / f"{job['id']}.file"
+    assert file.exists()
+    restarted = LiveServer(runs, tmp_path / "second.log", extra_env={"RUN_HISTORY_EXPORT_TTL": "0"})
+    try:
+        deadline = time.monotonic() + 30
+        while file.exists():
+            assert time.monotonic() < deadline, "the expired file was not deleted"
+            time.sleep(0.2)
+        assert json.loads((runs / ".side" / "jobs" / f"{job['id']}.json").read_text())["state"] == "expired"
+    finally:
+        restarted.stop()
+
+
 # ---------------------------------------------------------------- on S3: every host answers the same
 
 S3_RUNS = 200
