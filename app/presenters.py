@@ -1,6 +1,7 @@
 """What the pages show, computed outside the views: timeline sections, chart geometry, links."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from dataclasses import dataclass, field
@@ -29,6 +30,22 @@ _CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 def visible_controls(text: str) -> str:
     """Control characters as their visible Unicode pictures (U+0000 -> ␀), so they show."""
     return _CONTROLS.sub(lambda m: "\u2421" if m.group() == "\x7f" else chr(0x2400 + ord(m.group())), text)
+
+
+def utc_text(value: str | None, time_only: bool = False) -> str:
+    """An ISO 8601 timestamp as the pages show it: UTC, ``YYYY-MM-DD HH:MM:SS`` (or only the
+    time of day), no fraction; one without an offset is UTC already. Text that does not
+    parse is shown cut the same way."""
+    if not value:
+        return ""
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+        if parsed.tzinfo is not None:
+            parsed = parsed.astimezone(dt.timezone.utc)
+        text = parsed.strftime("%Y-%m-%d %H:%M:%S")
+    except (ValueError, OverflowError):  # out of range once moved to UTC, or not a timestamp
+        text = value[:19].replace("T", " ")
+    return text[11:] if time_only else text
 
 
 def query_string(args: MultiDict[str, str], **changes: Any) -> str:
