@@ -161,12 +161,20 @@ def test_a_job_is_refused_like_a_direct_export_when_too_large(client, recorded_r
     assert [(e["event"], e["status"]) for e in audit][-1] == ("export_job", 400)
 
 
-def test_a_zip_job_equals_the_direct_bulk_zip(client, recorded_runs):
-    """The list page's other job button: a bulk ZIP job's archive holds what the direct one does."""
+def test_a_zip_job_equals_the_direct_bulk_zip(client, store, runs_dir, recorded_runs):
+    """The list page's other job button: a bulk ZIP job's archive holds what the direct one
+    does, media files from the app's media dir included."""
     import io
     import json
     import zipfile
 
+    from execution_history import ExecutionTracker
+
+    from .media_files import write_png
+
+    picture = write_png(runs_dir.parent / "media" / "exports" / "media" / "flower.png")
+    with ExecutionTracker("with-media", store=store) as run:
+        run.log("output_image", None, loop_iteration=1, file_path="exports/media/flower.png")
     direct = client.get("/api/runs/export/zip")
     assert direct.status_code == 200
     job = client.post("/api/exports", data={"format": "zip"}).get_json()
@@ -176,6 +184,7 @@ def test_a_zip_job_equals_the_direct_bulk_zip(client, recorded_runs):
     assert got.headers["Content-Disposition"].endswith('.zip"')
     one, two = (zipfile.ZipFile(io.BytesIO(r.get_data())) for r in (direct, got))
     assert one.namelist() == two.namelist() and len(one.namelist()) > len(recorded_runs)
+    assert two.read(f"{run.execution_id}/media/1_flower.png") == picture
     for name in one.namelist():  # the export time aside
         if name.endswith(".json"):
             assert ({k: v for k, v in json.loads(one.read(name)).items() if k != "exported_at"}
@@ -186,3 +195,33 @@ def test_a_zip_job_equals_the_direct_bulk_zip(client, recorded_runs):
             assert sums(one) == sums(two)
         else:
             assert one.read(name) == two.read(name), name
+
+
+@pytest.mark.parametrize("options, suffix", [({"pseudonymize": True}, "_pseudonymized.csv"),
+                                             ({"shape": "items"}, "_items.csv"),
+                                             ({"shape": "items", "pseudonymize": True}, "_items_pseudonymized.csv")])
+def test_a_job_takes_the_direct_exports_options_and_file_name(client, recorded_runs, options, suffix):
+    """pseudonymize=true and shape=items do to a job's file, and its name, what they do to a direct export."""
+    import csv
+    import io
+    from urllib.parse import urlencode
+
+    direct = client.get("/api/runs/export/csv?" + urlencode({k: str(v).lower() for k, v in options.items()}))
+    assert direct.status_code == 200
+    job = client.post("/api/exports", json={"format": "csv", "options": options}).get_json()
+    final = wait_done(client, job["id"])
+    assert final["state"] == "done", final
+    got = client.get(f"/api/exports/{job['id']}/download")
+    assert got.headers["Content-Disposition"].endswith(suffix + '"'), got.headers["Content-Disposition"]
+    assert direct.headers["Content-Disposition"].endswith(suffix + '"')
+    rows = list(csv.DictReader(io.StringIO(got.get_data(as_text=True))))
+    assert rows == list(csv.DictReader(io.StringIO(direct.get_data(as_text=True))))
+    if options.get("pseudonymize"):
+        assert rows and all(r["user_id"].startswith("u_") and r["session_id"].startswith("s_") for r in rows)
+
+
+def test_the_spec_lists_pseudonymize_among_every_formats_job_options(client):
+    body = client.get("/api/openapi.json").get_json()["paths"]["/api/exports"]["post"]["requestBody"]
+    for variant in body["content"]["application/json"]["schema"]["oneOf"]:
+        if "pdf" not in variant["properties"]["format"]["enum"]:
+            assert "pseudonymize" in variant["properties"]["options"]["properties"], variant
