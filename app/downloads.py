@@ -57,7 +57,9 @@ def export_runs(exporter: Exporter, query: RunQuery, options: dict[str, Any]) ->
 def bulk_name(when: dt.datetime, options: dict[str, Any]) -> str:
     """A bulk download's name (no extension): ``runs_<UTC time>``, ``_items`` for item rows,
     ``_pseudonymized`` when it is (the direct export and an export job's file alike)."""
-    name = f"runs_{when.astimezone(dt.timezone.utc):%Y%m%d_%H%M%S}" + ("_items" if options.get("shape") == "items" else "")
+    name = f"runs_{when.astimezone(dt.timezone.utc):%Y%m%d_%H%M%S}"
+    if options.get("shape") == "items":  # item rows
+        name += "_items"
     return _marked(name, bool(options.get(OPTION)))
 
 
