@@ -35,7 +35,7 @@ def export_run(exporter: Exporter, execution_id: str, options: dict[str, Any]) -
     records, info, options, pseudo = prepare_export(rows, ExportInfo(count=1), options,
                                                     current_app.config["SECRET_KEY"])
     chunks = exporter.write(records, bulk=False, info=info, **with_media_root(exporter, options))
-    return stream(chunks, exporter, marked(execution_id, pseudo), rows)
+    return stream(chunks, exporter, _marked(execution_id, pseudo), rows)
 
 
 def export_runs(exporter: Exporter, query: RunQuery, options: dict[str, Any]) -> Response:
@@ -49,13 +49,21 @@ def export_runs(exporter: Exporter, query: RunQuery, options: dict[str, Any]) ->
     runs, chunks = export_selection(exporter, get_index(), get_store(), query, with_media_root(exporter, options),
                                     principal().scope, now,
                                     tap=rows.tap, secret_key=current_app.config["SECRET_KEY"])
-    name = f"runs_{now:%Y%m%d_%H%M%S}" + ("_items" if options.get("shape") == "items" else "")  # item rows
-    response = stream(chunks, exporter, marked(name, bool(options.get(OPTION))), rows)
+    response = stream(chunks, exporter, bulk_name(now, options), rows)
     response.headers["X-Total-Count"] = str(runs)
     return response
 
 
-def marked(name: str, pseudonymized: bool) -> str:
+def bulk_name(when: dt.datetime, options: dict[str, Any]) -> str:
+    """A bulk download's name (no extension): ``runs_<UTC time>``, ``_items`` for item rows,
+    ``_pseudonymized`` when it is (the direct export and an export job's file alike)."""
+    name = f"runs_{when.astimezone(dt.timezone.utc):%Y%m%d_%H%M%S}"
+    if options.get("shape") == "items":  # item rows
+        name += "_items"
+    return _marked(name, bool(options.get(OPTION)))
+
+
+def _marked(name: str, pseudonymized: bool) -> str:
     """The download's name: ``_pseudonymized`` added when it is, which its audit line says too."""
     if not pseudonymized:
         return name

@@ -14,7 +14,6 @@ from werkzeug.datastructures import MultiDict
 from execution_history.errors import InvalidParameter, RunNotFound, UnknownParameter
 from execution_history.exporters import check_fits, get_exporter
 from execution_history.jobs import JobExecutor, JobStore
-from execution_history.pseudonyms import OPTION
 
 from . import audit_hooks, downloads, extensions
 from .auth import SESSION_ENDPOINTS, principal
@@ -41,9 +40,8 @@ def install(app: Flask) -> None:
     store_hash = hashlib.sha256(str(store.root).encode()).hexdigest()[:16]
     slots = os.path.join(tempfile.gettempdir(), f"run-history-export-slots-{os.getuid()}-{store_hash}")
     executor = JobExecutor(jobs, store, workers=app.config["RUN_HISTORY_EXPORT_WORKERS"], slots_dir=slots,
-                           run_delay=float(os.environ.get(TEST_DELAY_ENV) or 0),
-                           media_root=extensions.get_media_sources(app),  # zip jobs bundle what a direct zip does
-                           secret_key=app.config["SECRET_KEY"])  # pseudonymize=true as in a direct export
+                           run_delay=float(os.environ.get(TEST_DELAY_ENV) or 0), secret_key=app.config["SECRET_KEY"],
+                           media_root=extensions.get_media_sources(app))
     extensions.add(app, jobs=jobs, executor=executor, executor_checked=None)
     app.before_request(_start_executor)
     app.register_blueprint(bp)
@@ -178,8 +176,7 @@ def download_export_job(job_id: str) -> Response:
     exporter = get_exporter(state["format"])
     audit_hooks.note(format=exporter.name)
     created = dt.datetime.fromtimestamp(state["created_at"], dt.timezone.utc)
-    name = downloads.marked(f"runs_{created:%Y%m%d_%H%M%S}", bool(state["options"].get(OPTION)))
-    response = downloads.stream(_iter_file(handle), exporter, name)
+    response = downloads.stream(_iter_file(handle), exporter, downloads.bulk_name(created, state["options"]))
     response.headers["Content-Length"] = str(state["size_bytes"])
     return response
 

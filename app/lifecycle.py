@@ -1,16 +1,20 @@
 """Request side of the data lifecycle: who may delete, and the app's retention thread."""
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, current_app
 
 from execution_history import lifecycle
-from execution_history.errors import Forbidden
+from execution_history.errors import ExecutionHistoryError, Forbidden
 from execution_history.media import default_media_root
 
 from . import extensions
 from .audit_hooks import note
 from .auth import principal
 from .extensions import get_index, get_layout, get_store
+
+log = logging.getLogger(__name__)
 
 
 def delete_as_admin(execution_id: str, media: bool) -> lifecycle.Deleted:
@@ -49,7 +53,17 @@ def setup_retention(app: Flask) -> None:
 
 
 def start_background(app: Flask) -> None:
-    """Start what the app runs in the background (gunicorn's post_worker_init calls this)."""
+    """Start what the app runs in the background (gunicorn's post_worker_init calls this): the
+    retention thread, and the export jobs' executor if jobs exist, so a worker gunicorn
+    restarted (or a restarted server) runs queued jobs, fails its dead ones and deletes
+    expired files before any request comes."""
     retention = extensions.get_retention(app)  # another WSGI app: none
     if retention is not None:
         retention.start()
+    executor = getattr(app, "extensions", {}).get(extensions.KEY, {}).get("executor")
+    if executor is not None:
+        try:
+            if extensions.get_side(app).list("jobs"):
+                executor.ensure_started()
+        except ExecutionHistoryError:  # the store is down: the first request tries again
+            log.warning("export jobs: the side area cannot be read; the executor starts with a request")

@@ -24,11 +24,15 @@ from .presenters import (
     item_view,
     query_string,
     timeline,
+    utc_text,
     visible_controls,
     visible_name,
 )
 
 bp = Blueprint("pages", __name__)
+
+
+bp.add_app_template_filter(utc_text, "utc")
 
 
 @bp.app_template_filter("visible")

@@ -1,6 +1,7 @@
 """What the pages show, computed outside the views: timeline sections, chart geometry, links."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from dataclasses import dataclass, field
@@ -47,6 +48,22 @@ def visible_name(text: str) -> str:
         return "\u2421" if ch == "\x7f" else f"[U+{ord(ch):04X}]"
 
     return _NAME_HIDDEN.sub(shown, text)
+
+
+def utc_text(value: str | None, time_only: bool = False) -> str:
+    """An ISO 8601 timestamp as the pages show it: UTC, ``YYYY-MM-DD HH:MM:SS`` (or only the
+    time of day), no fraction; one without an offset is UTC already. Text that does not
+    parse is shown cut the same way."""
+    if not value:
+        return ""
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+        if parsed.tzinfo is not None:
+            parsed = parsed.astimezone(dt.timezone.utc)
+        text = parsed.strftime("%Y-%m-%d %H:%M:%S")
+    except (ValueError, OverflowError):  # out of range once moved to UTC, or not a timestamp
+        text = value[:19].replace("T", " ")
+    return text[11:] if time_only else text
 
 
 def query_string(args: MultiDict[str, str], **changes: Any) -> str:

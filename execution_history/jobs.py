@@ -317,14 +317,13 @@ class JobExecutor:
     """Runs export jobs in daemon threads of this process (started lazily, after a fork)."""
 
     def __init__(self, jobs: JobStore, store: RunStore, workers: int = 1, slots_dir: str | os.PathLike[str] | None = None,
-                 run_delay: float = 0.0, media_root: MediaRoot | None = None, secret_key: str | None = None) -> None:
+                 run_delay: float = 0.0, secret_key: str | None = None, media_root: MediaRoot | None = None) -> None:
         """*slots_dir*: a local folder every process of this host shares (the per-host limit);
         *run_delay*: seconds added per run (a test hook that makes a job slow enough to watch);
-        *media_root*: where a format that bundles media (zip) reads them, as for a direct export
-        (the app's ``media_sources``: its media dir and/or an S3 area); *secret_key*: keys the
-        pseudonyms of a job with ``pseudonymize`` (``pseudonyms.prepare_export``, as a direct export)."""
+        *secret_key*: keys the pseudonyms of a ``pseudonymize`` job (as for a direct export);
+        *media_root*: where a zip job finds media files (the app's media sources)."""
         self.jobs, self.store, self.workers, self.run_delay = jobs, store, max(workers, 1), run_delay
-        self.media_root, self.secret_key = media_root, secret_key
+        self.secret_key, self.media_root = secret_key, media_root
         self.slots_dir = Path(slots_dir or tempfile.gettempdir())
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._pid: int | None = None
@@ -501,9 +500,10 @@ class JobExecutor:
         info = ExportInfo(count=len(ids), filters=state["filters"],
                           exported_at=dt.datetime.fromtimestamp(state["started_at"], dt.timezone.utc))
         records = self.store.iter_records(self._paced(progress.count(ids)))
+        # the direct export's preparation: pseudonyms if asked for, the media of a zip
         records, info, options, _ = prepare_export(records, info, state["options"], self.secret_key)
-        if exporter.media and self.media_root is not None:
-            options["media_root"] = self.media_root
+        if exporter.media:
+            options = {**options, "media_root": self.media_root}
         fd, temp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=exporter.extension,
                                     dir=self.slots_dir)
         try:

@@ -247,3 +247,144 @@ def test_a_job_of_a_killed_server_ends_failed_never_running(tmp_path):
         assert status == 409 and json.loads(data)["code"] == "NOT_READY"
     finally:
         restarted.stop()
+
+
+def test_a_job_whose_workers_are_killed_ends_failed_with_no_request_needed(tmp_path):
+    """SIGKILL the workers only: gunicorn starts new ones, whose executors (started after the
+    fork, since jobs exist) record the job failed within a minute, before anyone asks."""
+    runs = tmp_path / "runs"
+    write_runs(runs, 300)
+    server = LiveServer(runs, tmp_path / "gunicorn.log", extra_env={"RUN_HISTORY_TEST_EXPORT_DELAY": "0.1"})
+    try:
+        _, _, data = call(f"{server.url}/api/exports", "POST", {"format": "xlsx"})
+        job = json.loads(data)
+        seen = wait_for(job["status_url"], states=("running",))
+        while seen[-1]["runs_done"] == 0:
+            seen = wait_for(job["status_url"], states=("running",))
+        workers = gunicorn_pids(server)[1:]
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        stored = runs / ".side" / "jobs" / f"{job['id']}.json"
+        deadline = time.monotonic() + 60
+        while json.loads(stored.read_text())["state"] != "failed":  # no HTTP request meanwhile
+            assert time.monotonic() < deadline, json.loads(stored.read_text())["state"]
+            time.sleep(0.2)
+        assert not set(workers) & set(gunicorn_pids(server)[1:])  # new workers did it
+        final = json.loads(call(job["status_url"])[2])
+        assert final["state"] == "failed" and "heartbeat" in final["error"], final
+    finally:
+        server.stop()
+
+
+def test_a_restarted_server_deletes_expired_files_unasked(tmp_path):
+    """Housekeeping deletes a file past its TTL (and records the job expired) without a
+    download or status call for it."""
+    runs = tmp_path / "runs"
+    write_runs(runs, 5)
+    server = LiveServer(runs, tmp_path / "first.log")
+    try:
+        _, _, data = call(f"{server.url}/api/exports", "POST", {"format": "json"})
+        job = json.loads(data)
+        assert wait_for(job["status_url"])[-1]["state"] == "done"
+    finally:
+        server.stop()
+    file = runs / ".side" / "jobs" / f"{job['id']}.file"
+    assert file.exists()
+    restarted = LiveServer(runs, tmp_path / "second.log", extra_env={"RUN_HISTORY_EXPORT_TTL": "0"})
+    try:
+        deadline = time.monotonic() + 30
+        while file.exists():
+            assert time.monotonic() < deadline, "the expired file was not deleted"
+            time.sleep(0.2)
+        assert json.loads((runs / ".side" / "jobs" / f"{job['id']}.json").read_text())["state"] == "expired"
+    finally:
+        restarted.stop()
+
+
+# ---------------------------------------------------------------- on S3: every host answers the same
+
+S3_RUNS = 200
+
+
+@pytest.fixture
+def s3_runs(s3_server, runs_dir):
+    """An S3 store (SeaweedFS) holding S3_RUNS runs; their ids in the list's ascending order."""
+    from .conftest import store_for
+
+    store = store_for("s3", runs_dir)
+    ids = []
+    for n in range(S3_RUNS):
+        ids.append(store.save(make_record(n)).execution_id)
+    return store, sorted(ids)
+
+
+def s3_host(store, tmp_path: Path, name: str, **extra: str) -> LiveServer:
+    """One API host on the bucket: its own index, the shared secret key."""
+    from .test_several_hosts import host_env
+
+    return LiveServer(store.url, tmp_path / f"{name}.log", extra_env={**host_env(store, tmp_path, name), **extra})
+
+
+def test_on_s3_a_job_queued_on_one_host_is_watched_and_downloaded_on_another(s3_runs, tmp_path):
+    store, ids = s3_runs
+    # 0.01 s a run: two seconds of rows, so the other host sees it running.
+    hosts = [s3_host(store, tmp_path, name, RUN_HISTORY_TEST_EXPORT_DELAY="0.01") for name in ("api1", "api2")]
+    one, two = hosts
+    try:
+        query = {"order_by": "timestamp", "order": "asc"}
+        status, _, direct = call(f"{one.url}/api/runs/export/xlsx?order_by=timestamp&order=asc")
+        assert status == 200
+        status, headers, data = call(f"{one.url}/api/exports", "POST", {"format": "xlsx", "filters": query})
+        assert status == 202, data
+        job = json.loads(data)
+        assert job["runs_total"] == S3_RUNS
+        path = f"api/exports/{job['id']}"
+        assert call(f"{two.url}/{path}/download")[0] == 409  # the other host knows it, not done yet
+        seen = wait_for(f"{two.url}/{path}")
+        final = seen[-1]
+        assert final["state"] == "done", final
+        assert any(body["state"] == "running" and 0 < body["percent"] < 100 for body in seen), seen
+        percents = [body["percent"] for body in seen]
+        assert percents == sorted(percents)
+        assert json.loads(call(f"{one.url}/{path}")[2])["size_bytes"] == final["size_bytes"]
+        status, _, got = call(f"{two.url}/{path}/download")
+        assert status == 200 and len(got) == final["size_bytes"]
+        assert workbook_rows(got) == workbook_rows(direct)
+        assert [row[0] for row in workbook_rows(got)["Runs"][1:]] == ids
+        # The job's state and file are objects under the bucket's side area, nothing local.
+        side_keys = store.side.list("jobs")
+        assert {f"jobs/{job['id']}.json", f"jobs/{job['id']}.file", f"jobs/{job['id']}.claim"} <= set(side_keys)
+        assert [j["id"] for j in json.loads(call(f"{two.url}/api/exports")[2])["jobs"]] == [job["id"]]
+        assert call(f"{two.url}/{path}", "DELETE")[0] == 204
+        assert call(f"{one.url}/{path}")[0] == 404 and call(f"{one.url}/{path}/download")[0] == 404
+    finally:
+        for host in hosts:
+            host.stop()
+
+
+def test_on_s3_the_job_of_a_killed_host_ends_failed_on_the_other(s3_runs, tmp_path):
+    store, _ = s3_runs
+    first = s3_host(store, tmp_path, "api1", RUN_HISTORY_TEST_EXPORT_DELAY="0.2")  # 40 s of rows: surely mid-run
+    try:
+        _, _, data = call(f"{first.url}/api/exports", "POST", {"format": "xlsx"})
+        job = json.loads(data)
+        seen = wait_for(job["status_url"], states=("running",))
+        while seen[-1]["runs_done"] == 0:
+            seen = wait_for(job["status_url"], states=("running",))
+        second = s3_host(store, tmp_path, "api2")  # started after the first host claimed the job
+        for pid in gunicorn_pids(first):
+            os.kill(pid, signal.SIGKILL)
+        first.proc.wait(timeout=30)
+    finally:
+        first.stop()
+    try:
+        start = time.monotonic()
+        final = wait_for(f"{second.url}/api/exports/{job['id']}", states=("failed", "done"), timeout=60)[-1]
+        assert time.monotonic() - start < 60
+        assert final["state"] == "failed" and "heartbeat" in final["error"], final
+        deadline = time.monotonic() + 60
+        while json.loads(store.side.get(f"jobs/{job['id']}.json"))["state"] != "failed":
+            assert time.monotonic() < deadline, "the other host never recorded the failure"
+            time.sleep(0.2)
+    finally:
+        second.stop()

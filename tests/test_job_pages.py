@@ -54,6 +54,25 @@ def test_times_on_the_run_and_stats_pages_are_formatted_like_the_list(client, re
     assert len(times) == 4 and all(TIME_TEXT.match(t) for t in times), times
 
 
+def test_times_with_an_offset_are_shown_in_utc_on_every_page(client, runs_dir):
+    """A record written with a +02:00 offset reads as its UTC time, not its local one labelled UTC."""
+    from bench.common import make_record
+    from execution_history.records import dump_record
+
+    record = make_record(1)
+    record["timestamp"] = "2025-06-01T12:00:00.123456+02:00"
+    record["finished_at"] = "2025-06-01T12:00:20+02:00"
+    record["items"][0]["timestamp"] = "2025-06-01T12:00:01.5+02:00"
+    (runs_dir / f"{record['execution_id']}.json").write_bytes(dump_record(record))
+    listed = html(client.get("/")).xpath("//table[@class='runs']//time")[0].text_content()
+    run = html(client.get(f"/runs/{record['execution_id']}"))
+    meta = [t.text_content() for t in run.xpath("//dl[@class='meta']//time")]
+    stats = [t.text_content() for t in html(client.get("/stats")).xpath("//dl[@class='meta']//time")]
+    assert listed == "2025-06-01 10:00:00" and meta == ["2025-06-01 10:00:00", "2025-06-01 10:00:20"]
+    assert stats == ["2025-06-01 10:00:00", "2025-06-01 10:00:00"]
+    assert run.xpath("//ol//time | //li//time")[0].text_content() == "10:00:01"
+
+
 def test_the_api_reference_page_lists_every_operation(client):
     spec = client.get("/api/openapi.json").get_json()
     page = html(client.get("/api-docs"))
@@ -86,7 +105,8 @@ def test_the_exports_page_lists_jobs_without_javascript(client, recorded_runs):
 def test_download_buttons_mark_the_job_formats(client, recorded_runs):
     page = html(client.get("/"))
     marked = {a.get("data-format"): a.get("data-job") for a in page.xpath("//ul[@class='downloads']//a")}
-    assert marked["xlsx"] == "xlsx" and {marked[f] for f in ("csv", "json", "jsonl", "xml")} == {None}
+    assert marked["xlsx"] == "xlsx" and marked["zip"] == "zip"
+    assert {marked[f] for f in ("csv", "json", "jsonl", "xml")} == {None}
     run = html(client.get(f"/runs/{recorded_runs[0]}"))
     assert not run.xpath("//ul[@class='downloads']//a[@data-job]")  # one run: a direct download
 
@@ -139,3 +159,69 @@ def test_a_job_is_refused_like_a_direct_export_when_too_large(client, recorded_r
     assert client.get("/api/exports").get_json()["jobs"] == []
     audit = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
     assert [(e["event"], e["status"]) for e in audit][-1] == ("export_job", 400)
+
+
+def test_a_zip_job_equals_the_direct_bulk_zip(client, store, runs_dir, recorded_runs):
+    """The list page's other job button: a bulk ZIP job's archive holds what the direct one
+    does, media files from the app's media dir included."""
+    import io
+    import json
+    import zipfile
+
+    from execution_history import ExecutionTracker
+
+    from .media_files import write_png
+
+    picture = write_png(runs_dir.parent / "media" / "exports" / "media" / "flower.png")
+    with ExecutionTracker("with-media", store=store) as run:
+        run.log("output_image", None, loop_iteration=1, file_path="exports/media/flower.png")
+    direct = client.get("/api/runs/export/zip")
+    assert direct.status_code == 200
+    job = client.post("/api/exports", data={"format": "zip"}).get_json()
+    assert wait_done(client, job["id"])["state"] == "done"
+    got = client.get(f"/api/exports/{job['id']}/download")
+    assert got.status_code == 200 and got.mimetype == direct.mimetype
+    assert got.headers["Content-Disposition"].endswith('.zip"')
+    one, two = (zipfile.ZipFile(io.BytesIO(r.get_data())) for r in (direct, got))
+    assert one.namelist() == two.namelist() and len(one.namelist()) > len(recorded_runs)
+    assert two.read(f"{run.execution_id}/media/1_flower.png") == picture
+    for name in one.namelist():  # the export time aside
+        if name.endswith(".json"):
+            assert ({k: v for k, v in json.loads(one.read(name)).items() if k != "exported_at"}
+                    == {k: v for k, v in json.loads(two.read(name)).items() if k != "exported_at"}), name
+        elif name == "SHA256SUMS":
+            def sums(archive):
+                return [line for line in archive.read(name).decode().splitlines() if not line.endswith("manifest.json")]
+            assert sums(one) == sums(two)
+        else:
+            assert one.read(name) == two.read(name), name
+
+
+@pytest.mark.parametrize("options, suffix", [({"pseudonymize": True}, "_pseudonymized.csv"),
+                                             ({"shape": "items"}, "_items.csv"),
+                                             ({"shape": "items", "pseudonymize": True}, "_items_pseudonymized.csv")])
+def test_a_job_takes_the_direct_exports_options_and_file_name(client, recorded_runs, options, suffix):
+    """pseudonymize=true and shape=items do to a job's file, and its name, what they do to a direct export."""
+    import csv
+    import io
+    from urllib.parse import urlencode
+
+    direct = client.get("/api/runs/export/csv?" + urlencode({k: str(v).lower() for k, v in options.items()}))
+    assert direct.status_code == 200
+    job = client.post("/api/exports", json={"format": "csv", "options": options}).get_json()
+    final = wait_done(client, job["id"])
+    assert final["state"] == "done", final
+    got = client.get(f"/api/exports/{job['id']}/download")
+    assert got.headers["Content-Disposition"].endswith(suffix + '"'), got.headers["Content-Disposition"]
+    assert direct.headers["Content-Disposition"].endswith(suffix + '"')
+    rows = list(csv.DictReader(io.StringIO(got.get_data(as_text=True))))
+    assert rows == list(csv.DictReader(io.StringIO(direct.get_data(as_text=True))))
+    if options.get("pseudonymize"):
+        assert rows and all(r["user_id"].startswith("u_") and r["session_id"].startswith("s_") for r in rows)
+
+
+def test_the_spec_lists_pseudonymize_among_every_formats_job_options(client):
+    body = client.get("/api/openapi.json").get_json()["paths"]["/api/exports"]["post"]["requestBody"]
+    for variant in body["content"]["application/json"]["schema"]["oneOf"]:
+        if "pdf" not in variant["properties"]["format"]["enum"]:
+            assert "pseudonymize" in variant["properties"]["options"]["properties"], variant

@@ -1,4 +1,8 @@
-"""Export jobs' core without Flask: state, claims and takeover, heartbeat failure, expiry, slots, progress."""
+"""Export jobs' core without Flask: state, claims and takeover, heartbeat failure, expiry, slots, progress.
+
+Each store-using test runs on both side areas: a local folder (claims by ``O_EXCL``) and
+S3 (SeaweedFS; claims by a conditional put, ``If-None-Match: *``).
+"""
 import io
 import json
 
@@ -8,6 +12,9 @@ import pytest
 from execution_history.exporters import EXPORTERS
 from execution_history.jobs import Claim, JobExecutor, JobStore, Progress
 from execution_history.side import LocalSideArea
+from execution_history.storage import RunStore
+
+STORE_KINDS = ("local", "s3")
 
 
 class Clock:
@@ -26,8 +33,10 @@ def clock():
 
 
 @pytest.fixture
-def jobs(tmp_path, clock):
-    return JobStore(LocalSideArea(tmp_path / "side"), ttl=3600, stale_after=15, clock=clock)
+def jobs(store, tmp_path, clock):
+    """Jobs in the side area of the test's store: a folder, or keys under the bucket."""
+    side = LocalSideArea(tmp_path / "side") if isinstance(store, RunStore) else store.side
+    return JobStore(side, ttl=3600, stale_after=15, clock=clock)
 
 
 def executor(jobs, store, tmp_path, workers=1):
@@ -65,6 +74,22 @@ def test_only_one_worker_wins_a_claim_and_a_stale_claim_is_taken_over(jobs, stor
     assert second is not None and second.generation == 1
     assert not jobs.holds(state["id"], first) and jobs.holds(state["id"], second)
     assert jobs.try_claim(state["id"], "c") is None
+
+
+def test_racing_claimers_have_exactly_one_winner(jobs, store, recorded_runs, clock):
+    """Eight workers claim one queued job at once, then eight take its stale claim over at
+    once: the atomic create (O_EXCL / conditional put) lets exactly one win each round."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    state = queue(jobs, store)
+    for generation in (0, 1):
+        keys = jobs.side.list("jobs")  # every contender saw the same listing before racing
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda n: jobs.try_claim(state["id"], f"w{generation}-{n}", keys), range(8)))
+        winners = [claim for claim in got if claim is not None]
+        assert len(winners) == 1 and winners[0].generation == generation, got
+        assert [c.worker for c in jobs.claims(state["id"])][-1] == winners[0].worker
+        clock.now += 16  # the winner dies before starting: its claim goes stale
 
 
 def test_a_job_whose_heartbeat_stopped_reads_failed_and_housekeeping_records_it(

@@ -1,5 +1,8 @@
 """The README's quick-start commands stay true."""
 import re
+import subprocess
+
+import pytest
 
 from .conftest import PROJECT
 
@@ -15,3 +18,36 @@ def test_ci_runs_the_readme_test_command():
     assert test_command in ci_lines
     assert "pytest" in test_command and "gunicorn -c gunicorn.conf.py wsgi:app" in run_command
     assert "runs sample" in run_command
+
+
+def _install_step(test_command: str) -> str:
+    """The README test command's first step: install chromium if it is missing."""
+    step = test_command.split(" && python3 -m venv", 1)[0]
+    assert step.startswith("(command -v chromium ||"), step
+    return step
+
+
+@pytest.mark.parametrize("uid, has_chromium, expected", [
+    ("0", False, ["apt-get update", "apt-get install -y chromium"]),  # root in a container: no sudo there
+    ("1000", False, ["sudo apt-get update", "apt-get update", "sudo apt-get install -y chromium",
+                     "apt-get install -y chromium"]),
+    ("0", True, []), ("1000", True, [])])
+def test_the_readme_test_command_installs_chromium_as_root_and_not(tmp_path, uid, has_chromium, expected):
+    """Run the install step with stub `id`, `apt-get`, `sudo` (and `chromium`) on a PATH of
+    nothing else: root calls apt-get itself (a container has no sudo), others go through sudo."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    log = tmp_path / "calls.log"
+    scripts = {"id": f'echo {uid}', "apt-get": f'echo "apt-get $*" >> {log}',
+               "sudo": f'echo "sudo $*" >> {log}; exec "$@"'}
+    if has_chromium:
+        scripts["chromium"] = "exit 0"
+    for name, body in scripts.items():
+        (stubs / name).write_text(f"#!/bin/sh\n{body}\n")
+        (stubs / name).chmod(0o755)
+    if uid == "0":
+        (stubs / "sudo").unlink()  # and no sudo at all
+    result = subprocess.run(["/bin/bash", "-c", _install_step(readme_commands()[1])], env={"PATH": str(stubs)},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert (log.read_text().splitlines() if log.exists() else []) == expected
