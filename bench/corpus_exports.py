@@ -61,13 +61,17 @@ def count_jsonl(handle: IO[bytes], bulk: bool) -> int:
 
 def count_csv(handle: IO[bytes], bulk: bool) -> int:
     """Runs in a CSV of either shape (the items shape repeats the run's id on each item row)."""
-    rows = csv.reader(io.TextIOWrapper(handle, encoding="utf-8", newline=""))
-    header = next(rows)
-    assert header[0] == "execution_id", header[:3]
-    ids = set()
-    for row in rows:
-        assert len(row) == len(header), (len(row), len(header))
-        ids.add(row[0])
+    text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+    try:
+        rows = csv.reader(text)
+        header = next(rows)
+        assert header[0] == "execution_id", header[:3]
+        ids = set()
+        for row in rows:
+            assert len(row) == len(header), (len(row), len(header))
+            ids.add(row[0])
+    finally:
+        text.detach()  # the caller's file stays open (and is the caller's to close)
     return len(ids)
 
 
