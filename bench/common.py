@@ -100,14 +100,14 @@ def ms(seconds: float) -> str:
 class Gunicorn:
     """The shipped gunicorn config on a free loopback port, serving *folder*."""
 
-    def __init__(self, folder: Path, workers: int = 2) -> None:
+    def __init__(self, folder: Path, workers: int = 2, env: dict[str, str] | None = None) -> None:
         import socket
 
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "RUN_HISTORY_DIR": str(folder), "WEB_CONCURRENCY": str(workers)}
+        env = {**os.environ, "RUN_HISTORY_DIR": str(folder), "WEB_CONCURRENCY": str(workers), **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{self.port}",
              "--access-logfile", "/dev/null", "wsgi:app"],

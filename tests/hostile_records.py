@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import random
+import socket
+import stat
 from pathlib import Path
 
 #: Every Unicode noncharacter: U+FDD0-U+FDEF and the last two code points of each plane.
@@ -102,3 +105,49 @@ def xlsx_expected(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+#: The kinds of file that are not regular files, each named like a record (API.md: counted unreadable).
+SPECIAL_KINDS = ("fifo", "socket", "directory", "dangling symlink", "symlink to a fifo", "symlink to a device",
+                 "device")
+
+
+def make_special_file(path: Path, kind: str) -> bool:
+    """Make a file of *kind* (one of SPECIAL_KINDS) at *path*; False if this host cannot (a
+    device needs root)."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        here = os.getcwd()
+        os.chdir(path.parent)  # a relative name: AF_UNIX paths are limited to ~108 bytes
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.bind(path.name)  # the socket file stays after close
+        finally:
+            os.chdir(here)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "dangling symlink":
+        os.symlink(path.parent / "nowhere", path)
+    elif kind == "symlink to a fifo":
+        target = path.with_name(path.name + ".fifo")
+        os.mkfifo(target)
+        os.symlink(target, path)
+    elif kind == "symlink to a device":
+        os.symlink("/dev/null", path)
+    else:
+        try:
+            os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        except PermissionError:
+            return False
+    return True
+
+
+def make_special_files(root: Path) -> list[str]:
+    """One of each kind of non-regular file, each named exec_<valid id>.json; their ids."""
+    made = []
+    for n, kind in enumerate(SPECIAL_KINDS):
+        execution_id = f"exec_20250101_00000{n}_0000beef"
+        if make_special_file(root / f"{execution_id}.json", kind):
+            made.append(execution_id)
+    return made

@@ -1,9 +1,14 @@
-"""Fuzzing: schemathesis against the app's own OpenAPI spec; hypothesis on the exporters."""
+"""Fuzzing: schemathesis against the app's own OpenAPI spec (over a folder holding hostile
+records and special files, its strings also carrying noncharacters); hypothesis on the
+exporters and on folders of special files."""
 import csv
 import datetime as dt
 import io
 import json
+import signal
+import tempfile
 import zipfile
+from pathlib import Path
 
 import openpyxl
 import pytest
@@ -11,7 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import not_a_server_error, positive_data_acceptance
 
 from app import create_app
 from app.auth import TokenStore
@@ -24,6 +29,8 @@ from execution_history.exporters.xml_writer import read_records, xsd_bytes
 from execution_history.records import check_record
 from execution_history.taxonomy import TAXONOMY
 
+from .hostile_records import NONCHARACTERS, SPECIAL_KINDS, make_special_file, make_special_files, write_hostile_runs
+
 XSD = etree.XMLSchema(etree.fromstring(xsd_bytes()))
 csv.field_size_limit(2**31 - 1)  # Python's reader stops at 128 KB a field by default; our cells may be longer
 
@@ -33,6 +40,8 @@ def api_schema(tmp_path_factory):
     """The spec of an app with access control on (so its security scheme is exercised too)."""
     root = tmp_path_factory.mktemp("fuzz")
     list(iter_sample_runs(6, RunStore(root / "runs"), now=dt.datetime(2025, 11, 20, tzinfo=dt.timezone.utc)))
+    write_hostile_runs(root / "runs", 8)   # noncharacters, controls, lone surrogates in the records
+    make_special_files(root / "runs")      # FIFOs, sockets, symlinks... named like records
     token = TokenStore(root / "tokens.json").create("fuzzer", "admin")
     app = create_app({"TESTING": True, "RUN_HISTORY_DIR": str(root / "runs"),
                       "RUN_HISTORY_TOKENS": str(root / "tokens.json")})
@@ -43,20 +52,38 @@ def api_schema(tmp_path_factory):
 
 
 def test_api_never_fails_and_matches_its_spec(api_schema):
-    """Every operation, bounded examples: no 500, every response as the spec says.
+    """Every operation, bounded examples: no 500, every response as the spec says; then again
+    with a noncharacter added to one of each case's string parameters (a uniform draw rarely
+    makes one).
 
     (Driven by hand: schemathesis' pytest plugin does not load under pytest 9.)
     """
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) == 22  # 13 + delete, media file, thumbnail, 5 export-job operations, health
     for operation in operations:
-        @given(case=operation.as_strategy())
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        def check(case):
-            case.call_and_validate(headers={"Authorization": f"Bearer {api_schema.token}"},
-                                   excluded_checks=[not_a_server_error], additional_checks=[no_500])
+        for hostile in (False, True):
+            @given(case=operation.as_strategy(), data=st.data())
+            @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            def check(case, data):
+                excluded = [not_a_server_error]
+                if hostile:  # a noncharacter may make a valid value invalid: a JSON 400 then, as the spec says
+                    add_a_noncharacter(case, data)
+                    excluded.append(positive_data_acceptance)
+                case.call_and_validate(headers={"Authorization": f"Bearer {api_schema.token}"},
+                                       excluded_checks=excluded, additional_checks=[no_500])
 
-        check()
+            check()
+
+
+def add_a_noncharacter(case, data):
+    """A noncharacter put into one of the case's string query or path parameters, if it has any."""
+    places = [(part, key) for part in ("query", "path_parameters") for key, value in (getattr(case, part) or {}).items()
+              if isinstance(value, str)]
+    if places:
+        part, key = data.draw(st.sampled_from(places))
+        value = getattr(case, part)[key]
+        at = data.draw(st.integers(0, len(value)))
+        getattr(case, part)[key] = value[:at] + data.draw(st.sampled_from(NONCHARACTERS)) + value[at:]
 
 
 def no_500(ctx, response, case):
@@ -69,8 +96,6 @@ def no_500(ctx, response, case):
 # Any text a record can hold: every code point but lone surrogates (the tracker replaces them).
 # Noncharacters are drawn explicitly: a uniform draw over 1.1 million code points rarely
 # hits one of the 66, and they break formats (U+FFFE/U+FFFF are not XML 1.0 characters).
-NONCHARACTERS = [chr(cp) for cp in range(0xFDD0, 0xFDF0)] + [
-    chr(plane << 16 | low) for plane in range(17) for low in (0xFFFE, 0xFFFF)]
 TEXT = st.one_of(st.text(st.one_of(st.characters(exclude_categories=("Cs",)), st.sampled_from(NONCHARACTERS)),
                          max_size=60),
                  # long texts (past Excel's cell limit), built by repetition to stay cheap to generate
@@ -163,3 +188,46 @@ def test_any_record_survives_every_format(record):
                 assert got_value == pytest.approx(wanted, rel=1e-14), name
             else:
                 assert got_value == wanted, name
+
+
+# ---------------------------------------------------------------- special files
+
+class Hung(BaseException):
+    """Not an OSError, so no ``except OSError`` on the way swallows it."""
+
+
+@given(kinds=st.lists(st.sampled_from(SPECIAL_KINDS), max_size=6), regular=st.integers(0, 3),
+       fresh_index=st.booleans())
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+def test_any_mix_of_special_files_is_counted_and_never_opened(kinds, regular, fresh_index):
+    """Regular records among special files named like records (made before the index or after
+    it was built): list, stats, GET by id and a bulk export agree, and nothing blocks."""
+    def fail(signum, frame):
+        raise Hung("blocked on a special file")
+
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.setitimer(signal.ITIMER_REAL, 20, 1)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = Path(tmp) / "runs"
+            runs.mkdir()
+            ids = sorted(write_hostile_runs(runs, regular, seed=3)) if regular else []
+            app = create_app({"TESTING": True, "RUN_HISTORY_DIR": str(runs)})
+            client = app.test_client()
+            if not fresh_index:
+                assert client.get("/api/runs/stats").get_json()["total_records"] == len(ids)
+            special = [f"exec_20250102_00000{n}_0000cafe" for n, kind in enumerate(kinds)
+                       if make_special_file(runs / f"exec_20250102_00000{n}_0000cafe.json", kind)]
+            stats = client.get("/api/runs/stats").get_json()
+            assert (stats["total_records"], stats["unreadable_records"]) == (len(ids), len(special))
+            listed = client.get("/api/runs?limit=100").get_json()
+            assert sorted(r["execution_id"] for r in listed["executions"]) == ids
+            for execution_id in special:
+                assert client.get(f"/api/runs/{execution_id}").status_code == 404
+            export = client.get("/api/runs/export/jsonl")
+            assert export.status_code == 200
+            assert sorted(json.loads(line)["execution_id"] for line in export.get_data().splitlines()) == ids
+            assert int(export.headers["X-Total-Count"]) == len(ids)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

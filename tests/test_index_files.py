@@ -39,9 +39,12 @@ def test_index_side_files_damaged_under_load(runs_dir, tmp_path, recorded_runs, 
     server = LiveServer(runs_dir, tmp_path / "gunicorn.log")
     try:
         assert all(status == 200 for status, _ in hammer(server, 2))
-        for path in index_files(runs_dir):
-            if path.name == "runs.sqlite3":
-                continue
+        side = [path for path in index_files(runs_dir) if path.name != "runs.sqlite3"]
+        # the mechanism: a rollback journal, no WAL, so no -shm file any process maps (and dies on)
+        assert [path.name for path in side] == ["runs.sqlite3-journal"], side
+        (runs_dir / ".index" / "runs.sqlite3-shm").write_bytes(b"")  # a stray one (an older WAL index) too
+        side.append(runs_dir / ".index" / "runs.sqlite3-shm")
+        for path in side:
             with open(path, "r+b") as handle:  # the -shm / -wal / -journal files, whichever exist
                 handle.truncate(0)
                 if damage == "garbage":
@@ -78,3 +81,30 @@ def test_a_damaged_index_file_is_rebuilt(runs_dir, tmp_path, recorded_runs, dama
     assert all(status == 200 or body["code"] == "INTERNAL_ERROR" for status, body in answers)
     assert final[0] == 200 and final[1]["total_records"] == len(recorded_runs)
     assert "SIGBUS" not in server.log_path.read_text()
+
+
+def test_an_older_wal_index_is_turned_to_a_rollback_journal_and_survives_a_truncated_shm(runs_dir, tmp_path,
+                                                                                      recorded_runs):
+    """An index left in WAL mode (an earlier release) has a -shm file every worker maps; the
+    app switches it to the rollback journal at open, so truncating -shm kills nothing."""
+    import sqlite3
+
+    server = LiveServer(runs_dir, tmp_path / "gunicorn.log")
+    assert ask(server, "/api/runs/stats")[1]["total_records"] == len(recorded_runs)
+    server.stop()
+    database = runs_dir / ".index" / "runs.sqlite3"
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal"
+    server = LiveServer(runs_dir, tmp_path / "gunicorn2.log")
+    try:
+        assert all(status == 200 for status, _ in hammer(server, 2))
+        with sqlite3.connect(database) as conn:  # WAL persists in the file; rollback modes are per connection
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal"
+        shm = runs_dir / ".index" / "runs.sqlite3-shm"
+        shm.write_bytes(b"")
+        answers = hammer(server)
+    finally:
+        server.stop()
+    assert all(status == 200 for status, _ in answers)
+    log = server.log_path.read_text()
+    assert "SIGBUS" not in log and "WORKER TIMEOUT" not in log and log.count("Booting worker") == 2

@@ -10,11 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import openpyxl
 import pytest
@@ -38,8 +40,6 @@ class ReadOnlyServer(LiveServer):
     """gunicorn (shipped config) in a mount namespace where *folder* is read-only."""
 
     def __init__(self, folder, runs_dir, log_path) -> None:  # noqa: D107 - LiveServer's, behind a mount
-        import os
-
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -99,3 +99,48 @@ def test_read_only_data_folder_is_served_fully_and_keeps_working_once_writable(r
         assert status == 200 and len(body.splitlines()) == len(recorded_runs) + 1
     finally:
         server.stop()
+
+
+TRACK = """
+import json, logging, sys
+from execution_history import ExecutionTracker
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+with ExecutionTracker("archived", data_dir=sys.argv[1]) as run:
+    run.log_user_input_text("Stille")
+    run.log_output_text("Post")
+print(run.execution_id)
+"""
+
+
+def track_read_only(archive, runs_dir, env=None):
+    """A pipeline's tracker writing into *runs_dir* while *archive* is mounted read-only: (id, its log)."""
+    result = subprocess.run(["unshare", "-m", "sh", "-c", READ_ONLY, str(archive), sys.executable, "-c", TRACK,
+                             str(runs_dir)], cwd=PROJECT, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, **(env or {})})
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip(), result.stderr
+
+
+@pytest.mark.parametrize("journal", ["state folder", "unwritable"])
+def test_a_tracker_on_a_read_only_folder_keeps_the_record_in_pending_and_says_so(runs_dir, store, journal):
+    """The record goes to the state folder's pending/ (README "Read-only archives"), the log
+    names only places that hold the run, and `runs recover` publishes it once writable."""
+    archive = runs_dir.parent
+    if not _namespaces_work(archive):
+        pytest.skip("mount namespaces (unshare -m) are not available here")
+    env = {"RUN_HISTORY_JOURNAL_DIR": str(runs_dir / ".journal")} if journal == "unwritable" else {}
+    execution_id, log = track_read_only(archive, runs_dir, env)
+    pending = stores.state_dir(store) / "pending" / f"{execution_id}.json"
+    assert not store.path_for(execution_id).exists() and pending.exists()
+    assert "run not saved" in log and str(pending) in log and "recover" in log
+    kept = log.split("kept in ", 1)[1].split(" until ")[0].split(" and ")
+    for place in kept:  # every place the log names holds the run (no journal claimed that does not exist)
+        assert Path(place.removeprefix("its journal ")).exists(), (place, log)
+    assert (journal == "unwritable") == (not any(place.startswith("its journal") for place in kept)), log
+    result = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "runs", "recover"], cwd=PROJECT,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "RUN_HISTORY_DIR": str(runs_dir), **env})
+    assert result.returncode == 0, result.stderr
+    record = store.load(execution_id)
+    assert [item["content"] for item in record["items"]] == ["Stille", "Post"] and record["status"] == "completed"
+    assert not pending.exists()

@@ -7,8 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
-import stat
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,6 +17,7 @@ from execution_history import RunStore
 from execution_history.index import RunIndex
 
 from .conftest import LiveServer, assert_error
+from .hostile_records import make_special_files
 
 #: Client timeout: a request blocked on a FIFO fails the test instead of hanging the suite.
 TIMEOUT = 20
@@ -39,33 +38,6 @@ def no_hang():
 
 class Hung(BaseException):
     """Not an OSError, so no ``except OSError`` on the way swallows it."""
-
-
-def make_special_files(root: Path) -> list[str]:
-    """One of each kind of non-regular file, each named exec_<valid id>.json; their ids."""
-    made = []
-
-    def name(n: int) -> Path:
-        made.append(f"exec_20250101_00000{n}_0000beef")
-        return root / f"{made[-1]}.json"
-
-    os.mkfifo(name(0))
-    here = os.getcwd()
-    os.chdir(root)  # a relative name: AF_UNIX paths are limited to ~108 bytes
-    try:
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.bind(name(1).name)  # the socket file stays after close
-    finally:
-        os.chdir(here)
-    name(2).mkdir()
-    os.symlink(root / "nowhere", name(3))
-    os.symlink(root / f"{made[0]}.json", name(4))  # a symlink to the FIFO
-    os.symlink("/dev/null", name(5))               # a symlink to a device
-    try:
-        os.mknod(name(6), 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # a device itself (needs root)
-    except PermissionError:
-        made.pop()
-    return made
 
 
 def test_special_files_are_counted_unreadable_and_never_served(client, store, recorded_runs):

@@ -64,3 +64,46 @@ def test_threads_never_corrupt_the_file(tmp_path):
     fresh = TokenStore(path)
     token = fresh.create("carol", "admin")
     assert fresh.authenticate(token).user == "carol"
+
+
+def test_a_live_server_reading_the_file_while_two_processes_churn_it(runs_dir, tmp_path):
+    """Through gunicorn: while two processes create and revoke tokens, every request with a
+    standing token is served (never a 500 from a torn file, never a 401), and afterwards
+    every revoked token is refused."""
+    import urllib.error
+    import urllib.request
+
+    from .conftest import LiveServer
+
+    path = tmp_path / "tokens.json"
+    keeper = TokenStore(path).create("keeper", "admin")
+    server = LiveServer(runs_dir, tmp_path / "gunicorn.log", extra_env={"RUN_HISTORY_TOKENS": str(path)})
+
+    def ask(token):
+        request = urllib.request.Request(server.url + "/api/runs/stats", headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    try:
+        ctx = multiprocessing.get_context("spawn")
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_churn, args=(str(path), user, 40, queue)) for user in ("alice", "bob")]
+        for p in procs:
+            p.start()
+        statuses = []
+        while any(p.is_alive() for p in procs) or not statuses:
+            statuses.append(ask(keeper))
+        assert len(statuses) > 10 and set(statuses) == {200}, sorted(set(statuses))
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+        revoked = [h for _ in procs for h in queue.get(timeout=10)]
+        assert len(revoked) == 80 and [e["user"] for e in json.loads(path.read_text())["tokens"]] == ["keeper"]
+        late = TokenStore(path).create("carol", "researcher")
+        TokenStore(path).revoke("carol")
+        assert ask(late) == 401 and ask(keeper) == 200
+    finally:
+        server.stop()
