@@ -49,10 +49,16 @@ def export_runs(exporter: Exporter, query: RunQuery, options: dict[str, Any]) ->
     runs, chunks = export_selection(exporter, get_index(), get_store(), query, with_media_root(exporter, options),
                                     principal().scope, now,
                                     tap=rows.tap, secret_key=current_app.config["SECRET_KEY"])
-    name = f"runs_{now:%Y%m%d_%H%M%S}" + ("_items" if options.get("shape") == "items" else "")  # item rows
-    response = stream(chunks, exporter, _marked(name, bool(options.get(OPTION))), rows)
+    response = stream(chunks, exporter, bulk_name(now, options), rows)
     response.headers["X-Total-Count"] = str(runs)
     return response
+
+
+def bulk_name(when: dt.datetime, options: dict[str, Any]) -> str:
+    """A bulk download's name (direct or an export job's): ``runs_<UTC time>``, ``_items`` for
+    item rows, ``_pseudonymized`` when it is."""
+    name = f"runs_{when:%Y%m%d_%H%M%S}" + ("_items" if options.get("shape") == "items" else "")
+    return _marked(name, bool(options.get(OPTION)))
 
 
 def _marked(name: str, pseudonymized: bool) -> str:

@@ -40,7 +40,8 @@ def install(app: Flask) -> None:
     store_hash = hashlib.sha256(str(store.root).encode()).hexdigest()[:16]
     slots = os.path.join(tempfile.gettempdir(), f"run-history-export-slots-{os.getuid()}-{store_hash}")
     executor = JobExecutor(jobs, store, workers=app.config["RUN_HISTORY_EXPORT_WORKERS"], slots_dir=slots,
-                           run_delay=float(os.environ.get(TEST_DELAY_ENV) or 0))
+                           run_delay=float(os.environ.get(TEST_DELAY_ENV) or 0), secret_key=app.config["SECRET_KEY"],
+                           media_root=extensions.get_media_sources(app))
     extensions.add(app, jobs=jobs, executor=executor, executor_checked=None)
     app.before_request(_start_executor)
     app.register_blueprint(bp)
@@ -175,7 +176,7 @@ def download_export_job(job_id: str) -> Response:
     exporter = get_exporter(state["format"])
     audit_hooks.note(format=exporter.name)
     created = dt.datetime.fromtimestamp(state["created_at"], dt.timezone.utc)
-    response = downloads.stream(_iter_file(handle), exporter, f"runs_{created:%Y%m%d_%H%M%S}")
+    response = downloads.stream(_iter_file(handle), exporter, downloads.bulk_name(created, state["options"]))
     response.headers["Content-Length"] = str(state["size_bytes"])
     return response
 

@@ -50,6 +50,7 @@ from typing import Any, BinaryIO
 from . import atomic
 from .errors import ExecutionHistoryError, ExportExpired, NotReady
 from .exporters import EXPORTERS, ExportInfo
+from .pseudonyms import prepare_export
 from .side import SideArea
 from .storage import RunStore
 
@@ -315,10 +316,13 @@ class JobExecutor:
     """Runs export jobs in daemon threads of this process (started lazily, after a fork)."""
 
     def __init__(self, jobs: JobStore, store: RunStore, workers: int = 1, slots_dir: str | os.PathLike[str] | None = None,
-                 run_delay: float = 0.0) -> None:
+                 run_delay: float = 0.0, secret_key: str | None = None, media_root: Any = None) -> None:
         """*slots_dir*: a local folder every process of this host shares (the per-host limit);
-        *run_delay*: seconds added per run (a test hook that makes a job slow enough to watch)."""
+        *run_delay*: seconds added per run (a test hook that makes a job slow enough to watch);
+        *secret_key*: keys the pseudonyms of a job with ``options.pseudonymize``;
+        *media_root*: where a zip job finds media (the app's media sources, as a direct export)."""
         self.jobs, self.store, self.workers, self.run_delay = jobs, store, max(workers, 1), run_delay
+        self.secret_key, self.media_root = secret_key, media_root
         self.slots_dir = Path(slots_dir or tempfile.gettempdir())
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._pid: int | None = None
@@ -495,11 +499,15 @@ class JobExecutor:
         info = ExportInfo(count=len(ids), filters=state["filters"],
                           exported_at=dt.datetime.fromtimestamp(state["started_at"], dt.timezone.utc))
         records = self.store.iter_records(self._paced(progress.count(ids)))
+        # the one place the pseudonymize option applies, as for a direct export
+        records, info, options, _ = prepare_export(records, info, state["options"], self.secret_key)
+        if exporter.media and self.media_root is not None:
+            options = {**options, "media_root": self.media_root}
         fd, temp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=exporter.extension,
                                     dir=self.slots_dir)
         try:
             with os.fdopen(fd, "wb") as out:
-                for chunk in exporter.write(records, bulk=True, info=info, **state["options"]):
+                for chunk in exporter.write(records, bulk=True, info=info, **options):
                     if progress.stop.is_set():
                         raise Cancelled
                     out.write(chunk)
