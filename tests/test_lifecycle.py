@@ -440,3 +440,66 @@ def test_a_leftover_journal_cannot_bring_a_deleted_run_back(store):
     deleted = delete_run(store, RunIndex(store), run.execution_id)
     assert deleted.config_name == "dada" and not path.exists() and not set_aside.exists()
     assert journal.recover(store) == [] and store.list_ids() == []
+
+
+def test_media_true_deletes_bucket_media_only_that_run_names(s3_server, runs_dir, tokens, tmp_path):
+    """An S3 store with media in its bucket (<prefix>/media/<file_path>, SeaweedFS, gunicorn):
+    ?media=true deletes the objects only the run names, never a shared one or one outside the media prefix."""
+    from .s3server import BUCKET
+
+    store = store_for("s3", runs_dir)
+    client = store.client
+    media_prefix = f"{store.prefix}/media"
+    for name in ("only_a.png", "shared.png", "only_b.png"):
+        client.put_object(Bucket=BUCKET, Key=f"{media_prefix}/exports/media/{name}", Body=b"\x89PNG " + name.encode())
+    client.put_object(Bucket=BUCKET, Key=f"{store.prefix}/outside.png", Body=b"\x89PNG outside")
+    start = NOW - dt.timedelta(days=3)
+    run_a = record_run(store, "dada", start, files=["exports/media/only_a.png", "exports/media/shared.png",
+                                                    "../outside.png", f"s3://{BUCKET}/{store.prefix}/outside.png"])
+    run_b = record_run(store, "dada", start + dt.timedelta(hours=1),
+                       files=["exports/media/shared.png", f"s3://{BUCKET}/{media_prefix}/exports/media/only_b.png"])
+    local_media = tmp_path / "local-media"  # empty: every file is in the bucket
+    local_media.mkdir()
+    audit = tmp_path / "audit.log"
+    server = LiveServer(store.root, tmp_path / "gunicorn.log", extra_env={
+        **s3_server.env(), "RUN_HISTORY_DIR": str(store.root), "RUN_HISTORY_SECRET_KEY": "test-secret-s3-media",
+        "RUN_HISTORY_TOKENS": str(tokens["path"]), "RUN_HISTORY_AUDIT_LOG": str(audit),
+        "RUN_HISTORY_MEDIA_DIR": str(local_media)})
+    try:
+        admin = Http(server, tokens["admin"])
+
+        def media_keys():
+            listed = client.list_objects_v2(Bucket=BUCKET, Prefix=f"{media_prefix}/").get("Contents", [])
+            return sorted(obj["Key"].rsplit("/", 1)[1] for obj in listed)
+
+        assert media_keys() == ["only_a.png", "only_b.png", "shared.png"]
+        assert admin("DELETE", f"/api/runs/{run_a}?media=true")[0] == 204
+        assert media_keys() == ["only_b.png", "shared.png"]  # shared.png: run b names it too
+        outside = client.get_object(Bucket=BUCKET, Key=f"{store.prefix}/outside.png")["Body"].read()
+        assert outside == b"\x89PNG outside"  # outside the media prefix: never touched
+        assert admin("DELETE", f"/api/runs/{run_b}?media=true")[0] == 204  # by key and by s3:// URL
+        assert media_keys() == []
+        assert store.list_ids() == []
+        assert [line["media_deleted"] for line in audit_lines(audit, "delete")] == [1, 2]
+    finally:
+        server.stop()
+
+
+def test_a_bucket_media_area_deletes_only_media_objects_under_its_prefix(s3_server, runs_dir):
+    from execution_history.media import AreaObject, delete_media, media_locations
+    from execution_history.s3media import S3MediaArea
+
+    from .s3server import BUCKET
+
+    store = store_for("s3", runs_dir)
+    area = S3MediaArea.of_store(store)
+    store.client.put_object(Bucket=BUCKET, Key=f"{store.prefix}/media/a.png", Body=b"png")
+    [found] = media_locations("a.png", area)
+    assert found == AreaObject(f"s3://{BUCKET}/{store.prefix}/media/a.png", None)  # named on the text alone
+    for refused in ("../a.png", ".side/x.png", "a.json", f"s3://{BUCKET}/{store.prefix}/a.png", "/abs/a.png"):
+        assert media_locations(refused, area) == []
+    for outside in (f"s3://{BUCKET}/{store.prefix}/a.png", f"s3://{BUCKET}/{store.prefix}/media/.side/a.png",
+                    f"s3://other/{store.prefix}/media/a.png"):
+        with pytest.raises(ValueError):
+            area.remove(outside)
+    assert delete_media(found) is True and delete_media(found) is False  # gone: reported once
