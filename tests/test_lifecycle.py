@@ -258,6 +258,10 @@ def test_cli_delete_with_media(runs_dir, store, tmp_path):
     result = app.test_cli_runner().invoke(args=["runs", "delete", execution_id, "--media"])
     assert result.exit_code == 0, result.output
     assert store.list_ids() == [] and list(media.iterdir()) == []
+    shown = app.test_cli_runner().invoke(args=["runs", "audit", "--event", "delete"])
+    [line] = [json.loads(text) for text in shown.output.splitlines()]
+    assert (line["event"], line["role"], line["execution_id"], line["config"], line["media_deleted"]) == \
+        ("delete", "cli", execution_id, "dada", 1)
     assert app.test_client().get("/api/runs").get_json()["total"] == 0
     [line] = audit_lines(tmp_path / "audit.log", "delete")
     assert (line["execution_id"], line["role"], line["media_deleted"]) == (execution_id, "cli", 1)
@@ -362,8 +366,18 @@ def test_retention_prunes_when_gunicorn_starts(runs_dir, store, aged, tmp_path):
         server.stop()
 
 
-def test_the_lease_lets_one_process_prune_and_is_taken_over_when_expired(store, aged, tmp_path):
-    side = LocalSideArea(tmp_path / "side")
+@pytest.mark.parametrize("side_kind", ["local", "s3"])
+def test_the_lease_lets_one_process_prune_and_is_taken_over_when_expired(store, aged, tmp_path, side_kind, request):
+    if side_kind == "local":
+        side = LocalSideArea(tmp_path / "side")
+    else:  # the lease of several hosts sharing an S3 store: its side area on SeaweedFS
+        from execution_history.s3store import S3SideArea
+
+        from .s3server import BUCKET
+
+        request.getfixturevalue("s3_server")  # its credentials first
+        s3_store = store_for("s3", tmp_path / "lease")
+        side = S3SideArea(s3_store.client, BUCKET, f"{s3_store.prefix}/.side")
     assert take_lease(side, "host-a", NOW, seconds=60)
     assert not take_lease(side, "host-b", NOW + dt.timedelta(seconds=59), seconds=60)
     assert json.loads(side.get(LEASE_KEY))["holder"] == "host-a"
