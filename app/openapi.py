@@ -154,14 +154,16 @@ def _job_paths(spec: APISpec, download: dict[str, Any]) -> None:
     variants = []
     for name, exporter in EXPORTERS.items():
         names = [name, *(alias for alias, target in ALIASES.items() if target == name)]
-        variants.append((names, {option_name: option(EXPORT_OPTIONS[option_name]) for option_name in exporter.options}))
+        variants.append((names, {option_name: option(EXPORT_OPTIONS[option_name])
+                                 for option_name in (*exporter.options, *COMMON_EXPORT_OPTIONS)}))
     variants.append((list(PLANNED), {}))
     body = {"oneOf": [{"type": "object", "required": ["format"], "additionalProperties": False, "properties": {
         "format": {"type": "string", "enum": names, "description": "Export format, case-insensitive; pdf/docx: 501"},
         "filters": {"type": "object", "properties": filters, "additionalProperties": False,
                     "description": "The list parameters (as for GET /api/runs/export/{fmt})"},
         "options": {"type": "object", "properties": options, "additionalProperties": False,
-                    "description": "The writer options of the format (csv: shape, bom, raw)"}}}
+                    "description": "The writer options of the format (csv: shape, bom, raw) and "
+                                   "pseudonymize (every format)"}}}
         for names, options in variants]}
     job_id = {"in": "path", "name": "job_id", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
     denied = {"401": _error("No valid bearer token (or session)"), "404": _error("No such job, or another user's")}

@@ -235,3 +235,12 @@ def test_export_jobs_pseudonymize_every_format(site, fmt):
     assert re.fullmatch(rf'attachment; filename="runs_\d{{8}}_\d{{6}}_pseudonymized\{EXPORTERS[fmt].extension}"',
                         headers["Content-Disposition"])
     check_pseudonymized(fmt, data, True, all_sessions())
+
+
+def test_the_export_job_body_documents_the_option(client):
+    spec = client.get("/api/openapi.json").get_json()
+    body = spec["paths"]["/api/exports"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    variants = {tuple(v["properties"]["format"]["enum"]): v["properties"]["options"]["properties"]
+                for v in body["oneOf"] if v["properties"]["format"]["enum"][0] in EXPORTERS}
+    assert len(variants) == len(EXPORTERS)
+    assert all(options["pseudonymize"] == {"type": "boolean"} for options in variants.values())
