@@ -23,7 +23,8 @@ from execution_history.records import FINAL_STATUSES
 
 from .auth import ROLES, TokenStore, tokens
 from .downloads import with_media_root
-from .extensions import get_audit, get_index, get_layout, get_media_root, get_media_sources, get_recovered_at_start, get_store
+from .extensions import (get_audit, get_index, get_layout, get_media_root, get_media_sources, get_recovered_at_start,
+                         get_store, get_thumbnails)
 from .recovery import recover_now
 from .sessions import end_sessions_of
 from .params import (
@@ -236,7 +237,7 @@ def delete_command(execution_id: str, media: bool) -> None:
     root = get_media_sources() if media else None  # the local media dir and/or the bucket's
     try:
         deleted = delete_run(get_store(), get_index(), execution_id, media_root=root,
-                             journals=get_layout().journal)
+                             journals=get_layout().journal, thumbnails=get_thumbnails())
     except ExecutionHistoryError as err:
         _fail(err)
     get_audit().append(

@@ -9,7 +9,7 @@ from execution_history.errors import Forbidden
 from . import extensions
 from .audit_hooks import note
 from .auth import principal
-from .extensions import get_index, get_layout, get_media_sources, get_store
+from .extensions import get_index, get_layout, get_media_sources, get_store, get_thumbnails
 
 
 def delete_as_admin(execution_id: str, media: bool) -> lifecycle.Deleted:
@@ -29,7 +29,7 @@ def delete_as_admin(execution_id: str, media: bool) -> lifecycle.Deleted:
                         execution_id=execution_id)
     root = get_media_sources() if media else None  # the local media dir and/or the bucket's
     deleted = lifecycle.delete_run(get_store(), get_index(), execution_id, media_root=root,
-                                   journals=get_layout().journal)
+                                   journals=get_layout().journal, thumbnails=get_thumbnails())
     # the line written when the response goes out says what went
     note(config=deleted.config_name, media_deleted=len(deleted.media_files) if media else None)
     return deleted

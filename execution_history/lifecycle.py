@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 from . import journal
 from .errors import InvalidRecord, RunInProgress, RunNotFound, StorageError
 from .filters import RunFilters, RunQuery
-from .media import AreaObject, MediaRoot, delete_media, media_locations
+from .media import AreaObject, MediaRoot, delete_media, media_locations, stat_media
 
 if TYPE_CHECKING:
     from .audit import AuditLog
     from .index import RunIndex
     from .side import SideArea
     from .storage import RunStore
+    from .thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ class Deleted:
 
 
 def delete_run(store: RunStore, index: RunIndex, execution_id: str,
-               media_root: MediaRoot | None = None, journals: journal.Where | None = None) -> Deleted:
+               media_root: MediaRoot | None = None, journals: journal.Where | None = None,
+               thumbnails: ThumbnailCache | None = None) -> Deleted:
     """Delete a finished run from the store and, in the same call, from the index.
 
     :param media_root: also delete the media files this run names that no other run
@@ -61,6 +63,7 @@ def delete_run(store: RunStore, index: RunIndex, execution_id: str,
         area, or both: the app's media sources); None: keep every file.
         Finding the other runs' files reads every record (a full scan, once per delete).
     :param journals: this host's journal folder (RUN_HISTORY_JOURNAL_DIR); None: a local store's default.
+    :param thumbnails: the cache whose thumbnails of the deleted media files go with them.
     :raises RunNotFound: for an unknown, malformed or unreadable run.
     :raises RunInProgress: while a live tracker still logs to it.
     :raises StorageError: if the file cannot be removed.
@@ -84,8 +87,11 @@ def delete_run(store: RunStore, index: RunIndex, execution_id: str,
     for location in doomed:
         name = location.url if isinstance(location, AreaObject) else str(location)
         try:
+            media = stat_media(location) if thumbnails is not None else None
             if delete_media(location):
                 removed.append(name)
+            if media is not None:
+                thumbnails.forget(media)  # a copy of the image: it goes too
         except (OSError, StorageError) as err:  # the run is gone already; a file left over is logged, not fatal
             log.warning("run %s deleted, but media file %s could not be: %s", execution_id, name,
                         getattr(err, "strerror", None) or getattr(err, "message", err))

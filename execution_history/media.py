@@ -168,6 +168,19 @@ def media_locations(file_path: object, media_root: MediaRoot) -> list[Path | Are
     return [] if url is None else [AreaObject(url, media_root)]
 
 
+def stat_media(location: Path | AreaObject) -> MediaFile | None:
+    """What :func:`resolve` says of one file :func:`media_locations` named (to find what was made
+    from it, e.g. its cached thumbnail), or None if it is gone."""
+    if isinstance(location, AreaObject):
+        return location.area.resolve(location.url)
+    found = media_type_of(location.name)
+    try:
+        st = os.stat(location)
+    except OSError:
+        return None
+    return None if found is None else MediaFile(location, found[0], found[1], st.st_size, st.st_mtime_ns)
+
+
 def delete_media(location: Path | AreaObject) -> bool:
     """Delete one file :func:`media_locations` named; False if it was gone already.
 

@@ -517,3 +517,21 @@ def test_a_bucket_media_area_deletes_only_media_objects_under_its_prefix(s3_serv
         with pytest.raises(ValueError):
             area.remove(outside)
     assert delete_media(found) is True and delete_media(found) is False  # gone: reported once
+
+
+def test_deleting_a_runs_media_deletes_its_cached_thumbnail_too(runs_dir, store, tmp_path):
+    from .media_files import write_png
+
+    media = tmp_path / "media"
+    media.mkdir()
+    write_png(media / "child.png")
+    execution_id = record_run(store, "dada", NOW, files=["child.png"])
+    app = create_app({"TESTING": True, "RUN_HISTORY_DIR": str(runs_dir), "RUN_HISTORY_MEDIA_DIR": str(media),
+                      "RUN_HISTORY_AUDIT_LOG": str(tmp_path / "audit.log")})
+    response = app.test_client().get(f"/api/runs/{execution_id}/thumbnail")
+    assert response.status_code == 200 and response.mimetype == "image/webp"
+    cached = list((runs_dir / ".thumbnails").glob("*.webp"))
+    assert len(cached) == 1
+    result = app.test_cli_runner().invoke(args=["runs", "delete", execution_id, "--media"])
+    assert result.exit_code == 0, result.output
+    assert list(media.iterdir()) == [] and list((runs_dir / ".thumbnails").glob("*.webp")) == []
