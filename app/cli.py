@@ -18,13 +18,13 @@ from execution_history import importer
 from execution_history.errors import ExecutionHistoryError
 from execution_history.exporters import export_selection, get_exporter
 from execution_history.lifecycle import PruneCriteria, delete_run, prune
-from execution_history.media import default_media_root
 from execution_history.pseudonyms import prepare_export
 from execution_history.records import FINAL_STATUSES
 
 from .auth import ROLES, TokenStore, tokens
 from .downloads import with_media_root
-from .extensions import get_audit, get_index, get_layout, get_media_root, get_recovered_at_start, get_store
+from .extensions import (get_audit, get_index, get_layout, get_media_root, get_media_sources, get_recovered_at_start,
+                         get_store, get_thumbnails)
 from .recovery import recover_now
 from .sessions import end_sessions_of
 from .params import (
@@ -234,10 +234,10 @@ def prune_command(older_than: str, config: str | None, status: str | None, dry_r
 @click.option("--media", is_flag=True, help="Also delete the media files that only this run names.")
 def delete_command(execution_id: str, media: bool) -> None:
     """Delete one finished run for good (what DELETE /api/runs/<id> does for an admin)."""
-    root = default_media_root(current_app.config["RUN_HISTORY_MEDIA_DIR"]) if media else None
+    root = get_media_sources() if media else None  # the local media dir and/or the bucket's
     try:
         deleted = delete_run(get_store(), get_index(), execution_id, media_root=root,
-                             journals=get_layout().journal)
+                             journals=get_layout().journal, thumbnails=get_thumbnails())
     except ExecutionHistoryError as err:
         _fail(err)
     get_audit().append(

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, current_app
+from flask import Flask
 
 from execution_history import lifecycle
 from execution_history.errors import ExecutionHistoryError, Forbidden
-from execution_history.media import default_media_root
 
 from . import extensions
 from .audit_hooks import note
 from .auth import principal
-from .extensions import get_index, get_layout, get_store
+from .extensions import get_index, get_layout, get_media_sources, get_store, get_thumbnails
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +31,9 @@ def delete_as_admin(execution_id: str, media: bool) -> lifecycle.Deleted:
         raise Forbidden("Only an admin may delete runs" if who.role != "open" else
                         "Deleting runs needs access control on and an admin token (or `flask runs delete` on the host)",
                         execution_id=execution_id)
-    root = default_media_root(current_app.config["RUN_HISTORY_MEDIA_DIR"]) if media else None
+    root = get_media_sources() if media else None  # the local media dir and/or the bucket's
     deleted = lifecycle.delete_run(get_store(), get_index(), execution_id, media_root=root,
-                                   journals=get_layout().journal)
+                                   journals=get_layout().journal, thumbnails=get_thumbnails())
     # the line written when the response goes out says what went
     note(config=deleted.config_name, media_deleted=len(deleted.media_files) if media else None)
     return deleted

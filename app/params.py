@@ -163,7 +163,8 @@ LINK_PARAMS = Schema.from_dict({"link": fields.String(required=True, validate=va
 
 #: DELETE /api/runs/<id>: whether the media files only that run names go too.
 DELETE_PARAMS = Schema.from_dict({"media": fields.Boolean(load_default=False, metadata={
-    "description": "Also delete the media files that only this run names (inside RUN_HISTORY_MEDIA_DIR).",
+    "description": "Also delete the media files that only this run names (inside RUN_HISTORY_MEDIA_DIR, "
+                   "and on an S3 store under the bucket's media prefix).",
     "allowed": "true or false"})}, name="DeleteRunParams")()
 
 

@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 from . import journal
 from .errors import InvalidRecord, RunInProgress, RunNotFound, StorageError
 from .filters import RunFilters, RunQuery
-from .media import resolve
+from .media import AreaObject, MediaRoot, delete_media, media_locations, stat_media
 
 if TYPE_CHECKING:
     from .audit import AuditLog
     from .index import RunIndex
     from .side import SideArea
     from .storage import RunStore
+    from .thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +50,20 @@ class Deleted:
     execution_id: str
     config_name: str
     user_id: str | None
-    media_files: tuple[str, ...] = ()  # real paths of the media files removed with it
+    media_files: tuple[str, ...] = ()  # real paths (or s3:// URLs) of the media files removed with it
 
 
 def delete_run(store: RunStore, index: RunIndex, execution_id: str,
-               media_root: str | os.PathLike[str] | None = None, journals: journal.Where | None = None) -> Deleted:
+               media_root: MediaRoot | None = None, journals: journal.Where | None = None,
+               thumbnails: ThumbnailCache | None = None) -> Deleted:
     """Delete a finished run from the store and, in the same call, from the index.
 
     :param media_root: also delete the media files this run names that no other run
-        (finished or in progress) names, inside *media_root* only; None: keep every file.
+        (finished or in progress) names, inside *media_root* only (a local dir, an S3 media
+        area, or both: the app's media sources); None: keep every file.
         Finding the other runs' files reads every record (a full scan, once per delete).
     :param journals: this host's journal folder (RUN_HISTORY_JOURNAL_DIR); None: a local store's default.
+    :param thumbnails: the cache whose thumbnails of the deleted media files go with them.
     :raises RunNotFound: for an unknown, malformed or unreadable run.
     :raises RunInProgress: while a live tracker still logs to it.
     :raises StorageError: if the file cannot be removed.
@@ -80,37 +84,38 @@ def delete_run(store: RunStore, index: RunIndex, execution_id: str,
     if not existed:  # deleted meanwhile by another request
         raise RunNotFound("Execution not found", execution_id=execution_id)
     removed = []
-    for path in doomed:
+    for location in doomed:
+        name = location.url if isinstance(location, AreaObject) else str(location)
         try:
-            path.unlink()
-            removed.append(str(path))
-        except FileNotFoundError:
-            pass
-        except OSError as err:  # the run is gone already; a file left over is logged, not fatal
-            log.warning("run %s deleted, but media file %s could not be: %s", execution_id, path, err.strerror)
+            media = stat_media(location) if thumbnails is not None else None
+            if delete_media(location):
+                removed.append(name)
+            if media is not None:
+                thumbnails.forget(media)  # a copy of the image: it goes too
+        except (OSError, StorageError) as err:  # the run is gone already; a file left over is logged, not fatal
+            log.warning("run %s deleted, but media file %s could not be: %s", execution_id, name,
+                        getattr(err, "strerror", None) or getattr(err, "message", err))
     return Deleted(execution_id, record["config_name"], record.get("user_id"), tuple(removed))
 
 
-def media_only_named_by(store: RunStore, record: dict[str, Any], media_root: str | os.PathLike[str],
-                        journals: journal.Where | None = None) -> list[Path]:
-    """The real paths of the media files *record* names, inside *media_root*, that no other
-    run names (every other record and every run in progress is read: a full scan)."""
+def media_only_named_by(store: RunStore, record: dict[str, Any], media_root: MediaRoot,
+                        journals: journal.Where | None = None) -> list[Path | AreaObject]:
+    """The media files *record* names, inside *media_root*, that no other run names (every
+    other record and every run in progress is read: a full scan); see ``media.media_locations``."""
     own = _media_paths([record], media_root)
     if not own:
         return []
     records = _iter_all_records(store, store if journals is None else journals)
     others = (r for r in records if r.get("execution_id") != record["execution_id"])
     shared = _media_paths(others, media_root)
-    return sorted(own - shared)
+    return sorted(own - shared, key=str)
 
 
-def _media_paths(records: Iterable[dict[str, Any]], media_root: str | os.PathLike[str]) -> set[Path]:
-    paths = set()
+def _media_paths(records: Iterable[dict[str, Any]], media_root: MediaRoot) -> set[Path | AreaObject]:
+    paths: set[Path | AreaObject] = set()
     for record in records:
         for item in record.get("items") or ():
-            found = resolve(item.get("file_path"), media_root)  # None for anything outside the media dir
-            if found is not None:
-                paths.add(found.path)
+            paths.update(media_locations(item.get("file_path"), media_root))  # none outside the media dir
     return paths
 
 

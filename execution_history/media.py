@@ -13,7 +13,7 @@ import os
 import re
 import stat
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, Union
 
@@ -91,6 +91,20 @@ class MediaArea(Protocol):
     def open(self, file_path: object) -> tuple[MediaFile, BinaryIO] | None:
         """That file opened for reading (see :func:`open_media`)."""
 
+    def locate(self, file_path: object) -> str | None:
+        """The URL of the object *file_path* names, decided on its text alone (no request), or None if refused."""
+
+    def remove(self, url: str) -> bool:
+        """Delete the object at *url* (one that :meth:`locate` gave); False if it was not there."""
+
+
+@dataclass(frozen=True)
+class AreaObject:
+    """A media file in a MediaArea, as :func:`media_locations` names it: equal by its URL."""
+
+    url: str
+    area: Any = field(compare=False, repr=False)
+
 
 #: Where media are looked for: a local media dir, a MediaArea, or several of them in order.
 MediaRoot = Union[str, os.PathLike, MediaArea, tuple]
@@ -138,6 +152,48 @@ def resolve(file_path: object, media_root: MediaRoot) -> MediaFile | None:
     if not stat.S_ISREG(st.st_mode):
         return None
     return MediaFile(real, found[0], found[1], st.st_size, st.st_mtime_ns)
+
+
+def media_locations(file_path: object, media_root: MediaRoot) -> list[Path | AreaObject]:
+    """Every media file *file_path* names in *media_root*, for deleting: in a local dir the real
+    path of an existing file that :func:`resolve` allows; in a MediaArea (S3) the object its key
+    names, decided on the text (no request: a full scan of every run's paths costs nothing);
+    in a tuple of roots, each of them (a file kept locally and in the bucket is both)."""
+    if isinstance(media_root, tuple):
+        return [found for root in media_root for found in media_locations(file_path, root)]
+    if is_local_root(media_root):
+        found = resolve(file_path, media_root)
+        return [] if found is None else [found.path]  # type: ignore[list-item] - a local root's path is a Path
+    url = media_root.locate(file_path)
+    return [] if url is None else [AreaObject(url, media_root)]
+
+
+def stat_media(location: Path | AreaObject) -> MediaFile | None:
+    """What :func:`resolve` says of one file :func:`media_locations` named (to find what was made
+    from it, e.g. its cached thumbnail), or None if it is gone."""
+    if isinstance(location, AreaObject):
+        return location.area.resolve(location.url)
+    found = media_type_of(location.name)
+    try:
+        st = os.stat(location)
+    except OSError:
+        return None
+    return None if found is None else MediaFile(location, found[0], found[1], st.st_size, st.st_mtime_ns)
+
+
+def delete_media(location: Path | AreaObject) -> bool:
+    """Delete one file :func:`media_locations` named; False if it was gone already.
+
+    :raises OSError: if a local file cannot be removed.
+    :raises StoreUnavailable: if an S3 endpoint does not answer.
+    """
+    if isinstance(location, AreaObject):
+        return location.area.remove(location.url)
+    try:
+        location.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def default_media_root(configured: str | os.PathLike[str] | None = None) -> Path:

@@ -76,6 +76,32 @@ class S3MediaArea:
         key = self._base + relative
         return key if len(key.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES else None
 
+    def locate(self, file_path: object) -> str | None:
+        """The ``s3://bucket/key`` URL *file_path* names inside the media prefix, or None (no request)."""
+        key = self.key_for(file_path)
+        return None if key is None else f"{SCHEME}{self.bucket}/{key}"
+
+    def remove(self, url: str) -> bool:
+        """Delete the object at *url* (a :meth:`locate` URL of this area); False if it was not there.
+
+        :raises ValueError: for a URL outside this area's media prefix (never deleted).
+        :raises StoreUnavailable: if the endpoint does not answer.
+        """
+        bucket, key = parse_url(url)
+        if bucket != self.bucket or self.key_for(key[len(self._base):]) != key or not key.startswith(self._base):
+            raise ValueError(f"not a media object of {self.url}: {url}")
+        if self._head(key) is None:
+            return False
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as err:
+            if _status(err) == 404:
+                return False
+            raise translate(err, "media delete") from err
+        except botocore.exceptions.BotoCoreError as err:
+            raise translate(err, "media delete") from err
+        return True
+
     def resolve(self, file_path: object) -> MediaFile | None:
         """The object *file_path* names (one HEAD), or None: refused, missing, or not readable with these credentials.
 

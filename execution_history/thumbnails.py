@@ -91,6 +91,14 @@ class ThumbnailCache:
             self._keep(path, data)
         return data
 
+    def forget(self, media: MediaFile) -> bool:
+        """Delete the cached thumbnail of *media* (its file was deleted); False if none was cached."""
+        try:
+            (self.folder / (self.key(media) + _SUFFIX)).unlink()
+        except OSError:
+            return False
+        return True
+
     def _keep(self, path: Path, data: bytes) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)

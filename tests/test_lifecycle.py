@@ -258,6 +258,10 @@ def test_cli_delete_with_media(runs_dir, store, tmp_path):
     result = app.test_cli_runner().invoke(args=["runs", "delete", execution_id, "--media"])
     assert result.exit_code == 0, result.output
     assert store.list_ids() == [] and list(media.iterdir()) == []
+    shown = app.test_cli_runner().invoke(args=["runs", "audit", "--event", "delete"])
+    [line] = [json.loads(text) for text in shown.output.splitlines()]
+    assert (line["event"], line["role"], line["execution_id"], line["config"], line["media_deleted"]) == \
+        ("delete", "cli", execution_id, "dada", 1)
     assert app.test_client().get("/api/runs").get_json()["total"] == 0
     [line] = audit_lines(tmp_path / "audit.log", "delete")
     assert (line["execution_id"], line["role"], line["media_deleted"]) == (execution_id, "cli", 1)
@@ -362,8 +366,18 @@ def test_retention_prunes_when_gunicorn_starts(runs_dir, store, aged, tmp_path):
         server.stop()
 
 
-def test_the_lease_lets_one_process_prune_and_is_taken_over_when_expired(store, aged, tmp_path):
-    side = LocalSideArea(tmp_path / "side")
+@pytest.mark.parametrize("side_kind", ["local", "s3"])
+def test_the_lease_lets_one_process_prune_and_is_taken_over_when_expired(store, aged, tmp_path, side_kind, request):
+    if side_kind == "local":
+        side = LocalSideArea(tmp_path / "side")
+    else:  # the lease of several hosts sharing an S3 store: its side area on SeaweedFS
+        from execution_history.s3store import S3SideArea
+
+        from .s3server import BUCKET
+
+        request.getfixturevalue("s3_server")  # its credentials first
+        s3_store = store_for("s3", tmp_path / "lease")
+        side = S3SideArea(s3_store.client, BUCKET, f"{s3_store.prefix}/.side")
     assert take_lease(side, "host-a", NOW, seconds=60)
     assert not take_lease(side, "host-b", NOW + dt.timedelta(seconds=59), seconds=60)
     assert json.loads(side.get(LEASE_KEY))["holder"] == "host-a"
@@ -440,3 +454,84 @@ def test_a_leftover_journal_cannot_bring_a_deleted_run_back(store):
     deleted = delete_run(store, RunIndex(store), run.execution_id)
     assert deleted.config_name == "dada" and not path.exists() and not set_aside.exists()
     assert journal.recover(store) == [] and store.list_ids() == []
+
+
+def test_media_true_deletes_bucket_media_only_that_run_names(s3_server, runs_dir, tokens, tmp_path):
+    """An S3 store with media in its bucket (<prefix>/media/<file_path>, SeaweedFS, gunicorn):
+    ?media=true deletes the objects only the run names, never a shared one or one outside the media prefix."""
+    from .s3server import BUCKET
+
+    store = store_for("s3", runs_dir)
+    client = store.client
+    media_prefix = f"{store.prefix}/media"
+    for name in ("only_a.png", "shared.png", "only_b.png"):
+        client.put_object(Bucket=BUCKET, Key=f"{media_prefix}/exports/media/{name}", Body=b"\x89PNG " + name.encode())
+    client.put_object(Bucket=BUCKET, Key=f"{store.prefix}/outside.png", Body=b"\x89PNG outside")
+    start = NOW - dt.timedelta(days=3)
+    run_a = record_run(store, "dada", start, files=["exports/media/only_a.png", "exports/media/shared.png",
+                                                    "../outside.png", f"s3://{BUCKET}/{store.prefix}/outside.png"])
+    run_b = record_run(store, "dada", start + dt.timedelta(hours=1),
+                       files=["exports/media/shared.png", f"s3://{BUCKET}/{media_prefix}/exports/media/only_b.png"])
+    local_media = tmp_path / "local-media"  # empty: every file is in the bucket
+    local_media.mkdir()
+    audit = tmp_path / "audit.log"
+    server = LiveServer(store.root, tmp_path / "gunicorn.log", extra_env={
+        **s3_server.env(), "RUN_HISTORY_DIR": str(store.root), "RUN_HISTORY_SECRET_KEY": "test-secret-s3-media",
+        "RUN_HISTORY_TOKENS": str(tokens["path"]), "RUN_HISTORY_AUDIT_LOG": str(audit),
+        "RUN_HISTORY_MEDIA_DIR": str(local_media)})
+    try:
+        admin = Http(server, tokens["admin"])
+
+        def media_keys():
+            listed = client.list_objects_v2(Bucket=BUCKET, Prefix=f"{media_prefix}/").get("Contents", [])
+            return sorted(obj["Key"].rsplit("/", 1)[1] for obj in listed)
+
+        assert media_keys() == ["only_a.png", "only_b.png", "shared.png"]
+        assert admin("DELETE", f"/api/runs/{run_a}?media=true")[0] == 204
+        assert media_keys() == ["only_b.png", "shared.png"]  # shared.png: run b names it too
+        outside = client.get_object(Bucket=BUCKET, Key=f"{store.prefix}/outside.png")["Body"].read()
+        assert outside == b"\x89PNG outside"  # outside the media prefix: never touched
+        assert admin("DELETE", f"/api/runs/{run_b}?media=true")[0] == 204  # by key and by s3:// URL
+        assert media_keys() == []
+        assert store.list_ids() == []
+        assert [line["media_deleted"] for line in audit_lines(audit, "delete")] == [1, 2]
+    finally:
+        server.stop()
+
+
+def test_a_bucket_media_area_deletes_only_media_objects_under_its_prefix(s3_server, runs_dir):
+    from execution_history.media import AreaObject, delete_media, media_locations
+    from execution_history.s3media import S3MediaArea
+
+    from .s3server import BUCKET
+
+    store = store_for("s3", runs_dir)
+    area = S3MediaArea.of_store(store)
+    store.client.put_object(Bucket=BUCKET, Key=f"{store.prefix}/media/a.png", Body=b"png")
+    [found] = media_locations("a.png", area)
+    assert found == AreaObject(f"s3://{BUCKET}/{store.prefix}/media/a.png", None)  # named on the text alone
+    for refused in ("../a.png", ".side/x.png", "a.json", f"s3://{BUCKET}/{store.prefix}/a.png", "/abs/a.png"):
+        assert media_locations(refused, area) == []
+    for outside in (f"s3://{BUCKET}/{store.prefix}/a.png", f"s3://{BUCKET}/{store.prefix}/media/.side/a.png",
+                    f"s3://other/{store.prefix}/media/a.png"):
+        with pytest.raises(ValueError):
+            area.remove(outside)
+    assert delete_media(found) is True and delete_media(found) is False  # gone: reported once
+
+
+def test_deleting_a_runs_media_deletes_its_cached_thumbnail_too(runs_dir, store, tmp_path):
+    from .media_files import write_png
+
+    media = tmp_path / "media"
+    media.mkdir()
+    write_png(media / "child.png")
+    execution_id = record_run(store, "dada", NOW, files=["child.png"])
+    app = create_app({"TESTING": True, "RUN_HISTORY_DIR": str(runs_dir), "RUN_HISTORY_MEDIA_DIR": str(media),
+                      "RUN_HISTORY_AUDIT_LOG": str(tmp_path / "audit.log")})
+    response = app.test_client().get(f"/api/runs/{execution_id}/thumbnail")
+    assert response.status_code == 200 and response.mimetype == "image/webp"
+    cached = list((runs_dir / ".thumbnails").glob("*.webp"))
+    assert len(cached) == 1
+    result = app.test_cli_runner().invoke(args=["runs", "delete", execution_id, "--media"])
+    assert result.exit_code == 0, result.output
+    assert list(media.iterdir()) == [] and list((runs_dir / ".thumbnails").glob("*.webp")) == []

@@ -215,3 +215,32 @@ def test_every_export_operation_documents_the_option(client):
     for path, operation in exports.items():
         documented = [p for p in operation["parameters"] if p.get("name") == "pseudonymize"]
         assert [(p["in"], p["schema"]) for p in documented] == [("query", {"type": "boolean"})], path
+
+
+@pytest.mark.parametrize("fmt", sorted(EXPORTERS))
+def test_export_jobs_pseudonymize_every_format(site, fmt):
+    """POST /api/exports with options.pseudonymize: the job's file carries pseudonyms only, and its name says so."""
+    from .test_export_jobs import call, wait_for
+
+    token, base = site["token"], site["server"].url
+    status, _, data = call(base + "/api/exports", "POST", {"format": fmt, "options": {"pseudonymize": True}},
+                           token=token)
+    assert status == 202, data
+    job = json.loads(data)
+    assert job["options"]["pseudonymize"] is True
+    done = wait_for(job["status_url"], token=token)[-1]
+    assert done["state"] == "done", done
+    status, headers, data = call(done["download_url"], token=token)
+    assert status == 200
+    assert re.fullmatch(rf'attachment; filename="runs_\d{{8}}_\d{{6}}_pseudonymized\{EXPORTERS[fmt].extension}"',
+                        headers["Content-Disposition"])
+    check_pseudonymized(fmt, data, True, all_sessions())
+
+
+def test_the_export_job_body_documents_the_option(client):
+    spec = client.get("/api/openapi.json").get_json()
+    body = spec["paths"]["/api/exports"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    variants = {tuple(v["properties"]["format"]["enum"]): v["properties"]["options"]["properties"]
+                for v in body["oneOf"] if v["properties"]["format"]["enum"][0] in EXPORTERS}
+    assert len(variants) == len(EXPORTERS)
+    assert all(options["pseudonymize"] == {"type": "boolean"} for options in variants.values())

@@ -245,3 +245,39 @@ def test_endpoint_stopped_mid_request_is_json_503_then_recovers_and_nothing_is_l
         assert status == 200 and len(raw.splitlines()) == 81
     finally:
         server.stop()
+
+
+def test_a_run_deleted_on_one_api_host_leaves_every_host_within_2s(s3, tmp_path):
+    from app.auth import TokenStore
+
+    tokens = TokenStore(tmp_path / "tokens.json")
+    admin = tokens.create("root", "admin")
+    servers = [LiveServer(s3.url, tmp_path / f"api{n}.log", extra_env={
+        **host_env(s3, tmp_path, f"api{n}"), "RUN_HISTORY_TOKENS": str(tokens.path)}) for n in (1, 2)]
+    try:
+        gone, kept = run_pipeline(host_env(s3, tmp_path, "gpu1"), "dada"), run_pipeline(host_env(s3, tmp_path, "gpu1"),
+                                                                                           "dada")
+
+        def listed(server):
+            request = urllib.request.Request(f"{server.url}/api/runs?limit=100",
+                                             headers={"Authorization": f"Bearer {admin}"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return {e["execution_id"] for e in json.loads(response.read())["executions"]}
+
+        deadline = time.monotonic() + 10
+        while not all({gone, kept} <= listed(s) for s in servers):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        request = urllib.request.Request(f"{servers[0].url}/api/runs/{gone}", method="DELETE",
+                                         headers={"Authorization": f"Bearer {admin}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 204
+        assert gone not in listed(servers[0])  # the host that deleted: at once
+        started = time.monotonic()
+        while gone in listed(servers[1]):
+            assert time.monotonic() - started < 2, "the other host still lists the deleted run"
+            time.sleep(0.05)
+        assert kept in listed(servers[1]) and gone not in s3.list_ids()
+    finally:
+        for server in servers:
+            server.stop()
