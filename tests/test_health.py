@@ -8,8 +8,6 @@ import urllib.request
 
 from app import create_app
 
-from .conftest import LiveServer
-
 
 def test_health_says_ok_and_ready_once_indexed(client, recorded_runs):
     body = client.get("/api/health").get_json()

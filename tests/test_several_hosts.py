@@ -5,7 +5,6 @@ secret key, as API.md section 7 asks.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
@@ -21,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from execution_history import ExecutionTracker
-from execution_history.s3index import POLL_SECONDS
 
 from .conftest import PROJECT, LiveServer, store_for
 from .s3server import BUCKET, SeaweedFS

@@ -9,11 +9,9 @@ import re
 import signal
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from execution_history import RunStore
 from execution_history.index import RunIndex
 
 from .conftest import LiveServer, assert_error
