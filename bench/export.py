@@ -85,11 +85,15 @@ def run_row(record: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def floor_csv(records: Iterable[dict[str, Any]]) -> int:
+    return csv_floor(list(item_rows(record)) for record in records)
+
+
+def csv_floor(batches: Iterable[list[tuple[Any, ...]]]) -> int:
+    """The stdlib ``csv`` writer over batches of rows, encoded 64 KB at a time; the rows written."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     rows = 0
-    for record in records:
-        batch = list(item_rows(record))
+    for batch in batches:
         writer.writerows(batch)
         rows += len(batch)
         if buffer.tell() >= 65536:
@@ -106,18 +110,7 @@ def floor_csv_runs(index_file: Path) -> int:
     try:
         cursor = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE source = 'file'"
                               " ORDER BY ts_key DESC, execution_id DESC")
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\r\n")
-        rows = 0
-        while batch := cursor.fetchmany(1000):
-            writer.writerows(batch)
-            rows += len(batch)
-            if buffer.tell() >= 65536:
-                buffer.getvalue().encode("utf-8")
-                buffer.seek(0)
-                buffer.truncate()
-        buffer.getvalue().encode("utf-8")
-        return rows
+        return csv_floor(iter(lambda: cursor.fetchmany(1000), []))
     finally:
         conn.close()
 

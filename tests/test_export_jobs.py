@@ -214,17 +214,32 @@ def gunicorn_pids(server: LiveServer) -> list[int]:
     return [server.proc.pid, *map(int, children)]
 
 
+def start_mid_run(server: LiveServer) -> dict:
+    """An XLSX job of every run, once it has done some (the server's test delay keeps it running)."""
+    _, _, data = call(f"{server.url}/api/exports", "POST", {"format": "xlsx"})
+    job = json.loads(data)
+    seen = wait_for(job["status_url"], states=("running",))
+    while seen[-1]["runs_done"] == 0:
+        seen = wait_for(job["status_url"], states=("running",))
+    return job
+
+
+def wait_stored_failed(runs: Path, job_id: str, timeout: float = 60) -> None:
+    """Wait until the job's stored state (not an answer computed on reading) says failed."""
+    stored = runs / ".side" / "jobs" / f"{job_id}.json"
+    deadline = time.monotonic() + timeout
+    while json.loads(stored.read_text())["state"] != "failed":
+        assert time.monotonic() < deadline, f"the failure was never recorded: {json.loads(stored.read_text())['state']}"
+        time.sleep(0.2)
+
+
 def test_a_job_of_a_killed_server_ends_failed_never_running(tmp_path):
     runs = tmp_path / "runs"
     write_runs(runs, 300)
     # The test hook makes the job slow (0.1 s a run) so that it is surely mid-run when killed.
     server = LiveServer(runs, tmp_path / "first.log", extra_env={"RUN_HISTORY_TEST_EXPORT_DELAY": "0.1"})
     try:
-        _, _, data = call(f"{server.url}/api/exports", "POST", {"format": "xlsx"})
-        job = json.loads(data)
-        seen = wait_for(job["status_url"], states=("running",))
-        while seen[-1]["runs_done"] == 0:
-            seen = wait_for(job["status_url"], states=("running",))
+        job = start_mid_run(server)
         for pid in gunicorn_pids(server):  # arbiter and workers at once: nothing gets to clean up
             os.kill(pid, signal.SIGKILL)
         server.proc.wait(timeout=30)
@@ -238,11 +253,7 @@ def test_a_job_of_a_killed_server_ends_failed_never_running(tmp_path):
         assert time.monotonic() - start < 60
         assert final["state"] == "failed" and "heartbeat" in final["error"], final
         # Housekeeping records it too (not only reads): the stored state says failed.
-        deadline = time.monotonic() + 60
-        stored = runs / ".side" / "jobs" / f"{job['id']}.json"
-        while json.loads(stored.read_text())["state"] != "failed":
-            assert time.monotonic() < deadline, "the restarted server never recorded the failure"
-            time.sleep(0.2)
+        wait_stored_failed(runs, job["id"])
         status, _, data = call(f"{restarted.url}/api/{path}/download")
         assert status == 409 and json.loads(data)["code"] == "NOT_READY"
     finally:
@@ -256,19 +267,11 @@ def test_a_job_whose_workers_are_killed_ends_failed_with_no_request_needed(tmp_p
     write_runs(runs, 300)
     server = LiveServer(runs, tmp_path / "gunicorn.log", extra_env={"RUN_HISTORY_TEST_EXPORT_DELAY": "0.1"})
     try:
-        _, _, data = call(f"{server.url}/api/exports", "POST", {"format": "xlsx"})
-        job = json.loads(data)
-        seen = wait_for(job["status_url"], states=("running",))
-        while seen[-1]["runs_done"] == 0:
-            seen = wait_for(job["status_url"], states=("running",))
+        job = start_mid_run(server)
         workers = gunicorn_pids(server)[1:]
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
-        stored = runs / ".side" / "jobs" / f"{job['id']}.json"
-        deadline = time.monotonic() + 60
-        while json.loads(stored.read_text())["state"] != "failed":  # no HTTP request meanwhile
-            assert time.monotonic() < deadline, json.loads(stored.read_text())["state"]
-            time.sleep(0.2)
+        wait_stored_failed(runs, job["id"])  # no HTTP request meanwhile
         assert not set(workers) & set(gunicorn_pids(server)[1:])  # new workers did it
         final = json.loads(call(job["status_url"])[2])
         assert final["state"] == "failed" and "heartbeat" in final["error"], final
