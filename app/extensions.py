@@ -139,4 +139,14 @@ def get_recovered_at_start(app: Flask | None = None) -> list[str]:
 
 def get_retention(app: Any) -> Retention | None:
     """*app*'s retention thread, if it has one (None too for another WSGI app gunicorn serves)."""
-    return getattr(app, "extensions", {}).get(KEY, {}).get("retention")
+    return _optional(app, "retention")
+
+
+def find_executor(app: Any) -> JobExecutor | None:
+    """*app*'s export jobs' executor, or None for another WSGI app gunicorn serves."""
+    return _optional(app, "executor")
+
+
+def _optional(app: Any, name: str) -> Any:
+    """``app.extensions["run_history"][name]`` for any WSGI app (None where it has none)."""
+    return getattr(app, "extensions", {}).get(KEY, {}).get(name)

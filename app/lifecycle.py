@@ -59,7 +59,7 @@ def start_background(app: Flask) -> None:
     retention = extensions.get_retention(app)  # another WSGI app: none
     if retention is not None:
         retention.start()
-    executor = getattr(app, "extensions", {}).get(extensions.KEY, {}).get("executor")
+    executor = extensions.find_executor(app)
     if executor is not None:
         try:
             if extensions.get_side(app).list("jobs"):

@@ -24,8 +24,9 @@ missing, corrupt or of another schema version, and is kept in step with them lik
 
 A cold build (an index that never finished a scan, with more than ``BATCH`` files to read)
 runs in two phases: the summaries first (runs, item types, models; the sort and filter
-indexes of ``runs`` are dropped and made again at the end, one sorted pass each instead
-of sixteen B-tree updates per row), then the text search terms, re-read from the files.
+indexes of ``runs`` are dropped and made again at the end, one sorted pass and one
+transaction each instead of sixteen B-tree updates per row), then the text search terms,
+re-read from the files a slab of runs at a time.
 Lists, filters and stats answer as soon as the first phase is done; text search raises
 :class:`IndexBuilding` until the second is. Progress lives in the ``meta`` table, so every
 process sees it. With ``build_in_background`` (the app), a request that finds the index
