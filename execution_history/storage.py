@@ -280,6 +280,17 @@ class RunStore:
             files.append(RecordFile(execution_id, st.st_ino, st.st_size, st.st_mtime_ns))
         return files
 
+    def identity(self, execution_id: str) -> tuple[int, int, int] | None:
+        """(inode, size, mtime_ns) of a record file, as ``list_files`` has it; None: no such file."""
+        path = self.path_for(execution_id)
+        for follow in (True, False):  # a dangling symlink: the link's own
+            try:
+                st = os.stat(path, follow_symlinks=follow)
+            except OSError:
+                continue
+            return st.st_ino, st.st_size, st.st_mtime_ns
+        return None
+
     def list_inodes(self, malformed: Malformed | None = None) -> dict[str, int]:
         """Id -> inode of every record file, from the folder listing alone (no ``stat`` per file)."""
         return {execution_id: entry.inode() for execution_id, entry in self._iter_entries(malformed)}

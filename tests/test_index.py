@@ -7,6 +7,7 @@ import pytest
 from execution_history import ExecutionTracker, RunStore
 from execution_history.filters import RunFilters, RunQuery
 from execution_history.index import RunIndex
+from execution_history.index.watch import FolderWatch
 from execution_history.records import dump_record
 
 ALL = RunQuery(limit=None)
@@ -18,6 +19,14 @@ class Clock:
 
     def __call__(self):
         return self.now
+
+
+@pytest.fixture(autouse=True, params=["watch", "listing"])
+def keeping_in_step(request, monkeypatch):
+    """Each test runs with the folder watch and without it (by listing, as where inotify is missing)."""
+    if request.param == "listing":
+        monkeypatch.setattr(FolderWatch, "open", classmethod(lambda cls, folder: None))
+    return request.param
 
 
 @pytest.fixture
@@ -122,16 +131,18 @@ def test_corrupt_index_is_rebuilt(store, clock, recorded_runs):
     assert ids_of(index) == sorted(recorded_runs)
 
 
-def test_run_finalized_by_the_tracker_is_found_by_one_cheap_listing(index, store, monkeypatch):
+def test_run_finalized_by_the_tracker_is_found_by_one_cheap_listing(index, store, monkeypatch, keeping_in_step):
     # The tracker publishes through the store only (no index lock): the next request lists
-    # the folder once, names and inodes, and no file is stat-ed.
+    # the folder once, names and inodes, and no file is stat-ed; with the folder watch, it
+    # indexes the one file the watch names and lists nothing.
     ids_of(index)
     listings = []
-    real = RunStore.list_inodes
-    monkeypatch.setattr(RunStore, "list_inodes", lambda self, *a: listings.append(1) or real(self, *a))
+    for name in ("list_inodes", "list_files"):
+        real = getattr(RunStore, name)
+        monkeypatch.setattr(RunStore, name, lambda self, *a, _r=real, _n=name: listings.append(_n) or _r(self, *a))
     new_id = record_run(store, "written-through")
     assert new_id in ids_of(index)
-    assert listings == [1]
+    assert listings == ([] if keeping_in_step == "watch" else ["list_inodes"])
 
 
 def test_a_change_right_after_a_listing_is_found_by_the_next_request(index, store, recorded_runs):
@@ -249,10 +260,12 @@ def test_a_cold_builds_text_phase_reads_the_runs_a_slab_at_a_time(runs_dir, monk
     assert sorted(ids) == sorted(ids_of(index))
 
 
-def test_requests_waiting_for_a_scan_share_the_next_one_under_a_stream_of_new_runs(runs_dir, monkeypatch):
+def test_requests_waiting_for_a_scan_share_the_next_one_under_a_stream_of_new_runs(runs_dir, monkeypatch,
+                                                                                    keeping_in_step):
     """Requests that queue for the scan lock while pipelines keep publishing are answered by
     one scan that listed the folder after they arrived, not by one scan each in turn; and
-    each of them sees every run published before it arrived."""
+    each of them sees every run published before it arrived. With the folder watch they do
+    not queue at all: another process's scan holds none of them up."""
     import fcntl
     import threading
 
@@ -287,6 +300,13 @@ def test_requests_waiting_for_a_scan_share_the_next_one_under_a_stream_of_new_ru
     threads = [threading.Thread(target=request, args=(n,)) for n in range(8)]
     for thread in threads:
         thread.start()
+    if keeping_in_step == "watch":
+        for thread in threads:
+            thread.join(timeout=60)
+        os.close(holder)
+        assert len(seen) == len(threads) and all(before in ids for ids in seen.values())
+        assert arrived == [] and scans == []
+        return
     while len(arrived) < len(threads):
         threading.Event().wait(0.01)
     os.close(holder)  # that scan ends (it listed the folder before the requests arrived)

@@ -67,6 +67,9 @@ class RunIndex(IndexSync, IndexQueries, IndexStats, IndexConnection):
         self.build_in_background = build_in_background
         self._clock = clock
         self._local = threading.local()
+        self._watch = None
+        self._watch_lock = threading.Lock()
+        self._watch_tried_at = float("-inf")
 
 
 __all__ = [

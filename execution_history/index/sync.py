@@ -44,7 +44,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -53,9 +53,10 @@ from typing import Any
 from .. import journal, records
 from ..errors import IndexBuilding, StorageError
 from ..records import is_valid_execution_id
-from ..storage import Malformed, RunStore
+from ..storage import RECORD_SUFFIX, Malformed, RunStore
 from .connection import _sqlite_errors
 from .schema import _INSERT_RUN, FILE, JOURNAL, RUNS_INDEXES, IndexedRun, Parsed, extract, read_indexed
+from .watch import FolderWatch
 
 log = logging.getLogger("execution_history.index")
 
@@ -139,6 +140,9 @@ class IndexSync:
     journal_dir: Path
     build_in_background: bool
     _journals_checked_at: float
+    _watch: FolderWatch | None
+    _watch_lock: threading.Lock
+    _watch_tried_at: float
 
     def _dir_mtime(self) -> int | None:
         try:
@@ -168,6 +172,8 @@ class IndexSync:
             meta = self._meta(conn)
             if meta["text_upto"] is not None:  # a cold build's text phase to do (or to resume)
                 self._start_text_phase()
+            if not full and self._apply_watch(conn, meta):
+                return
             if self._is_current(meta, self._dir_mtime(), full):
                 return
             if self.build_in_background and not full and meta["dir_mtime_ns"] is None:
@@ -190,6 +196,105 @@ class IndexSync:
                 self._index_text()  # a cold build's second phase, here and now
         except sqlite3.Error as err:
             raise StorageError("Run index unavailable", reason=str(err)) from err
+
+    # ------------------------------------------------------------ the folder watch
+
+    def _folder_watch(self) -> FolderWatch | None:
+        """This process's watch of the data folder (made at most once a second until it works)."""
+        watch = self._watch
+        if watch is not None and watch.usable:
+            return watch
+        with self._watch_lock:
+            watch = self._watch
+            if watch is not None and watch.usable:
+                return watch
+            now = time.monotonic()
+            if now - self._watch_tried_at < 1.0:  # the last try failed
+                return None
+            self._watch = FolderWatch.open(self.store.root)
+            if self._watch is None:
+                self._watch_tried_at = now
+            return self._watch
+
+    def _apply_watch(self, conn: sqlite3.Connection, meta: dict[str, Any]) -> bool:
+        """Keep in step through the folder watch: index the files whose names it reported.
+
+        Only once a listing that began after the watch has finished (``listed_at_ns``, by
+        any process): that listing and the names read since account for every change, so
+        the folder is not listed again, however often its mtime moves. So is a folder whose
+        mtime, looked at after the watch began, is still the one the last listing recorded
+        (nothing changed since). False: no usable watch yet (or it was lost), and the caller
+        goes by the folder's mtime.
+        """
+        watch = self._folder_watch()
+        if watch is None or meta["dir_mtime_ns"] is None:
+            return False
+        if not watch.primed:
+            if int(meta.get("listed_at_ns") or 0) < watch.created_ns and self._dir_mtime() != meta["dir_mtime_ns"]:
+                return False
+            watch.primed = True
+        with watch.lock:  # a request arriving meanwhile waits: the names read may be the run it wants
+            names = watch.read()
+            if names is None:  # events dropped, or the folder went: list it again, with a new watch
+                log.info("index: the folder watch was lost; listing the folder")
+                return False
+            ids = [name[: -len(RECORD_SUFFIX)] for name in names
+                   if name.startswith("exec_") and name.endswith(RECORD_SUFFIX)]
+            if not all(map(is_valid_execution_id, ids)):
+                return False  # a record file whose name is no id: counted by a listing only
+            if ids:
+                self._index_changed(conn, ids)
+        if self._clock() - float(meta["full_check_at"] or 0) >= self.rescan_seconds:
+            self._check_every_file()
+        return True
+
+    def _index_changed(self, conn: sqlite3.Connection, execution_ids: list[str]) -> None:
+        """Index these files as they are now, those whose identity differs from the index's."""
+        known: dict[str, tuple[int, ...]] = {}
+        for start in range(0, len(execution_ids), CHUNK):
+            chunk = execution_ids[start:start + CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            known.update((row[0], tuple(row[1:])) for row in conn.execute(
+                f"SELECT execution_id, inode, size, mtime_ns FROM runs WHERE source = '{FILE}' AND execution_id IN"
+                f" ({marks}) UNION ALL SELECT execution_id, inode, size, mtime_ns FROM unreadable"
+                f" WHERE execution_id IN ({marks})", chunk * 2))
+        stale = [i for i in execution_ids if known.get(i) != self.store.identity(i)]
+        if stale:
+            parsed = [p for chunk in iter_parsed(self.store, stale) for p in chunk]
+            self._write(conn, lambda c: self._store_batch(c, parsed))
+
+    def _check_every_file(self) -> None:
+        """The periodic check of every file's size and mtime (edits in place on other hosts):
+        by one process, in a thread of its own in the app, so no request waits for it."""
+        fd = self._try_scan_lock()
+        if fd is None:  # another process scans
+            return
+
+        def check() -> None:
+            try:
+                conn = self._connection()
+                if self._clock() - float(self._meta(conn)["full_check_at"] or 0) >= self.rescan_seconds:
+                    self._scan(conn, True)
+            finally:
+                os.close(fd)
+
+        if not self.build_in_background:
+            check()
+            return
+        try:
+            threading.Thread(target=self._logged(check), name="index-check", daemon=True).start()
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @staticmethod
+    def _logged(work: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                work()
+            except Exception:  # noqa: BLE001 - a thread has no caller; the next check is due again
+                log.exception("index: checking every file failed; the next request tries again")
+        return run
 
     # ------------------------------------------------------------ cold builds
 
