@@ -132,6 +132,12 @@ class Gunicorn:
                     raise
             time.sleep(0.1)
 
+    def wait_built(self) -> None:
+        """Until the index is wholly built: lists answer, and so does text search (its phase ends)."""
+        self.get("/api/runs?limit=1")
+        while b'"build"' in self.get("/api/health"):
+            time.sleep(0.5)
+
     def worker_rss_mb(self) -> list[float]:
         """Resident memory of each worker process."""
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()

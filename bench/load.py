@@ -158,7 +158,7 @@ def run_load(folder: Path, clients: int, seconds: float, writers: int, max_reque
     procs = [ctx.Process(target=_write_runs, args=(str(folder), str(stop), str(out), n)) for n, out in enumerate(outputs)]
     result = Result()
     try:
-        server.get("/api/runs?limit=1")  # the index is built before the clock starts
+        server.wait_built()  # the index is built (text search too) before the clock starts
         for proc in procs:
             proc.start()
         deadline = time.monotonic() + seconds
