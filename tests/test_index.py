@@ -314,3 +314,48 @@ def test_requests_waiting_for_a_scan_share_the_next_one_under_a_stream_of_new_ru
         thread.join(timeout=60)
     assert len(seen) == len(threads) and all(before in ids for ids in seen.values())
     assert len(scans) == 1, f"{len(scans)} scans for {len(threads)} waiting requests"
+
+
+def fts_count(index, word):
+    return index._connection().execute("SELECT COUNT(*) FROM run_text WHERE run_text MATCH ?", (word,)).fetchone()[0]
+
+
+def pending(index):
+    return index._connection().execute("SELECT COUNT(*) FROM text_pending").fetchone()[0]
+
+
+def test_a_run_published_is_searched_at_once_and_lists_leave_the_search_index_alone(index, store, recorded_runs):
+    # Lists never pay a write to the search index (its segment merges are slow): a run
+    # indexed alone keeps its text aside until a search needs it.
+    ids_of(index)
+    waiting = pending(index)  # the sample runs too: fewer than TEXT_DIRECT_MIN were indexed at once
+    new_id = record_run(store, text="numbat in the tree")
+    assert new_id in ids_of(index)
+    assert pending(index) == waiting + 1 and fts_count(index, "numbat") == 0
+    found = index.query(RunQuery(RunFilters(q="numbat"), limit=None))[0]
+    assert [s["execution_id"] for s in found] == [new_id]
+    assert pending(index) == 0 and fts_count(index, "numbat") == 1
+
+
+def test_the_pending_text_of_a_run_deleted_is_never_found(index, store, recorded_runs):
+    ids_of(index)
+    waiting = pending(index)
+    gone = record_run(store, text="bilby")
+    kept = record_run(store, text="bilby too")
+    ids_of(index)
+    store.path_for(gone).unlink()
+    assert gone not in ids_of(index) and pending(index) == waiting + 1
+    assert index.count(RunQuery(RunFilters(q="bilby"))) == 1
+    assert fts_count(index, "bilby") == 1  # the deleted run's text never reached the search index
+    assert [s["execution_id"] for s in index.query(RunQuery(RunFilters(q="bilby"), limit=None))[0]] == [kept]
+
+
+def test_pending_text_is_moved_once_a_batch_waits(index, store, recorded_runs, monkeypatch):
+    import execution_history.index.sync as sync_module
+
+    ids_of(index)
+    monkeypatch.setattr(sync_module, "TEXT_PENDING_MAX", pending(index) + 3)
+    for n in range(3):
+        record_run(store, text=f"potoroo{n}")
+        ids_of(index)
+    assert pending(index) == 0 and fts_count(index, "potoroo0") == 1 and fts_count(index, "potoroo2") == 1

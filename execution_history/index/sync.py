@@ -19,6 +19,10 @@ missing, corrupt or of another schema version, and is kept in step with them lik
 - Every ``rescan_seconds`` (60) one process stats every file and re-indexes those whose
   size or mtime changed: that catches files edited in place, which leave the folder's
   mtime alone. ``runs reindex`` rebuilds everything at once.
+- Runs indexed a few at a time (fewer than TEXT_DIRECT_MIN) keep their search text in
+  ``text_pending`` until a text search needs it or TEXT_PENDING_MAX runs wait: each write
+  to the search index (FTS5) makes a segment, and every so often merging segments makes a
+  write slow, so publishing a run costs a list request no such merge.
 - Runs in progress come from their journals (listed through ``journal.load_running``;
   the index recovers nothing), looked at about once a second.
 
@@ -73,6 +77,11 @@ CHUNK = 250
 #: before it is written (one transaction each), so memory stays flat whatever the corpus.
 TEXT_SLAB = 5000
 TEXT_BATCH_CHARS = 4_000_000
+#: Runs indexed fewer than this many at once keep their text in ``text_pending`` until a
+#: search needs it or TEXT_PENDING_MAX runs wait (then moved into the search index in a
+#: thread of the app, TEXT_PENDING_MAX at a time).
+TEXT_DIRECT_MIN = 100
+TEXT_PENDING_MAX = 500
 
 
 def read_chunk(root: str, execution_ids: list[str], naive_timezone: str | None = None,
@@ -192,6 +201,7 @@ class IndexSync:
                     # doing their own in turn.
                     return
                 self._scan(conn, full)
+            self._move_pending_text_soon(conn)
             if not self.build_in_background:
                 self._index_text()  # a cold build's second phase, here and now
         except sqlite3.Error as err:
@@ -262,6 +272,7 @@ class IndexSync:
         if stale:
             parsed = [p for chunk in iter_parsed(self.store, stale) for p in chunk]
             self._write(conn, lambda c: self._store_batch(c, parsed))
+            self._move_pending_text_soon(conn)
 
     def _check_every_file(self) -> None:
         """The periodic check of every file's size and mtime (edits in place on other hosts):
@@ -357,10 +368,55 @@ class IndexSync:
             phase="text", indexed=int(meta["text_done"] or 0), total=int(meta["text_total"] or 0))
 
     def _check_text_ready(self, conn: sqlite3.Connection) -> None:
-        """:raises IndexBuilding: while a cold build's text phase has runs left to index."""
+        """Text search must see every run indexed: the pending text goes into the search index.
+
+        :raises IndexBuilding: while a cold build's text phase has runs left to index.
+        """
         meta = self._meta(conn)
         if meta["text_upto"] is not None:
             raise self._building(meta)
+        if conn.execute("SELECT EXISTS (SELECT 1 FROM text_pending)").fetchone()[0]:
+            self._write(conn, self._move_pending_text)
+
+    @staticmethod
+    def _move_pending_text(conn: sqlite3.Connection, limit: int | None = None) -> int:
+        """Move pending text (of runs still indexed) into run_text, at most *limit* runs: one
+        segment of the search index for them all. Returns how many runs were pending."""
+        rows = conn.execute("SELECT rowid, content FROM text_pending ORDER BY rowid"
+                            + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
+        if rows:
+            conn.executemany("INSERT INTO run_text (rowid, content) SELECT ?, ? WHERE EXISTS"
+                             " (SELECT 1 FROM runs WHERE id = ?)", [(i, text, i) for i, text in rows])
+            conn.execute("DELETE FROM text_pending WHERE rowid <= ?", (rows[-1][0],))
+        return len(rows)
+
+    def _move_pending_text_soon(self, conn: sqlite3.Connection) -> None:
+        """Once TEXT_PENDING_MAX runs' text waits, move it (in a thread of the app; one process
+        at a time, under the text lock), so it never piles up where no one searches."""
+        if conn.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM text_pending LIMIT {TEXT_PENDING_MAX})"
+                        ).fetchone()[0] < TEXT_PENDING_MAX:
+            return
+        fd = self._try_text_lock()
+        if fd is None:  # a text phase or another mover is at it
+            return
+
+        def move() -> None:
+            try:
+                moving = self._connection()
+                while self._write(moving, lambda c: self._move_pending_text(c, TEXT_PENDING_MAX)) \
+                        == TEXT_PENDING_MAX:
+                    pass
+            finally:
+                os.close(fd)
+
+        if not self.build_in_background:
+            move()
+            return
+        try:
+            threading.Thread(target=self._logged(move), name="index-text-pending", daemon=True).start()
+        except BaseException:
+            os.close(fd)
+            raise
 
     def _start_text_phase(self) -> None:
         """Resume a text phase no process is running (its builder died): here, or in a thread."""
@@ -638,6 +694,7 @@ class IndexSync:
                 marks = ", ".join("?" * len(run_ids))
                 conn.execute(f"DELETE FROM run_item_types WHERE run_id IN ({marks})", run_ids)
                 conn.execute(f"DELETE FROM run_models WHERE run_id IN ({marks})", run_ids)
+                conn.execute(f"DELETE FROM text_pending WHERE rowid IN ({marks})", run_ids)
 
     @_sqlite_errors
     def forget(self, execution_ids: list[str]) -> None:
@@ -670,9 +727,9 @@ class IndexSync:
                          sorted((t, n) for n, run in numbered for t in run.item_types))
         conn.executemany("INSERT INTO run_models VALUES (?, ?)",
                          sorted((m, n) for n, run in numbered for m in run.models))
-        conn.executemany("INSERT INTO run_text (rowid, content) VALUES (?, ?)",
+        text_table = "run_text" if len(numbered) >= TEXT_DIRECT_MIN else "text_pending"
+        conn.executemany(f"INSERT INTO {text_table} (rowid, content) VALUES (?, ?)",
                          [(n, run.text) for n, run in numbered if run.text])
-
 
     def recheck(self, execution_ids: list[str]) -> None:
         """Index these record files as they are now (a load found one gone or unreadable, so
