@@ -195,3 +195,64 @@ def test_summary_of_a_record_is_what_the_list_answers(client, store, recorded_ru
     for entry in listed:
         assert list(entry) == [*records.SUMMARY_FIELDS, "last_activity_at", "stale"]
         assert {k: entry[k] for k in records.SUMMARY_FIELDS} == records.summary_of(store.load(entry["execution_id"]))
+
+
+def _outcome(check, data):
+    """What a compiled checker makes of *data*: the checked dict, or the error's message."""
+    try:
+        check(data, 3)
+    except InvalidRecord as err:
+        return ("error", err.message)
+    return ("ok", data)
+
+
+#: Kinds of value a field may hold; the first stands for an absent field, the last is no JSON value.
+_ITEM_VALUES = [None, None, True, 1, 2.5, "x", "2025-11-03T20:52:40+00:00", "2025-11-03T20:52:40",
+                "not a time", [], {}, object()]
+
+
+def test_a_learned_signature_checks_as_the_field_by_field_path():
+    """The compiled checker remembers type signatures that passed: a dict of a known signature
+    (same types, same fields absent) gets the same defaults and timestamp checks, and any other
+    dict still meets the field-by-field path's message. A fresh checker (nothing learned) is the
+    reference, for every item field given each kind of value in turn."""
+    import copy
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    schema = records.RunItemSchema()
+    names = list(schema.fields)
+    warm = records._compile_checker(schema, "item {where}")
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(st.lists(st.sampled_from(range(len(_ITEM_VALUES))), min_size=len(names), max_size=len(names)),
+           st.sampled_from(range(len(_ITEM_VALUES))))
+    def check(picks, other):
+        base = {"sequence_number": 1, "stage": 1, "item_type": "t", "timestamp": "2025-11-03T20:52:40+00:00"}
+        data = {**base, **{n: _ITEM_VALUES[p] for n, p in zip(names, picks) if p}}
+        for name in names:  # the dict, then each field changed: signatures learned meanwhile are used
+            variant = {k: v for k, v in data.items() if k != name}
+            if other:
+                variant[name] = _ITEM_VALUES[other]
+            for variant in (data, variant):
+                fresh = records._compile_checker(schema, "item {where}")
+                expected = _outcome(fresh, copy.deepcopy(variant))
+                assert _outcome(warm, copy.deepcopy(variant)) == expected, variant
+                assert _outcome(warm, copy.deepcopy(variant)) == expected, variant  # now learned, if it passed
+
+    check()
+    learned = warm.__globals__["KNOWN"]
+    assert learned and len(learned) <= records._SIGNATURES
+
+
+def test_a_known_signature_still_fills_fresh_defaults_and_reads_naive_times():
+    item = {"sequence_number": 1, "stage": 1, "item_type": "t", "timestamp": "2025-11-03T20:52:40"}
+    first, second = check_record(minimal_record(items=[dict(item)])), check_record(minimal_record(items=[dict(item)]))
+    assert first["items"] == second["items"]
+    assert second["items"][0]["timestamp"] == "2025-11-03T20:52:40+00:00"
+    assert second["items"][0]["metadata"] == {} and second["items"][0]["metadata"] is not first["items"][0]["metadata"]
+    with pytest.raises(InvalidRecord, match="item 1: 'timestamp' is not an ISO 8601 timestamp"):
+        check_record(minimal_record(items=[{**item, "timestamp": "soon"}]))  # same signature, bad text
+    with pytest.raises(InvalidRecord, match="item 2: 'stage' has the wrong type"):
+        check_record(minimal_record(items=[dict(item), {**item, "stage": True}]))
