@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import itertools
 import json
 import math
 import re
@@ -243,29 +242,19 @@ class RunRecordSchema(Schema):
 _TIMESTAMP_FIELDS = frozenset({"timestamp", "finished_at"})
 
 
-class _Absent:
-    """The type of :data:`_MISSING` alone, so that a signature tells an absent field from any value."""
+_MISSING = object()
 
 
-_MISSING = _Absent()
-
-
-def _check_timestamp(data: dict, name: str, value: str, label: str, where: object) -> None:
+def _check_timestamp(data: dict, name: str, value: str, where: str) -> None:
     try:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidRecord(f"{label.format(where=where)}: {name!r} is not an ISO 8601 timestamp") from None
+        raise InvalidRecord(f"{where}: {name!r} is not an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:  # older files: local time of the naive zone, served in UTC
         try:
             data[name] = parsed.replace(tzinfo=_naive_zone).astimezone(dt.timezone.utc).isoformat()
         except OverflowError:  # 0001-01-01 in a zone east of UTC
-            raise InvalidRecord(f"{label.format(where=where)}: {name!r} is out of range") from None
-
-
-#: Type signatures a compiled checker remembers as fine (see :func:`_compile_checker`), at most.
-_SIGNATURES = 256
-#: A compiled checker's step for a timestamp field (see :func:`_compile_checker`).
-_STAMP = object()
+            raise InvalidRecord(f"{where}: {name!r} is out of range") from None
 
 
 def _compile_checker(schema: Schema, label: str) -> Callable[[dict, object], None]:
@@ -275,72 +264,30 @@ def _compile_checker(schema: Schema, label: str) -> Callable[[dict, object], Non
     (millions): a loop over field descriptions costs three times as much. Types are
     compared exactly (``json.loads`` makes no subclasses), which also keeps ``True``
     out of integer fields.
-
-    The check only looks at each field's type (and parses timestamps), so a dict whose
-    fields have the types of one that already passed passes too, with the same defaults to
-    fill: the function first takes the type of every field at once (``map`` over
-    ``dict.get``, absent ones typed ``_Absent``) and, for such a known signature, fills those
-    defaults and parses the timestamps, in field order, and is done. Any other signature
-    takes the field-by-field path, which raises the first problem's message or, when every
-    field passed, learns the signature.
     """
-    kinds = {fields.Integer: (int,), fields.Float: (int, float), fields.String: (str,),
-             fields.Dict: (dict,), fields.List: (list,)}
-    names = tuple(schema.fields)
-    fine: list[frozenset[type]] = []  # per field, the types (_Absent: absent) it passes
-    steps: list[dict[type, Any]] = []  # per field: the type (_Absent: absent) taking a step -> default or STAMP
-    known: dict[tuple[type, ...], tuple[tuple[str, Any], ...]] = {}  # signature -> (name, default or STAMP)
-    namespace: dict[str, Any] = {"MISSING": _MISSING, "InvalidRecord": InvalidRecord, "NAMES": names,
-                                 "ABSENT": itertools.repeat(_MISSING), "KNOWN": known, "learn": None,
-                                 "check_timestamp": _check_timestamp, "LABEL": label, "STAMP": _STAMP}
-    lines = ["def check(data, where):",  # where: the item's position, for messages
-             "    signature = tuple(map(type, map(data.get, NAMES, ABSENT)))",
-             "    known = KNOWN.get(signature)",
-             "    if known is not None:",
-             "        for name, default in known:",
-             "            if default is STAMP:",
-             "                check_timestamp(data, name, data[name], LABEL, where)",
-             "            else:",
-             "                data[name] = default() if callable(default) else default",
-             "        return",
-             ]
+    kinds = {fields.Integer: "(int,)", fields.Float: "(int, float)", fields.String: "(str,)",
+             fields.Dict: "(dict,)", fields.List: "(list,)"}
+    namespace: dict[str, Any] = {"MISSING": _MISSING, "InvalidRecord": InvalidRecord,
+                                 "check_timestamp": _check_timestamp}
+    lines = ["def check(data, where):"]  # where: the item's position, for messages
     for number, (name, field) in enumerate(schema.fields.items()):
         types = next(t for kind, t in kinds.items() if isinstance(field, kind))
-        allowed = set(types)
-        namespace[f"types_{number}"] = types
         namespace[f"default_{number}"] = field.load_default
-        steps.append({})
         if field.required:
             when_missing = f'        raise InvalidRecord(f"{label}: missing field {name!r}")'
         elif field.load_default is missing:  # optional without a default: absent stays absent
             when_missing = "        pass"
-            allowed.add(_Absent)
         else:
             when_missing = f"        data[{name!r}] = default_{number}() if callable(default_{number}) else default_{number}"
-            allowed.add(_Absent)
-            steps[-1][_Absent] = field.load_default
-        if field.allow_none:
-            allowed.add(type(None))
-        fine.append(frozenset(allowed))
         lines += [f"    value = data.get({name!r}, MISSING)",
                   "    if value is MISSING:",
                   when_missing,
                   "    elif value is None:",
                   "        pass" if field.allow_none else f'        raise InvalidRecord(f"{label}: {name!r} is null")',
-                  f"    elif type(value) not in types_{number}:",
+                  f"    elif type(value) not in {types}:",
                   f'        raise InvalidRecord(f"{label}: {name!r} has the wrong type")']
         if name in _TIMESTAMP_FIELDS:
-            lines += ["    else:", f"        check_timestamp(data, {name!r}, value, LABEL, where)"]
-            steps[-1][str] = _STAMP
-    lines.append("    learn(signature)")
-
-    def learn(signature: tuple[type, ...]) -> None:
-        """Remember a signature whose fields all passed, with the steps its fields took."""
-        if len(known) < _SIGNATURES and all(kind in types for kind, types in zip(signature, fine)):
-            known[signature] = tuple((name, step[kind]) for kind, name, step in zip(signature, names, steps)
-                                     if kind in step)
-
-    namespace["learn"] = learn
+            lines += ["    else:", f'        check_timestamp(data, {name!r}, value, f"{label}")']
     exec("\n".join(lines), namespace)  # noqa: S102 - code built above from the schema, no outside input
     return namespace["check"]
 
