@@ -70,3 +70,22 @@ def test_csv_line_edge_cells():
     for values in cases:
         for raw in (False, True):
             assert csv_line(values, raw) + "\r\n" == stdlib_line(values, raw), (values, raw)
+
+
+def test_files_the_two_json_readers_differ_on_export_as_the_plain_rule():
+    """Files orjson refuses or reads its own way (lone surrogate escapes, NaN, 1e400, integers
+    beyond 64 bits, duplicate keys) export the bytes of the csv module over the parsed record."""
+    from execution_history.records import parse_record
+
+    item = ('{"sequence_number": 1, "stage": 1, "item_type": "user_input_text", "timestamp": '
+            '"2025-11-03T20:52:40+00:00", "content": "first", "content": "=second\\ud800", "metadata": '
+            '{"seed": %s, "seed": 1, "big": %s}}')
+    run = ('{"execution_id": "exec_20251103_205239_896e054c", "config_name": "da,da", "timestamp": '
+           '"2025-11-03T20:52:39+00:00", "status": "completed", "total_execution_time": %s, "items": [%s]}')
+    cases = [("1.5", "1", "18446744073709551616"), ("NaN", "2", "-9223372036854775809"),
+             ("1e400", "3", "1" + "0" * 30), ("-Infinity", "4", "9" * 400), ("2", "5", "7")]
+    records = [parse_record((run % (total, item % (seed, big))).encode()) for total, seed, big in cases]
+    assert {r["items"][0]["content"] for r in records} == {"=second\ufffd"}
+    for shape in ("items", "runs"):
+        for raw in (False, True):
+            assert b"".join(write_csv(iter(records), shape=shape, raw=raw)) == reference(records, shape, raw)
