@@ -376,11 +376,26 @@ def parse_record(raw: bytes | str, execution_id: str | None = None) -> dict:
 
 
 def _parse_lenient(raw: bytes | str) -> Any:
-    try:
-        data = json.loads(raw, parse_constant=lambda name: None)  # NaN/Infinity read as null
+    try:  # NaN/Infinity read as null; integers as orjson reads them
+        data = json.loads(raw, parse_constant=lambda name: None, parse_int=_json_int)
     except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError
         raise InvalidRecord(f"not JSON: {err.__class__.__name__}") from None
     return make_json_safe(data)
+
+
+def _json_int(text: str) -> int | float | None:
+    """A JSON integer as :func:`parse_record`'s strict path (orjson) reads it: exact within
+    64 bits (-2**63 to 2**64 - 1), else the nearest float, null if it has none (too big).
+
+    A file read leniently (it holds a NaN, say) then gives the same values as one read
+    strictly, and never an integer that orjson cannot write back (every export would fail).
+    """
+    if len(text) - text.startswith("-") <= 20:  # no int() of thousands of digits (Python refuses)
+        value = int(text)
+        if -2**63 <= value < 2**64:
+            return value
+    near = float(text)
+    return near if math.isfinite(near) else None
 
 
 def dump_record(record: Mapping[str, Any]) -> bytes:

@@ -135,6 +135,34 @@ def test_older_files_with_nan_and_lone_surrogates_are_read_safely():
     json.dumps(record, allow_nan=False).encode("utf-8")  # strict and encodable
 
 
+@pytest.mark.parametrize("number", ["18446744073709551615", "18446744073709551616", "-9223372036854775808",
+                                    "-9223372036854775809", "1" + "0" * 30, "-" + "9" * 25, "1" + "0" * 400,
+                                    "9" * 5000, "0", "-0", "7"])
+def test_a_file_read_leniently_holds_the_integers_a_strict_read_gives(number):
+    """Integers beyond 64 bits in a file that also needs the lenient read (a NaN): the values
+    orjson's strict read gives (a float; null past the float range), so that every export can
+    still write them (orjson refuses a bigger int: the CSV, JSON and XLSX exports broke)."""
+    from execution_history.exporters.cells import metadata_text
+    from execution_history.exporters.csv_writer import write_csv
+    from execution_history.exporters.json_writer import dump_json
+
+    template = json.dumps(minimal_record(items=[{"sequence_number": 1, "stage": 1, "item_type": "user_input_text",
+                                                 "timestamp": "2025-11-03T20:52:40+00:00",
+                                                 "metadata": {"seed": "N"}}]))
+    strict = template.replace('"N"', number).replace('"x"', '"ok"')
+    lenient_raw = template.replace('"N"', number).replace('"status"', '"total_execution_time": NaN, "status"')
+    record = parse_record(lenient_raw.encode())
+    try:
+        expected = parse_record(strict.encode())["items"][0]["metadata"]["seed"]
+    except InvalidRecord:  # past the float range: orjson refuses the file, the lenient read says null
+        expected = None
+    assert record["items"][0]["metadata"]["seed"] == expected
+    assert type(record["items"][0]["metadata"]["seed"]) is type(expected)
+    metadata_text(record["items"][0]["metadata"])
+    dump_json(record)
+    assert b"".join(write_csv([record], shape="items"))
+
+
 # ---------------------------------------------------------------- one record shape
 
 

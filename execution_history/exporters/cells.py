@@ -38,14 +38,25 @@ def iter_item_rows(record: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
     A run without items still gets one row (its item columns empty), so that no run
     vanishes from an items export.
     """
-    head = (record["execution_id"], record["config_name"], record["timestamp"], record["status"],
-            record["execution_mode"], record["safety_level"], record["user_id"], record["session_id"])
+    head = item_row_head(record)
     if not record["items"]:
         yield head + (None,) * (len(ITEM_COLUMNS) - len(head))
     for item in record["items"]:
-        yield head + (item["sequence_number"], item["stage"], item["stage_iteration"], item["loop_iteration"],
-                      item["item_type"], item["timestamp"], item["model_used"], item["backend_used"],
-                      item["media_type"], item["config_used"], item["execution_time"], item["file_path"], item["content"], metadata_text(item["metadata"]))
+        yield head + item_row_tail(item)
+
+
+def item_row_head(record: dict[str, Any]) -> tuple[Any, ...]:
+    """The run's values that start each of its item rows (ITEM_ROW_RUN_FIELDS)."""
+    return (record["execution_id"], record["config_name"], record["timestamp"], record["status"],
+            record["execution_mode"], record["safety_level"], record["user_id"], record["session_id"])
+
+
+def item_row_tail(item: dict[str, Any]) -> tuple[Any, ...]:
+    """An item's values in an item row, after the run's (ITEM_ROW_FIELDS; metadata as JSON text)."""
+    return (item["sequence_number"], item["stage"], item["stage_iteration"], item["loop_iteration"],
+            item["item_type"], item["timestamp"], item["model_used"], item["backend_used"], item["media_type"],
+            item["config_used"], item["execution_time"], item["file_path"], item["content"],
+            metadata_text(item["metadata"]))
 
 
 def metadata_text(metadata: dict[str, Any]) -> str:

@@ -1,21 +1,22 @@
 """CSV: RFC 4180 (CRLF, minimal quoting), UTF-8, header row always, formula cells neutralized."""
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..errors import InvalidParameter
-from .cells import FORMULA_TRIGGERS, ITEM_COLUMNS, RUN_COLUMNS, iter_item_rows, run_row
+from ..records import ITEM_ROW_RUN_FIELDS
+from .cells import FORMULA_TRIGGERS, ITEM_COLUMNS, RUN_COLUMNS, item_row_head, item_row_tail, run_row
 from .info import ExportInfo
 
 SHAPES = ("items", "runs")
 #: FORMULA_TRIGGERS as a set: each is one character, so ``v[:1] in`` it is ``v.startswith(...)``.
 _TRIGGERS = frozenset(FORMULA_TRIGGERS)
-_RUN_PART = len(ITEM_COLUMNS) - 14  # the run's columns that start every item row
-_FLUSH_BYTES = 64 * 1024
-_BATCH_ROWS = 256
+#: The line of a run without items: its item columns empty.
+_NO_ITEM = "," * (len(ITEM_COLUMNS) - len(ITEM_ROW_RUN_FIELDS)) + "\r\n"
+#: Pieces of lines gathered before they are joined, and the text a chunk holds at least.
+_FLUSH_PIECES = 1024
+_FLUSH_CHARS = 64 * 1024
 
 
 def write_csv(records: Iterable[dict[str, Any]], *, bulk: bool = False, info: ExportInfo | None = None,
@@ -42,38 +43,47 @@ def takes_run_rows(options: dict[str, Any]) -> bool:
 
 
 def _rows(records: Iterable[dict[str, Any]], shape: str, bom: bool, raw: bool) -> Iterator[bytes]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(ITEM_COLUMNS if shape == "items" else RUN_COLUMNS)
-    prefix = "\ufeff" if bom else ""
-    pending: list[Any] = []  # rows handed to the writer a batch at a time (one C call, not one a row)
+    """The CSV's bytes, about 64 KB at a time: lines built as text (:func:`csv_line`), joined
+    and encoded once a chunk. A run's columns are formatted once for all its item rows."""
+    pieces = ["\ufeff" if bom else "", csv_line(ITEM_COLUMNS if shape == "items" else RUN_COLUMNS, True), "\r\n"]
     for record in records:
         if shape == "runs":
-            row = run_row(record)
-            pending.append(row if raw else ["'" + v if type(v) is str and v[:1] in _TRIGGERS else v for v in row])
+            pieces += (csv_line(run_row(record), raw), "\r\n")
         else:
-            pending += iter_item_rows(record) if raw else _neutralized_item_rows(record)
-        if len(pending) >= _BATCH_ROWS:
-            writer.writerows(pending)
-            pending.clear()
-            if buffer.tell() >= _FLUSH_BYTES:
-                yield (prefix + buffer.getvalue()).encode("utf-8")
-                prefix = ""
-                buffer.seek(0)
-                buffer.truncate()
-    writer.writerows(pending)
-    yield (prefix + buffer.getvalue()).encode("utf-8")
+            head = csv_line(item_row_head(record), raw)
+            if not record["items"]:
+                pieces += (head, _NO_ITEM)
+            for item in record["items"]:
+                pieces += (head, ",", csv_line(item_row_tail(item), raw), "\r\n")
+        if len(pieces) >= _FLUSH_PIECES:
+            text = "".join(pieces)
+            if len(text) < _FLUSH_CHARS:
+                pieces = [text]
+            else:
+                yield text.encode("utf-8")
+                pieces = []
+    yield "".join(pieces).encode("utf-8")
 
 
-def _neutralized_item_rows(record: dict[str, Any]) -> list[list[Any]]:
-    """:func:`iter_item_rows` with formula-like text neutralized (what :func:`neutralize`
-    does to each text cell), the run's columns done once per run instead of once per item."""
-    rows = iter_item_rows(record)
-    first = next(rows)
-    head = ["'" + v if type(v) is str and v[:1] in _TRIGGERS else v for v in first[:_RUN_PART]]
-    out = []
-    for row in (first, *rows):
-        cells = head.copy()
-        cells += ["'" + v if type(v) is str and v[:1] in _TRIGGERS else v for v in row[_RUN_PART:]]
-        out.append(cells)
-    return out
+def csv_line(values: Iterable[Any], raw: bool = False) -> str:
+    """One CSV line without its line end: what the stdlib ``csv.writer`` (excel dialect,
+    ``QUOTE_MINIMAL``, ``lineterminator="\\r\\n"``) writes for a row of more than one cell,
+    formula-like text neutralized first unless *raw* (:func:`~.cells.neutralize`).
+
+    A text cell holding ``"``, ``,``, CR or LF is quoted, its quotes doubled; None is empty;
+    numbers are ``str()`` (``repr`` for floats, the same text). Built with str methods, which
+    scan a long text cell at memory speed where the csv module looks at each character in
+    turn: the bulk of an items export is long text (tests/test_csv_neutralize.py holds the
+    two to the same bytes).
+    """
+    if raw:
+        return ",".join([('"' + v.replace('"', '""') + '"' if '"' in v or "," in v or "\n" in v or "\r" in v else v)
+                         if type(v) is str else "" if v is None else str(v) for v in values])
+    return ",".join([(('"' + v.replace('"', '""') + '"' if '"' in v or "," in v or "\n" in v or "\r" in v else v)
+                      if v[:1] not in _TRIGGERS else _quoted("'" + v))
+                     if type(v) is str else "" if v is None else str(v) for v in values])
+
+
+def _quoted(text: str) -> str:
+    """*text* as a CSV cell (see :func:`csv_line`)."""
+    return '"' + text.replace('"', '""') + '"' if '"' in text or "," in text or "\n" in text or "\r" in text else text
