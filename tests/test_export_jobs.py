@@ -19,7 +19,11 @@ from execution_history.records import dump_record
 
 from .conftest import LiveServer, audit_events
 
-RUNS = 1500
+#: Runs behind the module's server; its jobs take 0.02 s a run more (the test hook), so a job
+#: of them all runs for seconds and its progress can be watched (1,500 runs without the hook
+#: took as long to watch, and as long again to export directly and parse both).
+RUNS = 150
+RUN_DELAY = "0.02"
 #: Seconds without a heartbeat before a job's worker counts as dead, in the killed-worker tests
 #: (the default, 15, would only make them wait longer): eight heartbeats.
 STALE_AFTER = "4"
@@ -75,11 +79,11 @@ def workbook_rows(data: bytes) -> dict[str, list[tuple]]:
 
 @pytest.fixture(scope="module")
 def many(tmp_path_factory):
-    """A gunicorn (two workers) over 1,500 runs."""
+    """A gunicorn (two workers) over RUNS runs, its jobs slowed down by RUN_DELAY a run."""
     root = tmp_path_factory.mktemp("jobs")
     ids = write_runs(root / "runs", RUNS)
-    server = LiveServer(root / "runs", root / "gunicorn.log")
-    server.wait_for_index()  # more than 1000 runs: a cold build answers 503 INDEX_BUILDING meanwhile
+    server = LiveServer(root / "runs", root / "gunicorn.log", extra_env={"RUN_HISTORY_TEST_EXPORT_DELAY": RUN_DELAY})
+    server.wait_for_index()
     yield server, root / "runs", ids
     server.stop()
 
@@ -311,7 +315,7 @@ def test_a_restarted_server_deletes_expired_files_unasked(tmp_path):
 
 # ---------------------------------------------------------------- on S3: every host answers the same
 
-S3_RUNS = 200
+S3_RUNS = 100
 
 
 @pytest.fixture
@@ -335,8 +339,8 @@ def s3_host(store, tmp_path: Path, name: str, **extra: str) -> LiveServer:
 
 def test_on_s3_a_job_queued_on_one_host_is_watched_and_downloaded_on_another(s3_runs, tmp_path):
     store, ids = s3_runs
-    # 0.01 s a run: two seconds of rows, so the other host sees it running.
-    hosts = [s3_host(store, tmp_path, name, RUN_HISTORY_TEST_EXPORT_DELAY="0.01") for name in ("api1", "api2")]
+    # 0.02 s a run: two seconds of rows, so the other host sees it running.
+    hosts = [s3_host(store, tmp_path, name, RUN_HISTORY_TEST_EXPORT_DELAY="0.02") for name in ("api1", "api2")]
     one, two = hosts
     try:
         query = {"order_by": "timestamp", "order": "asc"}
@@ -372,7 +376,7 @@ def test_on_s3_a_job_queued_on_one_host_is_watched_and_downloaded_on_another(s3_
 
 def test_on_s3_the_job_of_a_killed_host_ends_failed_on_the_other(s3_runs, tmp_path):
     store, _ = s3_runs
-    first = s3_host(store, tmp_path, "api1", RUN_HISTORY_TEST_EXPORT_DELAY="0.2",  # 40 s of rows: surely mid-run
+    first = s3_host(store, tmp_path, "api1", RUN_HISTORY_TEST_EXPORT_DELAY="0.2",  # 20 s of rows: surely mid-run
                     RUN_HISTORY_EXPORT_STALE_AFTER=STALE_AFTER)
     try:
         _, _, data = call(f"{first.url}/api/exports", "POST", {"format": "xlsx"})
