@@ -20,6 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "RUN_HISTORY_MEDIA_DIR": None,     # None: the working directory the app was started in
     "RUN_HISTORY_EXPORT_TTL": 86400,   # seconds an export job's file is kept after it finished
     "RUN_HISTORY_EXPORT_WORKERS": 1,   # export jobs run at once per host
+    "RUN_HISTORY_EXPORT_STALE_AFTER": 15,  # seconds without a heartbeat before a job's worker counts as dead
     "RUN_HISTORY_PUBLIC_URL": None,    # e.g. https://runs.example.org: absolute URLs are built from it
     "RUN_HISTORY_TRUSTED_HOSTS": "localhost,127.0.0.1,[::1]",  # Host headers accepted (comma-separated)
     "RUN_HISTORY_TRUSTED_PROXIES": 0,  # how many proxies' X-Forwarded-* headers to believe
@@ -31,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
 
 _INTEGER_KEYS = {"RUN_HISTORY_LINK_TTL", "RUN_HISTORY_STALE_AFTER", "RUN_HISTORY_RESCAN_SECONDS",
                  "RUN_HISTORY_RUNNING_REFRESH", "RUN_HISTORY_EXPORT_TTL", "RUN_HISTORY_EXPORT_WORKERS",
+                 "RUN_HISTORY_EXPORT_STALE_AFTER",
                  "RUN_HISTORY_TRUSTED_PROXIES"}
 #: Whole numbers that may also be unset (None).
 _OPTIONAL_INTEGER_KEYS = {"RUN_HISTORY_RETENTION_DAYS"}

@@ -28,6 +28,8 @@ bp = Blueprint("jobs", __name__, url_prefix="/api")
 BODY_KEYS = ("format", "filters", "options")
 #: Test hook: seconds added per run, so a test can watch a job's progress (never set it in production).
 TEST_DELAY_ENV = "RUN_HISTORY_TEST_EXPORT_DELAY"
+#: The shortest RUN_HISTORY_EXPORT_STALE_AFTER: four heartbeats (HEARTBEAT_SECONDS) and more.
+MIN_STALE_AFTER = 2
 NO_PARAMS = Schema.from_dict({}, name="NoParams")()
 
 
@@ -35,7 +37,10 @@ def install(app: Flask) -> None:
     """Give *app* its job store and executor (started lazily in each process) and the routes."""
     side = extensions.get_side(app)
     store = extensions.get_store(app)
-    jobs = JobStore(side, ttl=app.config["RUN_HISTORY_EXPORT_TTL"])
+    stale_after = app.config["RUN_HISTORY_EXPORT_STALE_AFTER"]
+    if stale_after < MIN_STALE_AFTER:  # a busy worker's beats must never look like a dead one's
+        raise ValueError(f"RUN_HISTORY_EXPORT_STALE_AFTER must be at least {MIN_STALE_AFTER} seconds, not {stale_after}")
+    jobs = JobStore(side, ttl=app.config["RUN_HISTORY_EXPORT_TTL"], stale_after=stale_after)
     # One slot folder per host and store, shared by the host's workers: the per-host limit.
     store_hash = hashlib.sha256(str(store.root).encode()).hexdigest()[:16]
     slots = os.path.join(tempfile.gettempdir(), f"run-history-export-slots-{os.getuid()}-{store_hash}")

@@ -64,7 +64,7 @@ JOB_ID = re.compile(r"\A[0-9a-f]{32}\Z")
 #: each beat is a few requests, so not much more often).
 HEARTBEAT_SECONDS = 0.5
 #: A claim whose holder showed no sign of life for this long is stale (well above a heartbeat,
-#: so a busy host is not mistaken for a dead one).
+#: so a busy host is not mistaken for a dead one); the app's RUN_HISTORY_EXPORT_STALE_AFTER.
 STALE_SECONDS = 15.0
 #: How often an executor looks for work and does housekeeping.
 POLL_SECONDS = 0.5

@@ -13,7 +13,8 @@ only, so no side key is ever mistaken for a record.
 
 Network trouble (refused connection, timeout) becomes :class:`StoreUnavailable` (503);
 a missing bucket or refused credentials become :class:`StorageError` with a clear message.
-Timeouts and retries are set here, deliberately short, so no request hangs on the store.
+Timeouts and retries are set here, deliberately short, so no request hangs on the store
+(RUN_HISTORY_S3_CONNECT_TIMEOUT, RUN_HISTORY_S3_READ_TIMEOUT, AWS_MAX_ATTEMPTS change them).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import boto3
 import botocore.exceptions
+import botocore.session
 from botocore.config import Config
 
 from .side import _SEGMENT, check_key
@@ -47,8 +49,12 @@ SIDE_FOLDER = ".side"
 CHANGES = "changes"
 #: Connect fast or give up: an endpoint that does not answer is a 503, not a hung worker.
 #: Reads get longer (a large record), and one retry covers a dropped keep-alive connection.
-CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2, "mode": "standard"},
-                       max_pool_connections=32)
+#: Each can be changed for a slow network (or a test) with the variable named beside it.
+CONNECT_TIMEOUT = ("RUN_HISTORY_S3_CONNECT_TIMEOUT", 2.0)
+READ_TIMEOUT = ("RUN_HISTORY_S3_READ_TIMEOUT", 5.0)
+#: Attempts per request, the first one included (AWS_MAX_ATTEMPTS or the AWS config file's
+#: max_attempts wins), in botocore's "standard" retry mode (AWS_RETRY_MODE wins).
+MAX_ATTEMPTS = 2
 #: Errors that mean "the endpoint is not answering" (as opposed to "it answered no").
 _UNREACHABLE = (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError,
                 botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError,
@@ -73,6 +79,32 @@ def parse_url(url: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+def _seconds(setting: tuple[str, float]) -> float:
+    name, default = setting
+    value = os.environ.get(name) or None
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    return seconds
+
+
+def client_config() -> Config:
+    """The S3 clients' timeouts and retries (see CONNECT_TIMEOUT, READ_TIMEOUT, MAX_ATTEMPTS).
+
+    :raises ValueError: if a timeout variable is not a positive number.
+    """
+    session = botocore.session.get_session()  # the AWS variables and config files, as boto3 reads them
+    attempts = session.get_config_variable("max_attempts") or MAX_ATTEMPTS
+    mode = session.get_config_variable("retry_mode") or "standard"
+    return Config(connect_timeout=_seconds(CONNECT_TIMEOUT), read_timeout=_seconds(READ_TIMEOUT),
+                  retries={"total_max_attempts": attempts, "mode": mode}, max_pool_connections=32)
+
+
 _clients: dict[tuple[str | None, int], Any] = {}
 _clients_lock = threading.Lock()
 
@@ -85,7 +117,7 @@ def client_for(endpoint_url: str | None) -> Any:
     with _clients_lock:
         if key not in _clients:
             session = boto3.session.Session()
-            _clients[key] = session.client("s3", endpoint_url=endpoint_url, config=CLIENT_CONFIG,
+            _clients[key] = session.client("s3", endpoint_url=endpoint_url, config=client_config(),
                                            region_name=session.region_name or "us-east-1")
         return _clients[key]
 

@@ -43,7 +43,7 @@ def weed_binary() -> str | None:
 
 
 class SeaweedFS:
-    """`weed server` with S3 in *folder*; :meth:`stop`/:meth:`start` keep its data and ports."""
+    """`weed server` with S3 in *folder*, on ports of its own."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -76,10 +76,10 @@ class SeaweedFS:
     def client(self):
         import boto3
 
-        from execution_history.s3store import CLIENT_CONFIG
+        from execution_history.s3store import client_config
 
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
-                            aws_secret_access_key=SECRET_KEY, region_name="us-east-1", config=CLIENT_CONFIG)
+                            aws_secret_access_key=SECRET_KEY, region_name="us-east-1", config=client_config())
 
     def start(self, timeout: float = 60.0) -> None:
         """Start and wait until S3 answers a request (a HEAD of any bucket)."""
@@ -112,16 +112,12 @@ class SeaweedFS:
         os.killpg(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
-        """Stop the server (its data stays for a later start)."""
+        """Kill the server. SIGKILL, not SIGTERM: weed's graceful stop waits about 25 s for its
+        filer's gRPC streams to end, and the tests never need one (nothing is restarted)."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGCONT)
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
 
     def env(self) -> dict[str, str]:
         """What a process needs to reach this server through the standard AWS variables."""

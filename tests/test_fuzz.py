@@ -156,7 +156,7 @@ def excel_value(name, value):
 
 
 @given(record=records())
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_any_record_survives_every_format(record):
     outputs = {fmt: b"".join(exporter.write([record], bulk=True)) for fmt, exporter in EXPORTERS.items()}
     assert json.loads(outputs["json"]) == [record]

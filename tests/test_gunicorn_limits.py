@@ -24,6 +24,16 @@ def raw(server, data, timeout=60):
     return int(lines[0].split()[1]), headers, body
 
 
+@pytest.fixture(scope="module")
+def refusing_server(tmp_path_factory):
+    """One gunicorn (on an empty folder) for every refused request: a refusal changes nothing."""
+    root = tmp_path_factory.mktemp("refusals")
+    (root / "runs").mkdir()
+    server = LiveServer(root / "runs", root / "gunicorn.log")
+    yield server
+    server.stop()
+
+
 @pytest.mark.parametrize("name, data, status", [
     ("request line too long", b"GET /api/runs?q=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 414),
     ("too many fields", b"GET /api/runs HTTP/1.1\r\nHost: localhost\r\n" + b"".join(
@@ -33,8 +43,8 @@ def raw(server, data, timeout=60):
     ("bad header name", b"GET /api/runs HTTP/1.1\r\nHost: localhost\r\nBad Header: x\r\n\r\n", 400),
     ("bad http version", b"GET /api/runs HTTP/9.9\r\nHost: localhost\r\n\r\n", 400),
 ])
-def test_what_gunicorn_refuses_is_json(live_server, name, data, status):
-    got, headers, body = raw(live_server, data)
+def test_what_gunicorn_refuses_is_json(refusing_server, name, data, status):
+    got, headers, body = raw(refusing_server, data)
     assert got == status, (name, body[:200])
     assert headers["Content-Type"] == "application/json"
     parsed = json.loads(body)

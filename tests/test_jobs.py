@@ -188,3 +188,17 @@ def test_half_built_files_of_dead_processes_are_swept(jobs, store, tmp_path):
     mine.write_bytes(b"in progress")
     assert runner.sweep_temp_files() == 1
     assert not dead.exists() and mine.exists()
+
+
+def test_the_apps_stale_period_is_its_setting_and_never_below_four_heartbeats(runs_dir):
+    from app import create_app
+    from app.extensions import get_jobs
+
+    app = create_app({"TESTING": True, "RUN_HISTORY_DIR": str(runs_dir)})
+    with app.app_context():
+        assert get_jobs().stale_after == 15  # the default
+    app = create_app({"TESTING": True, "RUN_HISTORY_DIR": str(runs_dir), "RUN_HISTORY_EXPORT_STALE_AFTER": "4"})
+    with app.app_context():
+        assert get_jobs().stale_after == 4 and "no heartbeat for 4 s" in get_jobs().dead_reason()
+    with pytest.raises(ValueError, match="RUN_HISTORY_EXPORT_STALE_AFTER must be at least 2 seconds"):
+        create_app({"TESTING": True, "RUN_HISTORY_DIR": str(runs_dir), "RUN_HISTORY_EXPORT_STALE_AFTER": 1})

@@ -135,7 +135,10 @@ def _pipeline(root, seed, side):
 
 def test_200_random_sigkills_lose_nothing_that_was_flushed(store, tmp_path):
     """Kill pipeline processes at random points; every run must come back whole or recovered."""
-    ctx = multiprocessing.get_context("fork")
+    # Forked from a small fork server, not from pytest: a fork copies the parent's page tables,
+    # and late in the suite pytest is big enough that 400 forks of it took longer than the runs.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
     rng = random.Random(20261123)
     deadline = time.monotonic() + 90
     kills = 0

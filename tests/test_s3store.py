@@ -220,3 +220,27 @@ def test_a_run_in_progress_is_listed_and_shown_by_a_host_sharing_its_journal_fol
     assert client.get(f"/api/runs/{run.execution_id}").get_json()["status"] == "running"
     run.finalize()
     assert s3.load(run.execution_id)["items"][0]["content"] == "so far"
+
+
+def test_the_clients_timeouts_and_retries_are_the_documented_ones_or_the_variables(monkeypatch):
+    from execution_history.s3store import client_config
+
+    for name in ("RUN_HISTORY_S3_CONNECT_TIMEOUT", "RUN_HISTORY_S3_READ_TIMEOUT", "AWS_MAX_ATTEMPTS",
+                 "AWS_RETRY_MODE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")  # no max_attempts from a user's ~/.aws/config
+    config = client_config()
+    # connect 2 s, read 5 s, one retry (two attempts in all), as README says
+    assert (config.connect_timeout, config.read_timeout) == (2.0, 5.0)
+    assert config.retries == {"total_max_attempts": 2, "mode": "standard"}
+    monkeypatch.setenv("RUN_HISTORY_S3_CONNECT_TIMEOUT", "0.5")
+    monkeypatch.setenv("RUN_HISTORY_S3_READ_TIMEOUT", "30")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "4")
+    monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
+    config = client_config()
+    assert (config.connect_timeout, config.read_timeout) == (0.5, 30.0)
+    assert config.retries == {"total_max_attempts": 4, "mode": "adaptive"}
+    for bad in ("abc", "0", "-1", "inf", "nan"):
+        monkeypatch.setenv("RUN_HISTORY_S3_READ_TIMEOUT", bad)
+        with pytest.raises(ValueError, match="RUN_HISTORY_S3_READ_TIMEOUT must be a positive number"):
+            client_config()
