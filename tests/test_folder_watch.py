@@ -217,3 +217,34 @@ def test_on_a_network_file_system_the_folder_is_listed(store, recorded_runs, lis
     ids_of(index)
     new_id = record_run(store, "on-nfs")
     assert new_id in ids_of(index) and index._watch is None and "list_inodes" in listings
+
+
+def test_a_run_another_worker_indexed_meanwhile_is_not_written_twice(store, recorded_runs, monkeypatch):
+    import execution_history.index.sync as sync_module
+
+    first, second = RunIndex(store), RunIndex(store)
+    ids_of(first), ids_of(second)
+    new_id = record_run(store, "raced")
+    real_iter_parsed = sync_module.iter_parsed
+
+    def parse_while_the_other_worker_indexes(*args, **kwargs):
+        if not raced:
+            raced.append(1)
+            ids_of(first)  # the first worker indexes the run while the second is parsing it
+        return real_iter_parsed(*args, **kwargs)
+
+    raced = []
+
+    monkeypatch.setattr(sync_module, "iter_parsed", parse_while_the_other_worker_indexes)
+    row = "SELECT id FROM runs WHERE execution_id = ?"
+    written = []
+    real_store_batch = RunIndex._store_batch
+    monkeypatch.setattr(RunIndex, "_store_batch", lambda self, c, parsed, **kw: written.append(parsed)
+                        or real_store_batch(self, c, parsed, **kw))
+    assert new_id in ids_of(second)
+    monkeypatch.undo()
+    assert raced
+    # the first worker wrote the run; the second, finding it indexed within its transaction, did not
+    assert [[i for i, _ in batch] for batch in written] == [[new_id], []]
+    rows = first._connection().execute(row, (new_id,)).fetchall()
+    assert len(rows) == 1

@@ -135,6 +135,11 @@ def iter_parsed(store: RunStore, execution_ids: Iterable[str], text: bool = True
         yield read_chunk(str(store.root), chunk, text=text)
 
 
+def _identity_of(result: IndexedRun | tuple[int, int, int] | None) -> tuple[int, ...] | None:
+    """The identity a parsed file is indexed with (None: the file is gone)."""
+    return result.identity if isinstance(result, IndexedRun) else result
+
+
 def _if_not_exists(statement: str) -> str:
     return statement.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1)
 
@@ -259,8 +264,27 @@ class IndexSync:
         return True
 
     def _index_changed(self, conn: sqlite3.Connection, execution_ids: list[str]) -> None:
-        """Index these files as they are now, those whose identity differs from the index's."""
-        known: dict[str, tuple[int, ...]] = {}
+        """Index these files as they are now, those whose identity differs from the index's.
+
+        Every worker's watch names the same files: the identities are compared again inside
+        the write transaction, so a file another worker indexed meanwhile is not written twice.
+        """
+        stale = [i for i, ident in self._identities(conn, execution_ids).items() if ident != self.store.identity(i)]
+        if not stale:
+            return
+        parsed = [p for chunk in iter_parsed(self.store, stale) for p in chunk]
+
+        def store(c: sqlite3.Connection) -> None:
+            known = self._identities(c, stale)
+            self._store_batch(c, [(i, result) for i, result in parsed if known[i] != _identity_of(result)])
+
+        self._write(conn, store)
+        self._move_pending_text_soon(conn)
+
+    @staticmethod
+    def _identities(conn: sqlite3.Connection, execution_ids: list[str]) -> dict[str, tuple[int, ...] | None]:
+        """Each id's identity as indexed from its file (None: not indexed)."""
+        known: dict[str, tuple[int, ...] | None] = dict.fromkeys(execution_ids)
         for start in range(0, len(execution_ids), CHUNK):
             chunk = execution_ids[start:start + CHUNK]
             marks = ", ".join("?" * len(chunk))
@@ -268,11 +292,7 @@ class IndexSync:
                 f"SELECT execution_id, inode, size, mtime_ns FROM runs WHERE source = '{FILE}' AND execution_id IN"
                 f" ({marks}) UNION ALL SELECT execution_id, inode, size, mtime_ns FROM unreadable"
                 f" WHERE execution_id IN ({marks})", chunk * 2))
-        stale = [i for i in execution_ids if known.get(i) != self.store.identity(i)]
-        if stale:
-            parsed = [p for chunk in iter_parsed(self.store, stale) for p in chunk]
-            self._write(conn, lambda c: self._store_batch(c, parsed))
-            self._move_pending_text_soon(conn)
+        return known
 
     def _check_every_file(self) -> None:
         """The periodic check of every file's size and mtime (edits in place on other hosts):
