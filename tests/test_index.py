@@ -228,7 +228,7 @@ def test_a_cold_builds_text_phase_reads_the_runs_a_slab_at_a_time(runs_dir, monk
     import execution_history.index.sync as sync_module
 
     monkeypatch.setattr(sync_module, "TEXT_SLAB", 3)
-    monkeypatch.setattr(sync_module, "TEXT_BATCH_CHARS", 50)  # a transaction every run or so
+    monkeypatch.setattr(sync_module, "TEXT_BATCH_BYTES", 50)  # a transaction every run or so
     monkeypatch.setattr(sync_module, "BATCH", 4)  # more files than a batch: a cold build in phases
     store = RunStore(runs_dir)
     monkeypatch.setattr(sync_module, "CHUNK", 2)
