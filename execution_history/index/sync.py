@@ -127,6 +127,14 @@ def iter_parsed(store: RunStore, execution_ids: Iterable[str], text: bool = True
         yield read_chunk(str(store.root), chunk, text=text)
 
 
+def _drain(ids: list[str]) -> Iterator[str]:
+    """The items of *ids* in order, each dropped from the list as it is handed out (the ids
+    of a cold build's files are not all kept until its end)."""
+    ids.reverse()
+    while ids:
+        yield ids.pop()
+
+
 def _if_not_exists(statement: str) -> str:
     return statement.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1)
 
@@ -216,16 +224,16 @@ class IndexSync:
                 if not self._is_current(meta, self._dir_mtime(), False):
                     self._scan(conn, False)
                 return None
-            stale, _ = self._diff(conn, full=False)
-            if len(stale) <= BATCH:
+            files = len(self._diff(conn, full=False)[0])  # only the count: the build lists again
+            if files <= BATCH:
                 self._scan(conn, True)
                 return None
             self._write(conn, lambda c: c.executemany("UPDATE meta SET value = ? WHERE key = ?", [
-                (len(stale), "build_total"), (0, "build_indexed")]))
+                (files, "build_total"), (0, "build_indexed")]))
             thread = threading.Thread(target=self._build_in_background, args=(fd,), name="index-build", daemon=True)
             thread.start()
             handed_over = True
-            log.info("index: cold build of %d files started in the background", len(stale))
+            log.info("index: cold build of %d files started in the background", files)
             raise self._building(self._meta(conn))
         finally:
             if not handed_over:
@@ -502,7 +510,7 @@ class IndexSync:
             if cold:
                 self._write(conn, lambda c: self._start_summaries_phase(c, len(stale)))
             pending: list[Parsed] = []
-            for parsed in iter_parsed(self.store, stale, text=not cold):
+            for parsed in iter_parsed(self.store, _drain(stale), text=not cold, total=len(stale)):
                 pending += parsed
                 if len(pending) >= BATCH:
                     self._write(conn, lambda c: self._store_batch(c, pending, progress=cold))
