@@ -294,3 +294,17 @@ def test_requests_waiting_for_a_scan_share_the_next_one_under_a_stream_of_new_ru
         thread.join(timeout=60)
     assert len(seen) == len(threads) and all(before in ids for ids in seen.values())
     assert len(scans) == 1, f"{len(scans)} scans for {len(threads)} waiting requests"
+
+
+@pytest.mark.parametrize("odd", ["cut\x00here", "日本語 🌸", 'quote " and \\u0000 spelled out'])
+def test_item_types_and_models_are_indexed_whole(index, store, odd):
+    """Item types and models reach the index through SQLite's JSON functions (one statement
+    per batch), which would cut a value at U+0000: such a batch goes row by row instead."""
+    source = record_run(store, config="plain")
+    record = store.load(source)
+    items = [{**item, "item_type": odd, "model_used": odd + "-model"} for item in record["items"]]
+    copy_as(store, source, "exec_20250101_000000_0000abcd", items=items, config_name="odd")
+    assert ids_of(index, RunQuery(RunFilters(item_type=odd))) == ["exec_20250101_000000_0000abcd"]
+    assert ids_of(index, RunQuery(RunFilters(model=odd + "-model"))) == ["exec_20250101_000000_0000abcd"]
+    assert ids_of(index, RunQuery(RunFilters(item_type=odd.split("\x00")[0]))) == ([] if "\x00" in odd else
+                                                                                   ["exec_20250101_000000_0000abcd"])
