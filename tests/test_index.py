@@ -239,7 +239,7 @@ def test_a_cold_builds_text_phase_reads_the_runs_a_slab_at_a_time(runs_dir, monk
     import execution_history.index.sync as sync_module
 
     monkeypatch.setattr(sync_module, "TEXT_SLAB", 3)
-    monkeypatch.setattr(sync_module, "TEXT_BATCH_CHARS", 50)  # a transaction every run or so
+    monkeypatch.setattr(sync_module, "TEXT_BATCH_BYTES", 50)  # a transaction every run or so
     monkeypatch.setattr(sync_module, "BATCH", 4)  # more files than a batch: a cold build in phases
     store = RunStore(runs_dir)
     monkeypatch.setattr(sync_module, "CHUNK", 2)
@@ -359,3 +359,17 @@ def test_pending_text_is_moved_once_a_batch_waits(index, store, recorded_runs, m
         record_run(store, text=f"potoroo{n}")
         ids_of(index)
     assert pending(index) == 0 and fts_count(index, "potoroo0") == 1 and fts_count(index, "potoroo2") == 1
+
+
+@pytest.mark.parametrize("odd", ["cut\x00here", "日本語 🌸", 'quote " and \\u0000 spelled out'])
+def test_item_types_and_models_are_indexed_whole(index, store, odd):
+    """Item types and models reach the index through SQLite's JSON functions (one statement
+    per batch), which would cut a value at U+0000: such a batch goes row by row instead."""
+    source = record_run(store, config="plain")
+    record = store.load(source)
+    items = [{**item, "item_type": odd, "model_used": odd + "-model"} for item in record["items"]]
+    copy_as(store, source, "exec_20250101_000000_0000abcd", items=items, config_name="odd")
+    assert ids_of(index, RunQuery(RunFilters(item_type=odd))) == ["exec_20250101_000000_0000abcd"]
+    assert ids_of(index, RunQuery(RunFilters(model=odd + "-model"))) == ["exec_20250101_000000_0000abcd"]
+    assert ids_of(index, RunQuery(RunFilters(item_type=odd.split("\x00")[0]))) == ([] if "\x00" in odd else
+                                                                                   ["exec_20250101_000000_0000abcd"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,8 +142,14 @@ class IndexedRun:
     source: str
     item_types: frozenset[str]
     models: frozenset[str]
-    text: str
+    text: bytes                     # UTF-8: a quarter of a str's memory for text with emoji
     identity: tuple[int, int, int]  # inode, size, mtime_ns
+
+
+def _shared(value: str | None) -> str | None:
+    """A value many runs repeat (a config, a status, an item type), as one string object: a
+    chunk of parsed runs pickled from a worker carries each such string once, not per run."""
+    return value if value is None or len(value) > 64 else sys.intern(value)
 
 
 def extract(record: dict[str, Any], identity: tuple[int, int, int], last_activity_at: str | None = None,
@@ -152,17 +159,19 @@ def extract(record: dict[str, Any], identity: tuple[int, int, int], last_activit
     items = record["items"]
     in_progress = last_activity_at is not None
     return IndexedRun(
-        summary=(record["execution_id"], record["config_name"], record["timestamp"], record["status"],
-                 record["execution_mode"], record["safety_level"], record["total_execution_time"],
-                 len(items), record["user_id"], record["session_id"], record["taxonomy_version"],
-                 last_activity_at),
+        summary=(record["execution_id"], _shared(record["config_name"]), record["timestamp"],
+                 _shared(record["status"]), _shared(record["execution_mode"]), _shared(record["safety_level"]),
+                 record["total_execution_time"], len(items), _shared(record["user_id"]), record["session_id"],
+                 _shared(record["taxonomy_version"]), last_activity_at),
         finished_at=record["finished_at"],
         ts_key=to_key(parse_timestamp(record["timestamp"])),
         source=JOURNAL if in_progress else FILE,
-        item_types=frozenset(item["item_type"] for item in items),
-        models=frozenset(item["model_used"] for item in items if item["model_used"] is not None),
+        item_types=frozenset(_shared(item["item_type"]) for item in items),
+        models=frozenset(_shared(item["model_used"]) for item in items if item["model_used"] is not None),
         # runs in progress are not searched by text: a contentless FTS row cannot be updated
-        text="" if in_progress or not text else fold_text(ITEM_SEPARATOR.join(item["content"] for item in items if item["content"])),
+        # FTS5 reads a bound blob as UTF-8 text: the index holds the same terms as for a str
+        text=b"" if in_progress or not text else fold_text(
+            ITEM_SEPARATOR.join(item["content"] for item in items if item["content"])).encode(),
         identity=identity,
     )
 

@@ -31,6 +31,11 @@ runs in two phases: the summaries first (runs, item types, models; the sort and 
 indexes of ``runs`` are dropped and made again at the end, one sorted pass and one
 transaction each instead of sixteen B-tree updates per row), then the text search terms,
 re-read from the files a slab of runs at a time.
+Where its time and memory go (``bench.build_profile``): parsing, in worker processes
+(spawned; they import only ``execution_history``); in this process, writing, kept cheap
+(item types and models one statement per batch, the strings runs repeat interned by the
+workers, the text carried as UTF-8 bytes) and small (only the folder's listing is held
+whole, and its ids are dropped as the workers take them).
 Lists, filters and stats answer as soon as the first phase is done; text search raises
 :class:`IndexBuilding` until the second is. Progress lives in the ``meta`` table, so every
 process sees it. With ``build_in_background`` (the app), a request that finds the index
@@ -54,6 +59,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .. import journal, records
 from ..errors import IndexBuilding, StorageError
 from ..records import is_valid_execution_id
@@ -74,9 +81,9 @@ BATCH = 1000
 PARALLEL_MIN = 2000
 CHUNK = 250
 #: A cold build's text phase: runs listed from the index at once, and the folded text kept
-#: before it is written (one transaction each), so memory stays flat whatever the corpus.
+#: before it is written (UTF-8 bytes; one transaction each), so memory stays flat whatever the corpus.
 TEXT_SLAB = 5000
-TEXT_BATCH_CHARS = 4_000_000
+TEXT_BATCH_BYTES = 4_000_000
 #: Runs indexed fewer than this many at once keep their text in ``text_pending`` until a
 #: search needs it or TEXT_PENDING_MAX runs wait (then moved into the search index in a
 #: thread of the app, TEXT_PENDING_MAX at a time).
@@ -138,6 +145,14 @@ def iter_parsed(store: RunStore, execution_ids: Iterable[str], text: bool = True
 def _identity_of(result: IndexedRun | tuple[int, int, int] | None) -> tuple[int, ...] | None:
     """The identity a parsed file is indexed with (None: the file is gone)."""
     return result.identity if isinstance(result, IndexedRun) else result
+
+
+def _drain(ids: list[str]) -> Iterator[str]:
+    """The items of *ids* in order, each dropped from the list as it is handed out (the ids
+    of a cold build's files are not all kept until its end)."""
+    ids.reverse()
+    while ids:
+        yield ids.pop()
 
 
 def _if_not_exists(statement: str) -> str:
@@ -350,16 +365,16 @@ class IndexSync:
                 if not self._is_current(meta, self._dir_mtime(), False):
                     self._scan(conn, False)
                 return None
-            stale, _ = self._diff(conn, full=False)
-            if len(stale) <= BATCH:
+            files = len(self._diff(conn, full=False)[0])  # only the count: the build lists again
+            if files <= BATCH:
                 self._scan(conn, True)
                 return None
             self._write(conn, lambda c: c.executemany("UPDATE meta SET value = ? WHERE key = ?", [
-                (len(stale), "build_total"), (0, "build_indexed")]))
+                (files, "build_total"), (0, "build_indexed")]))
             thread = threading.Thread(target=self._build_in_background, args=(fd,), name="index-build", daemon=True)
             thread.start()
             handed_over = True
-            log.info("index: cold build of %d files started in the background", len(stale))
+            log.info("index: cold build of %d files started in the background", files)
             raise self._building(self._meta(conn))
         finally:
             if not handed_over:
@@ -477,8 +492,8 @@ class IndexSync:
             total = conn.execute(f"SELECT COUNT(*) FROM runs WHERE source = '{FILE}' AND id > ? AND id <= ?",
                                  (after, upto)).fetchone()[0]
             listed: dict[str, tuple[int, tuple[int, ...]]] = {}  # id -> (row id, identity), for ids in flight
-            pending: list[tuple[int, str]] = []
-            pending_chars = 0
+            pending: list[tuple[int, bytes]] = []
+            pending_bytes = 0
             done = written = int(meta["text_done"] or 0)
             for parsed in iter_parsed(self.store, self._text_ids(conn, after, upto, listed), text=True, total=total):
                 for execution_id, result in parsed:
@@ -486,12 +501,12 @@ class IndexSync:
                     after = run_id
                     if isinstance(result, IndexedRun) and result.identity == identity and result.text:
                         pending.append((run_id, result.text))
-                        pending_chars += len(result.text)
+                        pending_bytes += len(result.text)
                 done += len(parsed)
-                # one transaction, and one step of progress, per BATCH runs (or TEXT_BATCH_CHARS of text)
-                if done - written >= BATCH or pending_chars >= TEXT_BATCH_CHARS:
+                # one transaction, and one step of progress, per BATCH runs (or TEXT_BATCH_BYTES of text)
+                if done - written >= BATCH or pending_bytes >= TEXT_BATCH_BYTES:
                     self._write(conn, lambda c, p=pending, a=after, d=done: self._store_text(c, p, a, d))
-                    pending, pending_chars, written = [], 0, done
+                    pending, pending_bytes, written = [], 0, done
             self._write(conn, lambda c: self._store_text(c, pending, after, done, finished=True))
             log.info("index: text of %d runs indexed", done)
         finally:
@@ -511,7 +526,7 @@ class IndexSync:
             after = rows[-1][1]
 
     @staticmethod
-    def _store_text(conn: sqlite3.Connection, texts: list[tuple[int, str]], after: int, done: int,
+    def _store_text(conn: sqlite3.Connection, texts: list[tuple[int, bytes]], after: int, done: int,
                     finished: bool = False) -> None:
         """Index *texts* (rowid, folded text) of rows still there, and note the progress."""
         present = set()
@@ -592,19 +607,35 @@ class IndexSync:
 
     def _diff(self, conn: sqlite3.Connection, full: bool,
               malformed: Malformed | None = None) -> tuple[list[str], list[str]]:
-        """(new or changed ids, removed ids): the folder listed against the index."""
-        known: dict[str, tuple[int, int, int]] = {
-            row[0]: tuple(row[1:]) for row in conn.execute(
-                f"SELECT execution_id, inode, size, mtime_ns FROM runs WHERE source = '{FILE}'"
-                " UNION ALL SELECT execution_id, inode, size, mtime_ns FROM unreadable")}
+        """(new or changed ids, removed ids): the folder listed against the index.
+
+        Only the listing is held in memory: the index's rows are streamed past it (no second
+        dict of every run). An index with no file rows yet (a cold build) needs no ``stat``
+        per file even for a full check: every file is read, and its identity taken then.
+        """
+        empty = conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM runs WHERE source = '{FILE}')"
+                             " AND NOT EXISTS (SELECT 1 FROM unreadable)").fetchone()[0]
+        if empty:
+            return list(self.store.list_inodes(malformed)), []
+        stale: list[str] = []
+        removed: list[str] = []
         if full:
-            present = {f.execution_id: (f.inode, f.size, f.mtime_ns) for f in self.store.list_files(malformed)}
-            stale = [i for i, ident in present.items() if known.get(i) != ident]
+            present: dict[str, Any] = {
+                f.execution_id: (f.inode, f.size, f.mtime_ns) for f in self.store.list_files(malformed)}
+            columns = "inode, size, mtime_ns"
         else:
-            inodes = self.store.list_inodes(malformed)
-            present = inodes
-            stale = [i for i, inode in inodes.items() if i not in known or known[i][0] != inode]
-        return stale, [i for i in known if i not in present]
+            present = self.store.list_inodes(malformed)
+            columns = "inode"
+        for execution_id, *identity in conn.execute(
+                f"SELECT execution_id, {columns} FROM runs WHERE source = '{FILE}'"
+                f" UNION ALL SELECT execution_id, {columns} FROM unreadable"):
+            listed = present.pop(execution_id, None)
+            if listed is None:
+                removed.append(execution_id)
+            elif listed != (tuple(identity) if full else identity[0]):
+                stale.append(execution_id)
+        stale += present  # listed, not indexed: new
+        return stale, removed
 
     def _settled_dir_mtime(self) -> int | None:
         """The folder's mtime once it is at least one clock tick old.
@@ -665,7 +696,7 @@ class IndexSync:
             if cold:
                 self._write(conn, lambda c: self._start_summaries_phase(c, len(stale)))
             pending: list[Parsed] = []
-            for parsed in iter_parsed(self.store, stale, text=not cold):
+            for parsed in iter_parsed(self.store, _drain(stale), text=not cold, total=len(stale)):
                 pending += parsed
                 if len(pending) >= BATCH:
                     self._write(conn, lambda c: self._store_batch(c, pending, progress=cold))
@@ -742,14 +773,27 @@ class IndexSync:
         numbered = list(enumerate(runs, start=first))
         conn.executemany(_INSERT_RUN, [(n, *run.summary, run.finished_at, run.ts_key, run.source, *run.identity)
                                        for n, run in numbered])
-        # sorted: rows arrive in key order, so the WITHOUT ROWID trees fill page by page
-        conn.executemany("INSERT INTO run_item_types VALUES (?, ?)",
-                         sorted((t, n) for n, run in numbered for t in run.item_types))
-        conn.executemany("INSERT INTO run_models VALUES (?, ?)",
-                         sorted((m, n) for n, run in numbered for m in run.models))
+        self._store_sets(conn, "run_item_types", first, [run.item_types for run in runs])
+        self._store_sets(conn, "run_models", first, [run.models for run in runs])
         text_table = "run_text" if len(numbered) >= TEXT_DIRECT_MIN else "text_pending"
         conn.executemany(f"INSERT INTO {text_table} (rowid, content) VALUES (?, ?)",
                          [(n, run.text) for n, run in numbered if run.text])
+
+    @staticmethod
+    def _store_sets(conn: sqlite3.Connection, table: str, first: int, sets: list[frozenset[str]]) -> None:
+        """Rows (value, run id) of *table* for runs numbered from *first*, one set of values each.
+
+        One statement per batch: SQLite unfolds a JSON array of arrays itself, about three
+        times as fast as an ``executemany`` of a row per value (a cold build writes ~15 per run).
+        A value holding U+0000 (JSON functions would cut it there) goes row by row.
+        """
+        values = orjson.dumps([list(values) for values in sets]).decode()
+        if "\\u0000" in values:
+            conn.executemany(f"INSERT INTO {table} VALUES (?, ?)",
+                             [(value, n) for n, values in enumerate(sets, start=first) for value in values])
+            return
+        conn.execute(f"INSERT INTO {table} SELECT value.value, ? + run.key"
+                     " FROM json_each(?) AS run, json_each(run.value) AS value", (first, values))
 
     def recheck(self, execution_ids: list[str]) -> None:
         """Index these record files as they are now (a load found one gone or unreadable, so
