@@ -68,6 +68,14 @@ def building(server: LiveServer, path: str, phase: str) -> dict:
     return data
 
 
+def running(pid: int) -> bool:
+    """Whether process *pid* exists and is no zombie."""
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
 def until(check, what: str, limit: float = 120.0):
     """Ask *check()* again until it returns something true (a guard against hanging, not a timing)."""
     deadline = time.monotonic() + limit
@@ -220,9 +228,14 @@ def test_a_server_killed_mid_build_leaves_an_index_the_next_one_completes(runs_d
         (gates / "summaries-1").touch()
         until(lambda: building(first, "/api/runs", "summaries")["indexed"] == BATCH, "the first batch")
         children = Path(f"/proc/{first.proc.pid}/task/{first.proc.pid}/children").read_text().split()
+        parsers = [int(pid) for child in children  # the build's parse workers, spawned by a gunicorn worker's thread
+                   for task in Path(f"/proc/{child}/task").iterdir() for pid in (task / "children").read_text().split()]
+        assert parsers
         for pid in (first.proc.pid, *map(int, children)):
             os.kill(pid, signal.SIGKILL)
         first.proc.wait(timeout=TIMEOUT)
+        # they die with their worker (no orphan parsing on; a resource tracker exits once they are gone)
+        until(lambda: not any(map(running, parsers)), "the parse workers end")
     finally:
         first.stop()
     second = LiveServer(runs_dir, tmp_path / "second.log")

@@ -45,11 +45,13 @@ cold starts the build in a thread of its process and every request answers
 from __future__ import annotations
 
 import collections
+import ctypes
 import fcntl
 import itertools
 import logging
 import multiprocessing
 import os
+import signal
 import sqlite3
 import threading
 import time
@@ -91,6 +93,9 @@ TEXT_DIRECT_MIN = 100
 TEXT_PENDING_MAX = 500
 
 
+_PR_SET_PDEATHSIG = 1
+
+
 def read_chunk(root: str, execution_ids: list[str], naive_timezone: str | None = None,
                text: bool = True) -> list[Parsed]:
     """Parse a chunk of files (runs in a worker process during large scans).
@@ -102,6 +107,17 @@ def read_chunk(root: str, execution_ids: list[str], naive_timezone: str | None =
         records.set_naive_timezone(naive_timezone)
     store = RunStore(root)
     return [(i, read_indexed(store.path_for(i), i, text=text)) for i in execution_ids]
+
+
+def die_with_parent(parent: int) -> None:
+    """Where a parse worker starts: it is killed with the process that started it (Linux's
+    ``PR_SET_PDEATHSIG``), so a server killed mid-build leaves no orphans parsing on."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the worker ends when its work queue closes
+        return
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
 
 
 def iter_parsed(store: RunStore, execution_ids: Iterable[str], text: bool = True,
@@ -122,7 +138,8 @@ def iter_parsed(store: RunStore, execution_ids: Iterable[str], text: bool = True
         pending: collections.deque = collections.deque()
         try:
             # spawn, not fork: this may run in a threaded gunicorn worker
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
                 for chunk in chunks:
                     pending.append([chunk, None])  # in flight from here on, even if submit fails
                     pending[-1][1] = pool.submit(read_chunk, str(store.root), chunk, records.naive_timezone(), text)
