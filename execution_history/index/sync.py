@@ -3,7 +3,12 @@
 The record files stay the source of truth; the index is rebuilt from them whenever it is
 missing, corrupt or of another schema version, and is kept in step with them like this:
 
-- Every request calls :meth:`IndexSync.sync`. It compares the data folder's mtime with the
+- Every request calls :meth:`IndexSync.sync`. Where the process has a folder watch
+  (:mod:`.watch`, inotify on Linux) and a listing began after the watch did, it indexes
+  only the files the watch names (each compared with its indexed identity, again inside
+  the write transaction, since every worker's watch names the same files), and lists
+  nothing: what follows is the way without a watch, or while it cannot be trusted.
+- It compares the data folder's mtime with the
   one recorded at the last sync (one ``stat``). Adding, deleting or renaming a file in
   the folder changes it, and the next sync lists the folder (names and inodes, no
   ``stat`` per file) and indexes what is new, replaced (another inode) or gone.
@@ -92,7 +97,7 @@ TEXT_BATCH_BYTES = 4_000_000
 TEXT_DIRECT_MIN = 100
 TEXT_PENDING_MAX = 500
 
-
+#: prctl option (<linux/prctl.h>): the signal a process gets when its parent ends.
 _PR_SET_PDEATHSIG = 1
 
 
