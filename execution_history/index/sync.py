@@ -439,11 +439,14 @@ class IndexSync:
     def _move_pending_text(conn: sqlite3.Connection, limit: int | None = None) -> int:
         """Move pending text (of runs still indexed) into run_text, at most *limit* runs: one
         segment of the search index for them all. Returns how many runs were pending."""
-        rows = conn.execute("SELECT rowid, content FROM text_pending ORDER BY rowid"
+        rows = conn.execute("SELECT p.rowid, p.content, EXISTS (SELECT 1 FROM runs WHERE id = p.rowid)"
+                            " FROM text_pending AS p ORDER BY p.rowid"
                             + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
         if rows:
-            conn.executemany("INSERT INTO run_text (rowid, content) SELECT ?, ? WHERE EXISTS"
-                             " (SELECT 1 FROM runs WHERE id = ?)", [(i, text, i) for i, text in rows])
+            # plain VALUES: an INSERT ... SELECT into the FTS5 table, one row per execution,
+            # took 30 times as long at 100k runs (11 s for 500 runs)
+            conn.executemany("INSERT INTO run_text (rowid, content) VALUES (?, ?)",
+                             [(i, text) for i, text, indexed in rows if indexed])
             conn.execute("DELETE FROM text_pending WHERE rowid <= ?", (rows[-1][0],))
         return len(rows)
 
