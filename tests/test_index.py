@@ -325,16 +325,17 @@ def pending(index):
 
 
 def test_a_run_published_is_searched_at_once_and_lists_leave_the_search_index_alone(index, store, recorded_runs):
-    # Lists never pay a write to the search index (its segment merges are slow): a run
-    # indexed alone keeps its text aside until a search needs it.
+    # Neither lists nor searches pay a write to the large search index (its segment merges
+    # are slow): a run indexed alone is searched in the small recent_text.
     ids_of(index)
     waiting = pending(index)  # the sample runs too: fewer than TEXT_DIRECT_MIN were indexed at once
     new_id = record_run(store, text="numbat in the tree")
     assert new_id in ids_of(index)
     assert pending(index) == waiting + 1 and fts_count(index, "numbat") == 0
-    found = index.query(RunQuery(RunFilters(q="numbat"), limit=None))[0]
+    found = index.query(RunQuery(RunFilters(q="numbat"), limit=None))[0]  # searched in recent_text
     assert [s["execution_id"] for s in found] == [new_id]
-    assert pending(index) == 0 and fts_count(index, "numbat") == 1
+    assert pending(index) == waiting + 1 and fts_count(index, "numbat") == 0
+    assert index.count(RunQuery(RunFilters(q='"numbat in the tree"'))) == 1  # phrases too
 
 
 def test_the_pending_text_of_a_run_deleted_is_never_found(index, store, recorded_runs):
@@ -346,7 +347,7 @@ def test_the_pending_text_of_a_run_deleted_is_never_found(index, store, recorded
     store.path_for(gone).unlink()
     assert gone not in ids_of(index) and pending(index) == waiting + 1
     assert index.count(RunQuery(RunFilters(q="bilby"))) == 1
-    assert fts_count(index, "bilby") == 1  # the deleted run's text never reached the search index
+    assert fts_count(index, "bilby") == 0  # neither reached the large search index
     assert [s["execution_id"] for s in index.query(RunQuery(RunFilters(q="bilby"), limit=None))[0]] == [kept]
 
 
@@ -359,6 +360,9 @@ def test_pending_text_is_moved_once_a_batch_waits(index, store, recorded_runs, m
         record_run(store, text=f"potoroo{n}")
         ids_of(index)
     assert pending(index) == 0 and fts_count(index, "potoroo0") == 1 and fts_count(index, "potoroo2") == 1
+    recent = index._connection().execute("SELECT COUNT(*) FROM recent_text WHERE recent_text MATCH 'potoroo0'")
+    assert recent.fetchone()[0] == 0  # emptied of what moved
+    assert index.count(RunQuery(RunFilters(q="potoroo1"))) == 1  # found once, not twice
 
 
 @pytest.mark.parametrize("odd", ["cut\x00here", "日本語 🌸", 'quote " and \\u0000 spelled out'])

@@ -150,9 +150,9 @@ class IndexConnection:
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         if self._schema_ok(conn):  # another process made it while we waited for the lock
             return
-        tables = [row[0] for row in conn.execute(
+        tables = [row[0] for row in conn.execute(  # the search tables' own tables go with them
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            " AND name NOT LIKE 'run_text_%'")]
+            " AND name NOT LIKE 'run_text_%' AND name NOT LIKE 'recent_text_%'")]
         for table in tables:
             conn.execute(f'DROP TABLE IF EXISTS "{table}"')
         statement = ""

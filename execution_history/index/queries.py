@@ -54,8 +54,10 @@ def where_sql(filters: RunFilters) -> tuple[str, list[Any]]:
         clauses.append("r.id IN (SELECT run_id FROM run_models WHERE model = ?)")
         params.append(filters.model)
     if filters.q is not None:
-        clauses.append("r.id IN (SELECT rowid FROM run_text WHERE run_text MATCH ?)")
-        params.append(fts_query(filters.q))
+        # run_text, and recent_text: the runs indexed a few at a time lately (sync.py)
+        clauses.append("r.id IN (SELECT rowid FROM run_text WHERE run_text MATCH ?"
+                       " UNION ALL SELECT rowid FROM recent_text WHERE recent_text MATCH ?)")
+        params.extend([fts_query(filters.q)] * 2)
     if filters.ids is not None:
         clauses.append(f"r.execution_id IN ({', '.join('?' * len(filters.ids))})")
         params.extend(filters.ids)

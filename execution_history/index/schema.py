@@ -17,10 +17,10 @@ from .. import records
 from ..records import parse_record, parse_timestamp
 from ..regular import NotARegularFile, read_regular, special_identity
 
-SCHEMA_VERSION = "11"  # 6: files of the earlier tracker became readable; 7: totals table, sort indexes;
+SCHEMA_VERSION = "12"  # 6: files of the earlier tracker became readable; 7: totals table, sort indexes;
 #                        9: cold builds in two phases (summaries, then text), progress in meta;
 #                        10: finished_at kept, total_execution_time stored as the record has it;
-#                        11: text_pending (a few runs' text waits there for the search index)
+#                        12: text_pending and recent_text (a few runs' text, searched apart)
 #: The index lives in a hidden subfolder of the data folder: SQLite creates and deletes its
 #: journal files as connections come and go, which must not touch the data folder's mtime.
 INDEX_DIR = ".index"
@@ -101,10 +101,11 @@ CREATE TRIGGER run_counts_update AFTER UPDATE ON runs BEGIN
 END;
 -- contentless: the text lives in the record files, the index keeps only its search terms
 CREATE VIRTUAL TABLE run_text USING fts5(content, content='', tokenize='unicode61 remove_diacritics 2');
--- the folded text of runs indexed a few at a time, until the next search or a batch is full
--- moves it into run_text (sync.py: each write to run_text makes a segment, and merging
--- segments is what makes a small write slow)
+-- the folded text of runs indexed a few at a time, searched in the small recent_text until a
+-- batch is full and moves into run_text (sync.py: each write to run_text makes a segment of a
+-- large index, and merging its segments is what makes a small write slow)
 CREATE TABLE text_pending (rowid INTEGER PRIMARY KEY, content TEXT NOT NULL);
+CREATE VIRTUAL TABLE recent_text USING fts5(content, content='', tokenize='unicode61 remove_diacritics 2');
 INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('dir_mtime_ns', NULL), ('full_check_at', 0),
     -- when the last scan's final listing began (wall clock, ns): requests that arrived before
     -- it need no scan of their own (sync.py)

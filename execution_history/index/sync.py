@@ -24,10 +24,12 @@ missing, corrupt or of another schema version, and is kept in step with them lik
 - Every ``rescan_seconds`` (60) one process stats every file and re-indexes those whose
   size or mtime changed: that catches files edited in place, which leave the folder's
   mtime alone. ``runs reindex`` rebuilds everything at once.
-- Runs indexed a few at a time (fewer than TEXT_DIRECT_MIN) keep their search text in
-  ``text_pending`` until a text search needs it or TEXT_PENDING_MAX runs wait: each write
-  to the search index (FTS5) makes a segment, and every so often merging segments makes a
-  write slow, so publishing a run costs a list request no such merge.
+- Runs indexed a few at a time (fewer than TEXT_DIRECT_MIN) are searched in a small
+  second FTS5 table, ``recent_text``, their text kept in ``text_pending`` until
+  TEXT_PENDING_MAX runs wait and move into ``run_text`` at once (in a thread of the app):
+  each write to the large search index makes a segment, and every so often merging its
+  segments makes a write slow (100-400 ms at 100k runs), so neither a list request after a
+  publication nor a text search pays for such a merge.
 - Runs in progress come from their journals (listed through ``journal.load_running``;
   the index recovers nothing), looked at about once a second.
 
@@ -91,9 +93,9 @@ CHUNK = 250
 #: before it is written (UTF-8 bytes; one transaction each), so memory stays flat whatever the corpus.
 TEXT_SLAB = 5000
 TEXT_BATCH_BYTES = 4_000_000
-#: Runs indexed fewer than this many at once keep their text in ``text_pending`` until a
-#: search needs it or TEXT_PENDING_MAX runs wait (then moved into the search index in a
-#: thread of the app, TEXT_PENDING_MAX at a time).
+#: Runs indexed fewer than this many at once are searched in ``recent_text`` until
+#: TEXT_PENDING_MAX runs wait (then moved into the search index in a thread of the app,
+#: TEXT_PENDING_MAX at a time).
 TEXT_DIRECT_MIN = 100
 TEXT_PENDING_MAX = 500
 
@@ -425,20 +427,16 @@ class IndexSync:
             phase="text", indexed=int(meta["text_done"] or 0), total=int(meta["text_total"] or 0))
 
     def _check_text_ready(self, conn: sqlite3.Connection) -> None:
-        """Text search must see every run indexed: the pending text goes into the search index.
-
-        :raises IndexBuilding: while a cold build's text phase has runs left to index.
-        """
+        """:raises IndexBuilding: while a cold build's text phase has runs left to index."""
         meta = self._meta(conn)
         if meta["text_upto"] is not None:
             raise self._building(meta)
-        if conn.execute("SELECT EXISTS (SELECT 1 FROM text_pending)").fetchone()[0]:
-            self._write(conn, self._move_pending_text)
 
     @staticmethod
     def _move_pending_text(conn: sqlite3.Connection, limit: int | None = None) -> int:
         """Move pending text (of runs still indexed) into run_text, at most *limit* runs: one
-        segment of the search index for them all. Returns how many runs were pending."""
+        segment of the search index for them all; recent_text keeps the text still pending.
+        Returns how many runs were moved."""
         rows = conn.execute("SELECT p.rowid, p.content, EXISTS (SELECT 1 FROM runs WHERE id = p.rowid)"
                             " FROM text_pending AS p ORDER BY p.rowid"
                             + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
@@ -448,6 +446,8 @@ class IndexSync:
             conn.executemany("INSERT INTO run_text (rowid, content) VALUES (?, ?)",
                              [(i, text) for i, text, indexed in rows if indexed])
             conn.execute("DELETE FROM text_pending WHERE rowid <= ?", (rows[-1][0],))
+            conn.execute("INSERT INTO recent_text (recent_text) VALUES ('delete-all')")
+            conn.execute("INSERT INTO recent_text (rowid, content) SELECT rowid, content FROM text_pending")
         return len(rows)
 
     def _move_pending_text_soon(self, conn: sqlite3.Connection) -> None:
@@ -800,9 +800,9 @@ class IndexSync:
                                        for n, run in numbered])
         self._store_sets(conn, "run_item_types", first, [run.item_types for run in runs])
         self._store_sets(conn, "run_models", first, [run.models for run in runs])
-        text_table = "run_text" if len(numbered) >= TEXT_DIRECT_MIN else "text_pending"
-        conn.executemany(f"INSERT INTO {text_table} (rowid, content) VALUES (?, ?)",
-                         [(n, run.text) for n, run in numbered if run.text])
+        texts = [(n, run.text) for n, run in numbered if run.text]
+        for table in ("run_text",) if len(numbered) >= TEXT_DIRECT_MIN else ("text_pending", "recent_text"):
+            conn.executemany(f"INSERT INTO {table} (rowid, content) VALUES (?, ?)", texts)
 
     @staticmethod
     def _store_sets(conn: sqlite3.Connection, table: str, first: int, sets: list[frozenset[str]]) -> None:
