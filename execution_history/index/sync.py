@@ -341,30 +341,36 @@ class IndexSync:
             return
 
         def check() -> None:
+            conn = self._connection()
+            if self._clock() - float(self._meta(conn)["full_check_at"] or 0) >= self.rescan_seconds:
+                self._scan(conn, True)
+
+        self._beside_requests(fd, check, "index-check")
+
+    def _beside_requests(self, fd: int, work: Callable[[], None], name: str) -> None:
+        """*work* holding the lock *fd* (closed when it ends): in a thread named *name* in the
+        app, so no request waits for it, else here and now."""
+        def run() -> None:
             try:
-                conn = self._connection()
-                if self._clock() - float(self._meta(conn)["full_check_at"] or 0) >= self.rescan_seconds:
-                    self._scan(conn, True)
+                work()
             finally:
                 os.close(fd)
 
         if not self.build_in_background:
-            check()
+            run()
             return
+
+        def logged() -> None:
+            try:
+                run()
+            except Exception:  # noqa: BLE001 - a thread has no caller; the next request tries again
+                log.exception("index: %s failed; the next request tries again", name)
+
         try:
-            threading.Thread(target=self._logged(check), name="index-check", daemon=True).start()
+            threading.Thread(target=logged, name=name, daemon=True).start()
         except BaseException:
             os.close(fd)
             raise
-
-    @staticmethod
-    def _logged(work: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                work()
-            except Exception:  # noqa: BLE001 - a thread has no caller; the next check is due again
-                log.exception("index: checking every file failed; the next request tries again")
-        return run
 
     # ------------------------------------------------------------ cold builds
 
@@ -461,22 +467,11 @@ class IndexSync:
             return
 
         def move() -> None:
-            try:
-                moving = self._connection()
-                while self._write(moving, lambda c: self._move_pending_text(c, TEXT_PENDING_MAX)) \
-                        == TEXT_PENDING_MAX:
-                    pass
-            finally:
-                os.close(fd)
+            moving = self._connection()
+            while self._write(moving, lambda c: self._move_pending_text(c, TEXT_PENDING_MAX)) == TEXT_PENDING_MAX:
+                pass
 
-        if not self.build_in_background:
-            move()
-            return
-        try:
-            threading.Thread(target=self._logged(move), name="index-text-pending", daemon=True).start()
-        except BaseException:
-            os.close(fd)
-            raise
+        self._beside_requests(fd, move, "index-text-pending")
 
     def _start_text_phase(self) -> None:
         """Resume a text phase no process is running (its builder died): here, or in a thread."""
