@@ -72,6 +72,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         index=open_index(layout, rescan_seconds=app.config["RUN_HISTORY_RESCAN_SECONDS"],
                          stale_after=app.config["RUN_HISTORY_STALE_AFTER"],
                          running_refresh=app.config["RUN_HISTORY_RUNNING_REFRESH"],
+                         watch=bool(app.config["RUN_HISTORY_FOLDER_WATCH"]),
                          build_in_background=True),  # requests answer 503 INDEX_BUILDING meanwhile
         tokens=auth.TokenStore(Path(tokens_file)) if tokens_file else None,
         links=LinkSigner(secret, app.config["RUN_HISTORY_LINK_TTL"]),

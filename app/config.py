@@ -15,6 +15,7 @@ DEFAULTS: dict[str, Any] = {
     "RUN_HISTORY_AUDIT_LOG": None,     # None: audit.log in the data folder's parent
     "RUN_HISTORY_STALE_AFTER": 600,    # seconds without an item before a running run is stale
     "RUN_HISTORY_RESCAN_SECONDS": 60,  # full stat check of every file (catches in-place edits)
+    "RUN_HISTORY_FOLDER_WATCH": 1,     # 0: keep the index in step by listing the folder, no inotify
     "RUN_HISTORY_RUNNING_REFRESH": 1,  # seconds between looks at the journals of runs in progress
     "RUN_HISTORY_NAIVE_TIMEZONE": "UTC",   # IANA zone of naive timestamps in older record files
     "RUN_HISTORY_MEDIA_DIR": None,     # None: the working directory the app was started in
@@ -32,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
 
 _INTEGER_KEYS = {"RUN_HISTORY_LINK_TTL", "RUN_HISTORY_STALE_AFTER", "RUN_HISTORY_RESCAN_SECONDS",
                  "RUN_HISTORY_RUNNING_REFRESH", "RUN_HISTORY_EXPORT_TTL", "RUN_HISTORY_EXPORT_WORKERS",
-                 "RUN_HISTORY_EXPORT_STALE_AFTER",
+                 "RUN_HISTORY_EXPORT_STALE_AFTER", "RUN_HISTORY_FOLDER_WATCH",
                  "RUN_HISTORY_TRUSTED_PROXIES"}
 #: Whole numbers that may also be unset (None).
 _OPTIONAL_INTEGER_KEYS = {"RUN_HISTORY_RETENTION_DAYS"}

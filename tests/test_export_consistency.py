@@ -57,7 +57,29 @@ def test_a_run_that_answers_404_leaves_the_list_at_once(server, store, recorded_
     assert stats["unreadable_records"] == 1 and stats["total_records"] == len(recorded_runs) - 1
 
 
-def test_a_run_broken_before_the_first_byte_is_a_json_503_then_the_export_agrees(server, store, recorded_runs):
+def test_a_run_broken_before_the_first_byte_is_a_json_503_then_the_export_agrees(runs_dir, tmp_path, store,
+                                                                                  recorded_runs):
+    # Without the folder watch an edit in place goes unseen until the next full check, so the
+    # export still lists the run it finds broken (with the watch: the next test).
+    server = LiveServer(runs_dir, tmp_path / "gunicorn.log", extra_env={"RUN_HISTORY_FOLDER_WATCH": "0"})
+    try:
+        check_broken_before_the_first_byte(server, store, recorded_runs)
+    finally:
+        server.stop()
+
+
+def test_a_run_broken_in_place_is_left_out_of_the_next_export_with_the_folder_watch(server, store, recorded_runs):
+    get_json(server, "/api/runs")
+    newest = max(recorded_runs)
+    break_in_place(store.path_for(newest))  # the watch sees the write: unreadable from the next request on
+    with urllib.request.urlopen(server.url + "/api/runs/export/jsonl", timeout=TIMEOUT) as response:
+        records = [json.loads(line) for line in response.read().splitlines()]
+        assert int(response.headers["X-Total-Count"]) == len(records) == len(recorded_runs) - 1
+    assert newest not in {r["execution_id"] for r in records}
+    assert get_json(server, "/api/runs/stats")[2]["unreadable_records"] == 1
+
+
+def check_broken_before_the_first_byte(server, store, recorded_runs):
     get_json(server, "/api/runs")
     newest = max(recorded_runs)  # the first run in the default order (timestamp desc)
     break_in_place(store.path_for(newest))

@@ -50,11 +50,12 @@ class RunIndex(IndexSync, IndexQueries, IndexStats, IndexConnection):
                  running_refresh: float = 1.0, clock: Callable[[], float] = time.time,
                  folder: str | os.PathLike[str] | None = None,
                  journal_dir: str | os.PathLike[str] | None = None,
-                 build_in_background: bool = False) -> None:
+                 build_in_background: bool = False, watch: bool = True) -> None:
         """*folder*: the index folder (``RUN_HISTORY_INDEX_DIR``; default ``<data dir>/.index``);
         *journal_dir*: where runs in progress journal (default ``<data dir>/.journal``);
         *build_in_background*: a cold build runs in a thread and requests meanwhile raise
-        IndexBuilding (the app), instead of waiting for it (the CLI, scripts)."""
+        IndexBuilding (the app), instead of waiting for it (the CLI, scripts); *watch*: False keeps
+        in step by listing the folder, without the folder watch (``RUN_HISTORY_FOLDER_WATCH=0``)."""
         self.store = store
         self.stale_after = stale_after
         self.running_refresh = running_refresh
@@ -67,6 +68,7 @@ class RunIndex(IndexSync, IndexQueries, IndexStats, IndexConnection):
         self.build_in_background = build_in_background
         self._clock = clock
         self._local = threading.local()
+        self.watch_folder = watch
         self._watch = None
         self._watch_lock = threading.Lock()
         self._watch_tried_at = float("-inf")

@@ -193,6 +193,7 @@ class IndexSync:
     journal_dir: Path
     build_in_background: bool
     _journals_checked_at: float
+    watch_folder: bool
     _watch: FolderWatch | None
     _watch_lock: threading.Lock
     _watch_tried_at: float
@@ -255,6 +256,8 @@ class IndexSync:
 
     def _folder_watch(self) -> FolderWatch | None:
         """This process's watch of the data folder (made at most once a second until it works)."""
+        if not self.watch_folder:
+            return None
         watch = self._watch
         if watch is not None and watch.usable:
             return watch
