@@ -240,12 +240,17 @@ def wait_stored_failed(runs: Path, job_id: str, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+def slow_job_server(runs, log_path):
+    """gunicorn whose jobs take 0.1 s a run (the test hook), so one is surely mid-run when killed,
+    and whose silent job workers count as dead after STALE_AFTER seconds."""
+    return LiveServer(runs, log_path, extra_env={"RUN_HISTORY_TEST_EXPORT_DELAY": "0.1",
+                                                 "RUN_HISTORY_EXPORT_STALE_AFTER": STALE_AFTER})
+
+
 def test_a_job_of_a_killed_server_ends_failed_never_running(tmp_path):
     runs = tmp_path / "runs"
     write_runs(runs, 300)
-    # The test hook makes the job slow (0.1 s a run) so that it is surely mid-run when killed.
-    server = LiveServer(runs, tmp_path / "first.log", extra_env={"RUN_HISTORY_TEST_EXPORT_DELAY": "0.1",
-                                                                 "RUN_HISTORY_EXPORT_STALE_AFTER": STALE_AFTER})
+    server = slow_job_server(runs, tmp_path / "first.log")
     try:
         job = start_mid_run(server)
         for pid in gunicorn_pids(server):  # arbiter and workers at once: nothing gets to clean up
@@ -273,8 +278,7 @@ def test_a_job_whose_workers_are_killed_ends_failed_with_no_request_needed(tmp_p
     fork, since jobs exist) record the job failed within a minute, before anyone asks."""
     runs = tmp_path / "runs"
     write_runs(runs, 300)
-    server = LiveServer(runs, tmp_path / "gunicorn.log", extra_env={"RUN_HISTORY_TEST_EXPORT_DELAY": "0.1",
-                                                                    "RUN_HISTORY_EXPORT_STALE_AFTER": STALE_AFTER})
+    server = slow_job_server(runs, tmp_path / "gunicorn.log")
     try:
         job = start_mid_run(server)
         workers = gunicorn_pids(server)[1:]

@@ -248,3 +248,13 @@ def test_a_run_another_worker_indexed_meanwhile_is_not_written_twice(store, reco
     assert [[i for i, _ in batch] for batch in written] == [[new_id], []]
     rows = first._connection().execute(row, (new_id,)).fetchall()
     assert len(rows) == 1
+
+
+def test_a_special_file_appearing_while_watched_is_counted_unreadable_and_never_blocks(index, store, recorded_runs,
+                                                                                        listings):
+    fifo = store.root / "exec_20250101_000000_0000f1f0.json"
+    os.mkfifo(fifo)  # opening it to read would block without a writer
+    stats = index.stats()
+    assert stats["unreadable_records"] == 1 and listings == []  # found through the watch, not a listing
+    fifo.unlink()
+    assert index.stats()["unreadable_records"] == 0
