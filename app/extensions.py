@@ -147,6 +147,11 @@ def find_executor(app: Any) -> JobExecutor | None:
     return _optional(app, "executor")
 
 
+def find_index(app: Any) -> RunIndex | None:
+    """*app*'s run index, or None for another WSGI app gunicorn serves."""
+    return _optional(app, "index")
+
+
 def _optional(app: Any, name: str) -> Any:
     """``app.extensions["run_history"][name]`` for any WSGI app (None where it has none)."""
     return getattr(app, "extensions", {}).get(KEY, {}).get(name)

@@ -55,7 +55,11 @@ def start_background(app: Flask) -> None:
     """Start what the app runs in the background (gunicorn's post_worker_init calls this): the
     retention thread, and the export jobs' executor if jobs exist, so a worker gunicorn
     restarted (or a restarted server) runs queued jobs, fails its dead ones and deletes
-    expired files before any request comes."""
+    expired files before any request comes; and the index's folder watch, so an edit in
+    place made once the worker is up is seen by its next request."""
+    index = extensions.find_index(app)
+    if index is not None:
+        index.start_watch()
     retention = extensions.get_retention(app)  # another WSGI app: none
     if retention is not None:
         retention.start()

@@ -239,6 +239,37 @@ class LiveServer:
             time.sleep(0.05)
         raise RuntimeError("index build not done")
 
+    def wait_watching(self, workers: int = 2, timeout: float = 30.0) -> None:
+        """Until *workers* gunicorn workers each hold an inotify descriptor: booted, with the
+        folder watch begun (``post_worker_init``), so each sees every change from now on."""
+        import os
+        import time
+
+        def watching(pid: str) -> bool:
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                return False
+            for fd in fds:
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify":
+                        return True
+                except OSError:
+                    continue
+            return False
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as handle:
+                    children = handle.read().split()
+            except OSError:
+                children = []
+            if sum(map(watching, children)) >= workers:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"not {workers} workers watching the folder")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:

@@ -70,6 +70,7 @@ def test_a_run_broken_before_the_first_byte_is_a_json_503_then_the_export_agrees
 
 def test_a_run_broken_in_place_is_left_out_of_the_next_export_with_the_folder_watch(server, store, recorded_runs):
     get_json(server, "/api/runs")
+    server.wait_watching(workers=2)  # a worker still booting would not have seen the edit (nor would the index)
     newest = max(recorded_runs)
     break_in_place(store.path_for(newest))  # the watch sees the write: unreadable from the next request on
     with urllib.request.urlopen(server.url + "/api/runs/export/jsonl", timeout=TIMEOUT) as response:

@@ -254,6 +254,13 @@ class IndexSync:
 
     # ------------------------------------------------------------ the folder watch
 
+    def start_watch(self) -> None:
+        """Watch the data folder from now on, where the watch is on and to be had (a gunicorn
+        worker calls this at boot, before its first request). An edit in place of a file the
+        index has is seen by a watch begun before it; one made earlier only by the periodic
+        check of every file, as without a watch."""
+        self._folder_watch()
+
     def _folder_watch(self) -> FolderWatch | None:
         """This process's watch of the data folder (made at most once a second until it works)."""
         if not self.watch_folder:
