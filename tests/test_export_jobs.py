@@ -308,11 +308,13 @@ def test_a_restarted_server_deletes_expired_files_unasked(tmp_path):
     assert file.exists()
     restarted = LiveServer(runs, tmp_path / "second.log", extra_env={"RUN_HISTORY_EXPORT_TTL": "0"})
     try:
+        stored = runs / ".side" / "jobs" / f"{job['id']}.json"
         deadline = time.monotonic() + 30
-        while file.exists():
-            assert time.monotonic() < deadline, "the expired file was not deleted"
+        # the file goes first, then the state is written (JobStore.expire): wait for both
+        while file.exists() or json.loads(stored.read_text())["state"] != "expired":
+            assert time.monotonic() < deadline, "the expired file was not deleted, or the job not recorded expired"
             time.sleep(0.2)
-        assert json.loads((runs / ".side" / "jobs" / f"{job['id']}.json").read_text())["state"] == "expired"
+        assert not file.exists() and json.loads(stored.read_text())["state"] == "expired"
     finally:
         restarted.stop()
 
