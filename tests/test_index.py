@@ -377,3 +377,30 @@ def test_item_types_and_models_are_indexed_whole(index, store, odd):
     assert ids_of(index, RunQuery(RunFilters(model=odd + "-model"))) == ["exec_20250101_000000_0000abcd"]
     assert ids_of(index, RunQuery(RunFilters(item_type=odd.split("\x00")[0]))) == ([] if "\x00" in odd else
                                                                                    ["exec_20250101_000000_0000abcd"])
+
+
+def test_a_text_search_matching_many_runs_pages_as_one_matching_few(index, store, recorded_runs, monkeypatch):
+    """Past TEXT_SCAN_ABOVE matches a page walks the sort's index instead of fetching every
+    match by id: the same pages, in every order, filtered or not, at any offset; runs gone
+    (their text still in the search index) are never on a page."""
+    import execution_history.index.queries as queries_module
+
+    for n in range(12):
+        record_run(store, config=("dada", "stille_post")[n % 2], text=f"wombat number {n}")
+    gone = record_run(store, text="wombat gone")
+    ids_of(index)
+    store.path_for(gone).unlink()
+    queries = [RunQuery(RunFilters(q="wombat", **filters), order_by=order_by, order=order, limit=limit, offset=offset)
+               for filters in ({}, {"config_name": "dada"}, {"status": "completed"})
+               for order_by in ("timestamp", "config_name", "total_execution_time", "items_count")
+               for order in ("asc", "desc") for limit, offset in ((5, 0), (5, 4), (None, 0))]
+
+    def pages() -> list[tuple[list[str], int]]:
+        return [([s["execution_id"] for s in page], total) for page, total in map(index.query, queries)]
+
+    monkeypatch.setattr(queries_module, "TEXT_SCAN_ABOVE", 10**9)
+    by_id = pages()
+    monkeypatch.setattr(queries_module, "TEXT_SCAN_ABOVE", 0)
+    assert pages() == by_id
+    assert by_id[0][1] == 12 and all(gone not in ids for ids, _ in by_id)
+    assert len(by_id[2][0]) == 12 and [len(ids) for ids, _ in by_id[:2]] == [5, 5]
