@@ -1,4 +1,5 @@
 """RunIndex: never stale, rebuilt when lost, shared safely by several processes."""
+import datetime as dt
 import multiprocessing
 import os
 
@@ -404,3 +405,52 @@ def test_a_text_search_matching_many_runs_pages_as_one_matching_few(index, store
     assert pages() == by_id
     assert by_id[0][1] == 12 and all(gone not in ids for ids, _ in by_id)
     assert len(by_id[2][0]) == 12 and [len(ids) for ids, _ in by_id[:2]] == [5, 5]
+
+
+def test_a_text_searchs_total_from_the_search_index_counts_the_runs_it_lists(index, store, recorded_runs, monkeypatch):
+    """A text search alone is counted in the search index, less the terms of runs deleted or
+    replaced since (orphans: in run_text for good, in recent_text until its rebuild): the total
+    is always the number of runs listed, and what a filtered search (counted by joining the
+    runs) says, through deletes, edits, new runs, a run in progress and a move of pending text."""
+    import execution_history.index.sync as sync_module
+
+    from execution_history.index.queries import TEXT_MATCHES
+    from execution_history.filters import fts_query
+
+    for n in range(6):
+        record_run(store, text=f"wombat {n}")
+    monkeypatch.setattr(sync_module, "TEXT_DIRECT_MIN", 1)
+    index.sync(full=True)  # indexed at once (with the sample runs): into run_text
+    monkeypatch.setattr(sync_module, "TEXT_DIRECT_MIN", 100)
+    assert index._connection().execute("SELECT COUNT(*) FROM run_text WHERE run_text MATCH 'wombat'").fetchone()[0] == 6
+
+    def check() -> int:
+        query = RunQuery(RunFilters(q="wombat"), limit=None)
+        page, total = index.query(query)
+        joined = index._connection().execute(f"SELECT COUNT(*) FROM runs r WHERE r.id IN ({TEXT_MATCHES})",
+                                             [fts_query("wombat")] * 2).fetchone()[0]
+        filtered = index.count(RunQuery(RunFilters(q="wombat", date_from=dt.date(1970, 1, 1))))  # counted by a join
+        assert total == len(page) == joined == filtered == index.count(query)
+        return total
+
+    assert check() == 6
+    wombats = [s["execution_id"] for s in index.query(RunQuery(RunFilters(q="wombat"), limit=None))[0]]
+    store.path_for(wombats[0]).unlink()  # deleted: its terms stay in the search index
+    assert check() == 5
+    copy_as(store, wombats[1], wombats[1], config_name="stille_post")  # replaced: a new row, a new id
+    assert check() == 5
+    fresh = record_run(store, text="wombat fresh")  # indexed alone: pending, searched in recent_text
+    assert check() == 6
+    store.path_for(fresh).unlink()  # an orphan of recent_text
+    record_run(store, text="wombat again")
+    assert check() == 6
+    live = ExecutionTracker("dada", store=store)
+    live.log_user_input_text("wombat in progress")
+    check()
+    live.finalize()
+    assert check() == 7
+    monkeypatch.setattr(sync_module, "TEXT_PENDING_MAX", 1)
+    record_run(store, text="wombat moved")  # the pending text moves: recent_text rebuilt
+    assert check() == 8
+    recent = index._connection().execute("SELECT COUNT(*) FROM text_orphans WHERE recent = 1").fetchone()[0]
+    assert recent == 0 and index._connection().execute("SELECT COUNT(*) FROM text_orphans").fetchone()[0] >= 2

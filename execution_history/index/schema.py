@@ -17,10 +17,11 @@ from .. import records
 from ..records import parse_record, parse_timestamp
 from ..regular import NotARegularFile, read_regular, special_identity
 
-SCHEMA_VERSION = "12"  # 6: files of the earlier tracker became readable; 7: totals table, sort indexes;
+SCHEMA_VERSION = "13"  # 6: files of the earlier tracker became readable; 7: totals table, sort indexes;
 #                        9: cold builds in two phases (summaries, then text), progress in meta;
 #                        10: finished_at kept, total_execution_time stored as the record has it;
-#                        12: text_pending and recent_text (a few runs' text, searched apart)
+#                        12: text_pending and recent_text (a few runs' text, searched apart);
+#                        13: text_orphans (a text search's total from the search index alone)
 #: The index lives in a hidden subfolder of the data folder: SQLite creates and deletes its
 #: journal files as connections come and go, which must not touch the data folder's mtime.
 INDEX_DIR = ".index"
@@ -106,6 +107,10 @@ CREATE VIRTUAL TABLE run_text USING fts5(content, content='', tokenize='unicode6
 -- large index, and merging its segments is what makes a small write slow)
 CREATE TABLE text_pending (rowid INTEGER PRIMARY KEY, content TEXT NOT NULL);
 CREATE VIRTUAL TABLE recent_text USING fts5(content, content='', tokenize='unicode61 remove_diacritics 2');
+-- runs rows deleted (or replaced: a new id) whose terms may stay in run_text (recent = 0: a
+-- contentless table cannot drop them) or in recent_text until its next rebuild (recent = 1), so a
+-- text search's total is its matches less the orphans among them (queries.py)
+CREATE TABLE text_orphans (rowid INTEGER PRIMARY KEY, recent INTEGER NOT NULL);
 INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('dir_mtime_ns', NULL), ('full_check_at', 0),
     -- when the last scan's final listing began (wall clock, ns): requests that arrived before
     -- it need no scan of their own (sync.py)

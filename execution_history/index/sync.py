@@ -464,6 +464,7 @@ class IndexSync:
             conn.execute("DELETE FROM text_pending WHERE rowid <= ?", (rows[-1][0],))
             conn.execute("INSERT INTO recent_text (recent_text) VALUES ('delete-all')")
             conn.execute("INSERT INTO recent_text (rowid, content) SELECT rowid, content FROM text_pending")
+            conn.execute("DELETE FROM text_orphans WHERE recent = 1")  # recent_text holds none now
         return len(rows)
 
     def _move_pending_text_soon(self, conn: sqlite3.Connection) -> None:
@@ -775,7 +776,10 @@ class IndexSync:
                 marks = ", ".join("?" * len(run_ids))
                 conn.execute(f"DELETE FROM run_item_types WHERE run_id IN ({marks})", run_ids)
                 conn.execute(f"DELETE FROM run_models WHERE run_id IN ({marks})", run_ids)
-                conn.execute(f"DELETE FROM text_pending WHERE rowid IN ({marks})", run_ids)
+                pending = {row[0] for row in conn.execute(
+                    f"DELETE FROM text_pending WHERE rowid IN ({marks}) RETURNING rowid", run_ids)}
+                conn.executemany("INSERT OR IGNORE INTO text_orphans VALUES (?, ?)",
+                                 [(i, int(i in pending)) for i in run_ids])
 
     @_sqlite_errors
     def forget(self, execution_ids: list[str]) -> None:
