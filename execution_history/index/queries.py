@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from dataclasses import replace
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from ..errors import InvalidRecord, RunNotFound, SelectionChanged, StorageError
@@ -141,8 +141,7 @@ class IndexQueries:
     def count(self, query: RunQuery, user_scope: str | None = None) -> int:
         """How many runs the query's filters select (ignoring its page)."""
         self.sync()
-        conn = self._connection()
-        return self._total(conn, query, user_scope, *self._where(query, user_scope))
+        return self._total(self._connection(), query, user_scope, *self._where(query, user_scope))
 
     def _total(self, conn: sqlite3.Connection, query: RunQuery, user_scope: str | None, where: str,
                params: list[Any]) -> int:
@@ -152,7 +151,6 @@ class IndexQueries:
         if not self._text_only(query, user_scope):
             return self._count(conn, where, params)
         terms = fts_query(query.filters.q)
-
         return self._cached(conn, ("text total", terms), lambda: conn.execute(
             f"SELECT {TEXT_TOTAL}", (terms, terms)).fetchone()[0])
 
