@@ -95,6 +95,9 @@ def fts_query(q: str) -> str:
         text = fold_query(phrase or word).replace(_SEPARATOR_WORD, " ")
         if any(ch.isalnum() for ch in text):
             terms.append('"' + text.replace('"', '""') + '"')
+    if not terms and _SEPARATOR_WORD in fold_query(q):
+        # only the word the index separates items with: a search that matches nothing (not a 400)
+        return f'"{_SEPARATOR_WORD}" NOT "{_SEPARATOR_WORD}"'
     if not terms:
         raise InvalidParameter("Invalid value for q", parameter="q", value=q[:200],
                                allowed="at least one word (letters or digits)")

@@ -454,3 +454,10 @@ def test_a_text_searchs_total_from_the_search_index_counts_the_runs_it_lists(ind
     assert check() == 8
     recent = index._connection().execute("SELECT COUNT(*) FROM text_orphans WHERE recent = 1").fetchone()[0]
     assert recent == 0 and index._connection().execute("SELECT COUNT(*) FROM text_orphans").fetchone()[0] >= 2
+
+
+def test_a_search_for_the_item_separator_word_alone_matches_nothing(index, store, recorded_runs):
+    from execution_history.filters import _SEPARATOR_WORD
+
+    assert index.query(RunQuery(RunFilters(q=_SEPARATOR_WORD)))[1] == 0
+    assert index.count(RunQuery(RunFilters(q=_SEPARATOR_WORD, config_name="dada"))) == 0
