@@ -21,27 +21,34 @@ def test_ci_runs_the_readme_test_command():
 
 
 def _install_step(test_command: str) -> str:
-    """The README test command's first step: install chromium if it is missing."""
+    """The README test command's first step: install chromium, a font and unzip if one is missing."""
     step = test_command.split(" && python3 -m venv", 1)[0]
-    assert step.startswith("(command -v chromium ||"), step
+    assert step.startswith("(command -v chromium &&"), step
     return step
 
 
-@pytest.mark.parametrize("uid, has_chromium, expected", [
-    ("0", False, ["apt-get update", "apt-get install -y chromium"]),  # root in a container: no sudo there
-    ("1000", False, ["sudo apt-get update", "apt-get update", "sudo apt-get install -y chromium",
-                     "apt-get install -y chromium"]),
-    ("0", True, []), ("1000", True, [])])
-def test_the_readme_test_command_installs_chromium_as_root_and_not(tmp_path, uid, has_chromium, expected):
-    """Run the install step with stub `id`, `apt-get`, `sudo` (and `chromium`) on a PATH of
-    nothing else: root calls apt-get itself (a container has no sudo), others go through sudo."""
+_PACKAGES = "chromium fonts-dejavu-core unzip"
+_ALL = ("chromium", "unzip", "dpkg")
+
+
+@pytest.mark.parametrize("uid, present, expected", [
+    ("0", (), ["apt-get update", f"apt-get install -y {_PACKAGES}"]),  # root in a container: no sudo there
+    ("1000", (), ["sudo apt-get update", "apt-get update", f"sudo apt-get install -y {_PACKAGES}",
+                  f"apt-get install -y {_PACKAGES}"]),
+    ("0", ("chromium", "dpkg"), ["apt-get update", f"apt-get install -y {_PACKAGES}"]),  # no unzip
+    ("0", ("chromium", "unzip"), ["apt-get update", f"apt-get install -y {_PACKAGES}"]),  # no font
+    ("0", _ALL, []), ("1000", _ALL, [])])
+def test_the_readme_test_command_installs_what_the_tests_need_as_root_and_not(tmp_path, uid, present, expected):
+    """Run the install step with stub `id`, `apt-get`, `sudo` (and `chromium`, `unzip`, a `dpkg`
+    that knows the font) on a PATH of nothing else: root calls apt-get itself (a container has
+    no sudo), others go through sudo; nothing is installed when all three are there."""
     stubs = tmp_path / "bin"
     stubs.mkdir()
     log = tmp_path / "calls.log"
     scripts = {"id": f'echo {uid}', "apt-get": f'echo "apt-get $*" >> {log}',
                "sudo": f'echo "sudo $*" >> {log}; exec "$@"'}
-    if has_chromium:
-        scripts["chromium"] = "exit 0"
+    for name in present:
+        scripts[name] = "exit 0"
     for name, body in scripts.items():
         (stubs / name).write_text(f"#!/bin/sh\n{body}\n")
         (stubs / name).chmod(0o755)
