@@ -17,11 +17,12 @@ from .. import records
 from ..records import parse_record, parse_timestamp
 from ..regular import NotARegularFile, read_regular, special_identity
 
-SCHEMA_VERSION = "13"  # 6: files of the earlier tracker became readable; 7: totals table, sort indexes;
+SCHEMA_VERSION = "14"  # 6: files of the earlier tracker became readable; 7: totals table, sort indexes;
 #                        9: cold builds in two phases (summaries, then text), progress in meta;
 #                        10: finished_at kept, total_execution_time stored as the record has it;
 #                        12: text_pending and recent_text (a few runs' text, searched apart);
-#                        13: text_orphans (a text search's total from the search index alone)
+#                        13: text_orphans (a text search's total from the search index alone);
+#                        14: run_item_types and run_models keyed by run first (appended to in a build)
 #: The index lives in a hidden subfolder of the data folder: SQLite creates and deletes its
 #: journal files as connections come and go, which must not touch the data folder's mtime.
 INDEX_DIR = ".index"
@@ -60,10 +61,12 @@ CREATE TABLE runs (
 CREATE TABLE unreadable (
     execution_id TEXT PRIMARY KEY, inode INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE run_item_types (item_type TEXT, run_id INTEGER, PRIMARY KEY (item_type, run_id)) WITHOUT ROWID;
-CREATE TABLE run_models (model TEXT, run_id INTEGER, PRIMARY KEY (model, run_id)) WITHOUT ROWID;
-CREATE INDEX run_item_types_run ON run_item_types (run_id);
-CREATE INDEX run_models_run ON run_models (run_id);
+-- keyed by run first: a batch of new runs is appended (their ids grow), not written into one
+-- place per value; the filters read the index by value
+CREATE TABLE run_item_types (run_id INTEGER, item_type TEXT, PRIMARY KEY (run_id, item_type)) WITHOUT ROWID;
+CREATE TABLE run_models (run_id INTEGER, model TEXT, PRIMARY KEY (run_id, model)) WITHOUT ROWID;
+CREATE INDEX run_item_types_value ON run_item_types (item_type, run_id);
+CREATE INDEX run_models_value ON run_models (model, run_id);
 -- Each filter index ends with the other low-cardinality filter columns, so a combination
 -- of filters is counted and paged from the index alone, without visiting table rows.
 CREATE INDEX runs_ts ON runs (ts_key, execution_id, config_name, status, user_id, execution_mode, safety_level);
@@ -123,11 +126,11 @@ INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('dir_mtime_ns',
 
 _INSERT_RUN = f"""INSERT INTO runs (id, {', '.join(SUMMARY_COLUMNS)}, finished_at, ts_key, source, inode, size, mtime_ns)
 VALUES ({', '.join('?' * (len(SUMMARY_COLUMNS) + 7))})"""
-#: Secondary indexes of ``runs`` (name, statement): a cold build creates them after the rows,
-#: one sorted pass each, instead of updating sixteen B-trees per inserted row.
-RUNS_INDEXES = tuple(
+#: Every secondary index (name, statement): a cold build creates them after the rows, one
+#: sorted pass each, instead of updating eighteen B-trees per inserted row.
+SECONDARY_INDEXES = tuple(
     (line.split()[2], line.rstrip(";"))
-    for line in _SCHEMA.splitlines() if line.startswith("CREATE INDEX runs_"))
+    for line in _SCHEMA.splitlines() if line.startswith("CREATE INDEX "))
 
 
 def to_key(value: dt.datetime) -> int:

@@ -34,9 +34,10 @@ missing, corrupt or of another schema version, and is kept in step with them lik
   the index recovers nothing), looked at about once a second.
 
 A cold build (an index that never finished a scan, with more than ``BATCH`` files to read)
-runs in two phases: the summaries first (runs, item types, models; the sort and filter
-indexes of ``runs`` are dropped and made again at the end, one sorted pass and one
-transaction each instead of sixteen B-tree updates per row), then the text search terms,
+runs in two phases: the summaries first (runs, item types, models; every secondary index,
+the sort and filter indexes of ``runs`` and the by-value indexes of item types and models,
+is dropped and made again at the end, one sorted pass and one transaction each instead of
+eighteen B-tree updates per row), then the text search terms,
 re-read from the files a slab of runs at a time.
 Where its time and memory go (``bench.build_profile``): parsing, in worker processes
 (spawned; they import only ``execution_history``); in this process, writing, kept cheap
@@ -75,7 +76,7 @@ from ..errors import IndexBuilding, StorageError
 from ..records import is_valid_execution_id
 from ..storage import RECORD_SUFFIX, Malformed, RunStore
 from .connection import _sqlite_errors
-from .schema import _INSERT_RUN, FILE, JOURNAL, RUNS_INDEXES, IndexedRun, Parsed, extract, read_indexed
+from .schema import _INSERT_RUN, FILE, JOURNAL, SECONDARY_INDEXES, IndexedRun, Parsed, extract, read_indexed
 from .watch import FolderWatch
 
 log = logging.getLogger("execution_history.index")
@@ -405,13 +406,15 @@ class IndexSync:
                 if not self._is_current(meta, self._dir_mtime(), False):
                     self._scan(conn, False)
                 return None
-            files = len(self._diff(conn, full=False)[0])  # only the count: the build lists again
+            listed = self._diff(conn, full=True)  # handed to the build: listed once, not twice
+            files = len(listed[0])
             if files <= BATCH:
                 self._scan(conn, True)
                 return None
             self._write(conn, lambda c: c.executemany("UPDATE meta SET value = ? WHERE key = ?", [
                 (files, "build_total"), (0, "build_indexed")]))
-            thread = threading.Thread(target=self._build_in_background, args=(fd,), name="index-build", daemon=True)
+            thread = threading.Thread(target=self._build_in_background, args=(fd, listed), name="index-build",
+                                      daemon=True)
             thread.start()
             handed_over = True
             log.info("index: cold build of %d files started in the background", files)
@@ -420,11 +423,12 @@ class IndexSync:
             if not handed_over:
                 os.close(fd)  # releases the scan lock
 
-    def _build_in_background(self, fd: int) -> None:
-        """The thread of a cold build: summaries under the scan lock (*fd*), then the text."""
+    def _build_in_background(self, fd: int, listed: tuple[list[str], list[str]]) -> None:
+        """The thread of a cold build: summaries under the scan lock (*fd*), then the text.
+        *listed*: the folder's first listing against the index, made under that lock."""
         try:
             try:
-                self._scan(self._connection(), True)
+                self._scan(self._connection(), True, listed)
             finally:
                 os.close(fd)  # releases the scan lock: lists work from here on
             self._index_text()
@@ -690,36 +694,43 @@ class IndexSync:
             waited = True
             time.sleep((RACY_NS - age) / 1e9)
 
-    def _scan(self, conn: sqlite3.Connection, full: bool) -> None:
+    def _scan(self, conn: sqlite3.Connection, full: bool,
+              listed: tuple[list[str], list[str]] | None = None) -> None:
         """Index what changed in the folder, and record the folder mtime that state matches.
 
         The final look runs under the index's write lock, so no tracker publishes while
         the folder is listed and every change after it moves the mtime. Should many files
         have changed (a cold build), they are indexed first without the lock, in batches,
         so trackers are never held up for long, and then the folder is looked at again.
+
+        :param listed: (new or changed, removed) ids of a first listing made already, under the
+            scan lock (a cold build's, by ``_sync_cold``), used instead of listing again.
         """
         first_full, changed = full, 0
         cold = self._meta(conn)["dir_mtime_ns"] is None  # never built: two phases (module docstring)
         while True:
-            with self._transaction(conn):
-                dir_mtime = self._settled_dir_mtime()
-                listed_at = time.time_ns()
-                malformed = Malformed()
-                stale, removed = self._diff(conn, full, malformed)
-                if len(stale) <= BATCH:
-                    if cold:
-                        self._end_summaries_phase(conn)
-                    self._delete(conn, removed)
-                    self._store_batch(conn, [p for chunk in iter_parsed(self.store, stale) for p in chunk])
-                    conn.execute("UPDATE meta SET value = ? WHERE key = 'dir_mtime_ns'", (dir_mtime,))
-                    conn.execute("INSERT OR REPLACE INTO meta VALUES ('listed_at_ns', ?)", (listed_at,))
-                    # exec_*.json files whose names are no ids: unreadable records, never opened
-                    conn.executemany("UPDATE meta SET value = ? WHERE key = ?",
-                                     [(malformed.count, "malformed_files"), (malformed.size, "malformed_bytes")])
-                    if first_full:
-                        conn.execute("UPDATE meta SET value = ? WHERE key = 'full_check_at'", (self._clock(),))
-                    changed += len(stale) + len(removed)
-                    break
+            if listed is not None and len(listed[0]) > BATCH:  # the final look comes after these
+                (stale, removed), listed = listed, None
+            else:
+                with self._transaction(conn):
+                    dir_mtime = self._settled_dir_mtime()
+                    listed_at = time.time_ns()
+                    malformed = Malformed()
+                    stale, removed = self._diff(conn, full, malformed)
+                    if len(stale) <= BATCH:
+                        if cold:
+                            self._end_summaries_phase(conn)
+                        self._delete(conn, removed)
+                        self._store_batch(conn, [p for chunk in iter_parsed(self.store, stale) for p in chunk])
+                        conn.execute("UPDATE meta SET value = ? WHERE key = 'dir_mtime_ns'", (dir_mtime,))
+                        conn.execute("INSERT OR REPLACE INTO meta VALUES ('listed_at_ns', ?)", (listed_at,))
+                        # exec_*.json files whose names are no ids: unreadable records, never opened
+                        conn.executemany("UPDATE meta SET value = ? WHERE key = ?",
+                                         [(malformed.count, "malformed_files"), (malformed.size, "malformed_bytes")])
+                        if first_full:
+                            conn.execute("UPDATE meta SET value = ? WHERE key = 'full_check_at'", (self._clock(),))
+                        changed += len(stale) + len(removed)
+                        break
             log.info("index catching up: %d new or changed files, %d removed", len(stale), len(removed))
             changed += len(stale) + len(removed)
             if removed:
@@ -735,7 +746,7 @@ class IndexSync:
             if pending:
                 self._write(conn, lambda c: self._store_batch(c, pending, progress=cold))
             if cold:  # each sort index in a transaction of its own: one index's pages in memory at a time
-                for _, statement in RUNS_INDEXES:
+                for _, statement in SECONDARY_INDEXES:
                     self._write(conn, lambda c, s=statement: c.execute(_if_not_exists(s)))
             full = False  # the final look only needs the listing
         if changed >= PARALLEL_MIN:  # table statistics, so the planner picks the narrow index
@@ -743,9 +754,9 @@ class IndexSync:
 
     @staticmethod
     def _start_summaries_phase(conn: sqlite3.Connection, files: int) -> None:
-        """A cold build's first phase: *files* still to index; the sort and filter indexes of
-        ``runs`` go until its end (made again in one sorted pass each, much faster)."""
-        for name, _ in RUNS_INDEXES:
+        """A cold build's first phase: *files* still to index; the secondary indexes go until
+        its end (made again in one sorted pass each, much faster)."""
+        for name, _ in SECONDARY_INDEXES:
             conn.execute(f"DROP INDEX IF EXISTS {name}")
         conn.execute("UPDATE meta SET value = (SELECT COALESCE(value, 0) FROM meta WHERE key = 'build_indexed') + ?"
                      " WHERE key = 'build_total'", (files,))  # done so far and still to do
@@ -753,9 +764,9 @@ class IndexSync:
     @staticmethod
     def _end_summaries_phase(conn: sqlite3.Connection) -> None:
         """The end of a cold build's first phase (in the transaction that marks the index built):
-        the indexes of ``runs`` made again (if the batches have not: every file fitted in one), and the rows indexed so far (all without their
-        text) handed to the text phase."""
-        for _, statement in RUNS_INDEXES:  # made already unless every file fitted in one batch
+        the secondary indexes made again (if the batches have not: every file fitted in one),
+        and the rows indexed so far (all without their text) handed to the text phase."""
+        for _, statement in SECONDARY_INDEXES:  # made already unless every file fitted in one batch
             conn.execute(_if_not_exists(statement))
         upto, total = conn.execute(f"SELECT MAX(id), COUNT(*) FROM runs WHERE source = '{FILE}'").fetchone()
         conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [
@@ -815,7 +826,7 @@ class IndexSync:
 
     @staticmethod
     def _store_sets(conn: sqlite3.Connection, table: str, first: int, sets: list[frozenset[str]]) -> None:
-        """Rows (value, run id) of *table* for runs numbered from *first*, one set of values each.
+        """Rows (run id, value) of *table* for runs numbered from *first*, one set of values each.
 
         One statement per batch: SQLite unfolds a JSON array of arrays itself, about three
         times as fast as an ``executemany`` of a row per value (a cold build writes ~15 per run).
@@ -824,9 +835,9 @@ class IndexSync:
         values = orjson.dumps([list(values) for values in sets]).decode()
         if "\\u0000" in values:
             conn.executemany(f"INSERT INTO {table} VALUES (?, ?)",
-                             [(value, n) for n, values in enumerate(sets, start=first) for value in values])
+                             [(n, value) for n, values in enumerate(sets, start=first) for value in values])
             return
-        conn.execute(f"INSERT INTO {table} SELECT value.value, ? + run.key"
+        conn.execute(f"INSERT INTO {table} SELECT ? + run.key, value.value"
                      " FROM json_each(?) AS run, json_each(run.value) AS value", (first, values))
 
     def recheck(self, execution_ids: list[str]) -> None:
