@@ -191,12 +191,15 @@ def run_load(folder: Path, clients: int, seconds: float, writers: int, max_reque
         unlisted = [i for i in written if i not in listed]
     finally:
         server.stop()
+        for path in (stop, *outputs):  # the writers' stop signal and their lists of ids
+            path.unlink(missing_ok=True)
     total = sum(len(v) for v in result.latencies.values())
+    every = [latency for values in result.latencies.values() for latency in values]
     figures = {
         "mode": f"open loop, {rate} req/s" if rate else f"closed loop, {clients} clients", "seconds": round(elapsed, 1), "requests": total, "requests_per_s": round(total / elapsed, 1),
         "errors": len(result.errors), "runs_written": len(written), "runs_lost": len(missing) + len(unlisted),
         "latency_ms": {kind: {"n": len(v), "p50": round(pct(v, 50) * 1000, 1), "p99": round(pct(v, 99) * 1000, 1)}
-                       for kind, v in result.latencies.items()},
+                       for kind, v in {"all": every, **result.latencies}.items()},
         "first_errors": result.errors[:5],
     }
     print(json.dumps(figures, indent=2))

@@ -258,3 +258,52 @@ def test_a_special_file_appearing_while_watched_is_counted_unreadable_and_never_
     assert stats["unreadable_records"] == 1 and listings == []  # found through the watch, not a listing
     fifo.unlink()
     assert index.stats()["unreadable_records"] == 0
+
+
+def test_requests_waiting_for_the_watch_share_one_read_and_each_sees_what_came_before_it(
+        index, store, recorded_runs, monkeypatch):
+    """Requests that queue behind a thread applying the watch's names take no read of their own
+    when that read began after they arrived; the rest do one more. Whatever the order, each
+    request finds every run published before it arrived, while pipelines keep publishing."""
+    reads = []
+    real_read = FolderWatch.read
+    real_index_changed = RunIndex._index_changed
+
+    def slow_index_changed(self, conn, ids):
+        time.sleep(0.05)  # a write that takes a while: requests pile up behind it
+        return real_index_changed(self, conn, ids)
+
+    monkeypatch.setattr(FolderWatch, "read", lambda self: reads.append(1) or real_read(self))
+    monkeypatch.setattr(RunIndex, "_index_changed", slow_index_changed)
+    stop = threading.Event()
+    published: list[str] = []
+
+    def publish() -> None:
+        while not stop.is_set():
+            published.append(record_run(store, "stream"))
+            time.sleep(0.005)
+
+    failures: list[str] = []
+
+    def request() -> None:
+        before = list(published)  # published before this request arrived
+        listed = set(ids_of(index))
+        failures.extend(i for i in before if i not in listed)
+
+    writer = threading.Thread(target=publish)
+    writer.start()
+    try:
+        time.sleep(0.05)
+        for _ in range(3):
+            threads = [threading.Thread(target=request) for _ in range(12)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        stop.set()
+        writer.join()
+    assert failures == []
+    assert len(reads) <= 3 * 6, len(reads)  # 36 requests, at most a read per two of them
+    request()
+    assert failures == []

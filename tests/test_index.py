@@ -1,7 +1,9 @@
 """RunIndex: never stale, rebuilt when lost, shared safely by several processes."""
 import datetime as dt
+import itertools
 import multiprocessing
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -461,3 +463,41 @@ def test_a_search_for_the_item_separator_word_alone_matches_nothing(index, store
 
     assert index.query(RunQuery(RunFilters(q=_SEPARATOR_WORD)))[1] == 0
     assert index.count(RunQuery(RunFilters(q=_SEPARATOR_WORD, config_name="dada"))) == 0
+
+
+def test_totals_by_config_status_and_owner_come_from_the_counts_and_are_the_runs_listed(store, recorded_runs, clock):
+    """A total with no filter but config, status and owner (and a researcher's scope) is summed
+    from run_counts plus the runs in progress: it is always the number of runs listed and what
+    counting the rows says (a date filter makes the index count them), through new runs, runs
+    in progress, deletes, edits in place of the status, and unreadable files."""
+    index = RunIndex(store, rescan_seconds=60, clock=clock, running_refresh=0)
+
+    def check() -> None:
+        conn = index._connection()
+        configs = [None, "nope", *sorted({row[0] for row in conn.execute("SELECT config_name FROM runs")})]
+        statuses = [None, *sorted({row[0] for row in conn.execute("SELECT status FROM runs")})]
+        for config, status, user, scope in itertools.product(configs, statuses, (None, "u0", "u1", "nobody"),
+                                                             (None, "u0")):
+            filters = RunFilters(config_name=config, status=status, user_id=user)
+            page, total = index.query(RunQuery(filters, limit=None), user_scope=scope)
+            joined = index.count(RunQuery(replace(filters, date_from=dt.date(1970, 1, 1))), user_scope=scope)
+            assert total == len(page) == joined, (config, status, user, scope)
+
+    check()
+    for n in range(6):
+        with ExecutionTracker(f"cfg{n % 2}", store=store, user_id=f"u{n % 2}") as run:
+            run.log_user_input_text(f"run {n}")
+    live = ExecutionTracker("cfg0", store=store, user_id="u0")
+    live.log_user_input_text("in progress")
+    index.sync()
+    assert index._connection().execute("SELECT COUNT(*) FROM runs WHERE source = 'journal'").fetchone()[0] == 1
+    check()
+    store.path_for(recorded_runs[0]).unlink()
+    copy_as(store, recorded_runs[1], recorded_runs[1], status="failed", user_id="u1")  # edited in place
+    store.path_for(recorded_runs[2]).write_text("{")
+    index.sync(full=True)
+    check()
+    live.finalize()
+    index.sync()
+    check()
+    assert index.query(RunQuery(RunFilters(config_name="cfg0", user_id="u0"), limit=None))[1] == 4  # three, and the one finished last

@@ -7,4 +7,5 @@ def test_short_load_test_has_no_errors_and_loses_no_run():
     assert figures["requests"] > 100 and figures["runs_written"] > 20
     assert figures["errors"] == 0, figures["first_errors"]
     assert figures["runs_lost"] == 0
-    assert set(figures["latency_ms"]) == {"list", "filtered", "get", "export"}
+    assert set(figures["latency_ms"]) == {"all", "list", "filtered", "get", "export"}
+    assert figures["latency_ms"]["all"]["n"] == figures["requests"]

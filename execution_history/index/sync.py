@@ -217,7 +217,7 @@ class IndexSync:
             are being indexed (by this process or another).
         :raises StorageError: if the index cannot be opened or written.
         """
-        arrived = time.time_ns()
+        arrived, arrived_mono = time.time_ns(), time.monotonic_ns()
         try:
             conn = self._connection()
             now = time.monotonic()
@@ -227,7 +227,7 @@ class IndexSync:
             meta = self._meta(conn)
             if meta["text_upto"] is not None:  # a cold build's text phase to do (or to resume)
                 self._start_text_phase()
-            if not full and self._apply_watch(conn, meta):
+            if not full and self._apply_watch(conn, meta, arrived_mono):
                 return
             if self._is_current(meta, self._dir_mtime(), full):
                 return
@@ -281,7 +281,7 @@ class IndexSync:
                 self._watch_tried_at = now
             return self._watch
 
-    def _apply_watch(self, conn: sqlite3.Connection, meta: dict[str, Any]) -> bool:
+    def _apply_watch(self, conn: sqlite3.Connection, meta: dict[str, Any], arrived: int) -> bool:
         """Keep in step through the folder watch: index the files whose names it reported.
 
         Only once a listing that began after the watch has finished (``listed_at_ns``, by
@@ -290,6 +290,11 @@ class IndexSync:
         mtime, looked at after the watch began, is still the one the last listing recorded
         (nothing changed since). False: no usable watch yet (or it was lost), and the caller
         goes by the folder's mtime.
+
+        Requests that waited for the watch while another thread applied its names need no read
+        of their own when that read began after they arrived (*arrived*, ``monotonic_ns``): it
+        saw every change made before. Under a steady stream of new runs, the requests waiting
+        share one read and one write instead of each doing its own in turn.
         """
         watch = self._folder_watch()
         if watch is None or meta["dir_mtime_ns"] is None:
@@ -299,6 +304,9 @@ class IndexSync:
                 return False
             watch.primed = True
         with watch.lock:  # a request arriving meanwhile waits: the names read may be the run it wants
+            if watch.applied_from_ns > arrived:
+                return True
+            began = time.monotonic_ns()
             names = watch.read()
             if names is None:  # events dropped, or the folder went: list it again, with a new watch
                 log.info("index: the folder watch was lost; listing the folder")
@@ -309,6 +317,7 @@ class IndexSync:
                 return False  # a record file whose name is no id: counted by a listing only
             if ids:
                 self._index_changed(conn, ids)
+            watch.applied_from_ns = began
         if self._clock() - float(meta["full_check_at"] or 0) >= self.rescan_seconds:
             self._check_every_file()
         return True
@@ -584,7 +593,8 @@ class IndexSync:
         try:
             conn = self._connection()
             meta = self._meta(conn)
-            indexed = conn.execute(f"SELECT COUNT(*) FROM runs WHERE source = '{FILE}'").fetchone()[0]
+            # the record-file runs from the maintained counts: counting the rows took 20 ms at 100k
+            indexed = conn.execute("SELECT COALESCE(SUM(runs), 0) FROM run_counts").fetchone()[0]
         except (sqlite3.Error, StorageError):
             return {"index": "building", "runs_indexed": 0}
         state: dict[str, Any] = {"index": "ready" if meta["dir_mtime_ns"] is not None else "building",

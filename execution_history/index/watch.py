@@ -77,7 +77,8 @@ class FolderWatch:
 
     ``created_ns``: when the watch began. A listing of the folder that began after it,
     together with every name read since, accounts for every change; ``primed`` says the
-    index has such a listing (the index's business: see ``IndexSync._apply_watch``).
+    index has such a listing (the index's business: see ``IndexSync._apply_watch``), and
+    ``applied_from_ns`` when the last read the index has applied began.
     """
 
     def __init__(self, fd: int, folder: Path) -> None:
@@ -87,6 +88,8 @@ class FolderWatch:
         self.created_ns = time.time_ns()
         self.primed = False
         self.lock = threading.Lock()  # one thread reads and applies the names at a time
+        #: time.monotonic_ns() when the last read whose names are all indexed began
+        self.applied_from_ns = 0
         self._finalizer = weakref.finalize(self, os.close, fd)
 
     @classmethod
