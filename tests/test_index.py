@@ -500,4 +500,5 @@ def test_totals_by_config_status_and_owner_come_from_the_counts_and_are_the_runs
     live.finalize()
     index.sync()
     check()
-    assert index.query(RunQuery(RunFilters(config_name="cfg0", user_id="u0"), limit=None))[1] == 4  # three, and the one finished last
+    # three finished before, and the one in progress, finished last
+    assert index.query(RunQuery(RunFilters(config_name="cfg0", user_id="u0"), limit=None))[1] == 4

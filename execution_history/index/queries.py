@@ -176,7 +176,8 @@ class IndexQueries:
         counted = " AND ".join(counts) or "1"
         running = " AND ".join([f"source = '{JOURNAL}'", *runs])
         return conn.execute(f"SELECT (SELECT COALESCE(SUM(runs), 0) FROM run_counts WHERE {counted})"
-                            f" + (SELECT COUNT(*) FROM runs INDEXED BY runs_running WHERE {running})", params * 2).fetchone()[0]
+                            f" + (SELECT COUNT(*) FROM runs INDEXED BY runs_running WHERE {running})",
+                            params * 2).fetchone()[0]
 
     @staticmethod
     def _text_only(query: RunQuery, user_scope: str | None) -> bool:
