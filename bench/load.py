@@ -39,6 +39,7 @@ MIX = [("list", 0.6), ("filtered", 0.15), ("get", 0.15), ("export", 0.10)]
 class Result:
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: list[str] = field(default_factory=list)
+    timeline: list[tuple[float, str, float]] = field(default_factory=list)  # open loop: (due, kind, latency)
 
 
 def _write_runs(root: str, stop: str, out: str, seed: int) -> None:
@@ -119,6 +120,7 @@ def _open_loop(port: int, rate: float, seconds: float, ids: list[str], result: R
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             latency = time.perf_counter() - due
             with lock:
+                result.timeline.append((due, kind, latency if ok else float("nan")))
                 if ok:
                     result.latencies[kind].append(latency)
                 else:
@@ -146,7 +148,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run_load(folder: Path, clients: int, seconds: float, writers: int, max_requests: int = 100_000,
-             rate: float | None = None) -> dict:
+             rate: float | None = None, timeline: Path | None = None) -> dict:
     """Serve *folder*, drive the load (closed loop: *clients* back to back; open loop: *rate*
     requests/s), and return the figures (also printed)."""
     store = RunStore(folder)
@@ -203,6 +205,10 @@ def run_load(folder: Path, clients: int, seconds: float, writers: int, max_reque
         "first_errors": result.errors[:5],
     }
     print(json.dumps(figures, indent=2))
+    if timeline is not None and result.timeline:  # when the slow requests were due: stalls or a steady queue
+        first = min(due for due, _, _ in result.timeline)
+        timeline.write_text("".join(f"{due - first:.3f} {kind} {latency * 1000:.1f}\n"
+                                    for due, kind, latency in sorted(result.timeline)))
     return figures
 
 
@@ -215,6 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rate", type=float, default=None,
                         help="open loop: this many requests/s, latency from each one's scheduled send time")
     parser.add_argument("--dir", type=Path, default=Path(__file__).parent / "out")
+    parser.add_argument("--timeline", type=Path, help="open loop: write each request's due second, kind and"
+                                                      " latency (ms) to this file")
     parser.add_argument("--short", action="store_true", help="CI size: 300 runs, 12 clients, 6 s")
     args = parser.parse_args(argv)
     if args.short:
@@ -227,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
         source = corpus.from_arguments(args)
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(source, folder, copy_function=os.link, ignore=shutil.ignore_patterns(".*"))
-    return run_load(folder, args.clients, args.seconds, args.writers, rate=args.rate)
+    return run_load(folder, args.clients, args.seconds, args.writers, rate=args.rate, timeline=args.timeline)
 
 
 if __name__ == "__main__":

@@ -307,3 +307,42 @@ def test_requests_waiting_for_the_watch_share_one_read_and_each_sees_what_came_b
     assert len(reads) <= 3 * 6, len(reads)  # 36 requests, at most a read per two of them
     request()
     assert failures == []
+
+
+def test_the_periodic_check_finds_an_edit_the_watch_missed_without_holding_the_write_lock(
+        store, recorded_runs, monkeypatch):
+    """An edit in place the watch did not report (made before it began: here its events are
+    read and dropped) is found by the check of every file, which looks at the files without
+    the index's write lock (another process may index runs meanwhile), then indexes what differs;
+    a file deleted unreported goes too."""
+    import fcntl
+
+    clock = [1_000_000.0]
+    index = RunIndex(store, rescan_seconds=60, clock=lambda: clock[0])
+    ids_of(index)
+    first, second = recorded_runs[:2]
+    path = store.path_for(first)
+    with open(path, "r+b") as f:
+        f.write(dump_record({**store.load(first), "config_name": "edited-unseen"}))
+        f.truncate()
+    store.path_for(second).unlink()
+    assert index._watch.read()  # the events are gone: the watch will not name these files
+    assert summaries(index)[first]["config_name"] != "edited-unseen" and second in ids_of(index)
+    lock_free = []
+    real = RunStore.list_files
+
+    def list_files(self, *a):
+        fd = os.open(index.folder / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if the write lock is held
+            lock_free.append(True)
+        finally:
+            os.close(fd)
+        return real(self, *a)
+
+    monkeypatch.setattr(RunStore, "list_files", list_files)
+    clock[0] += 61
+    index.sync()  # the check is due: here and now (no background threads outside the app)
+    assert lock_free == [True]
+    assert summaries(index)[first]["config_name"] == "edited-unseen" and second not in ids_of(index)
+    assert float(index._meta(index._connection())["full_check_at"]) == clock[0]

@@ -354,16 +354,26 @@ class IndexSync:
         return known
 
     def _check_every_file(self) -> None:
-        """The periodic check of every file's size and mtime (edits in place on other hosts):
-        by one process, in a thread of its own in the app, so no request waits for it."""
+        """The periodic check of every file's size and mtime, with the folder watch on (edits in
+        place made before the watch began): by one process, in a thread of its own in the app,
+        so no request waits for it; and without the index's write lock while every file is
+        looked at (half a second at 100k runs, in which no other process could index a run):
+        the files that differ are indexed afterwards like names the watch reported, each
+        compared again in the write transaction."""
         fd = self._try_scan_lock()
         if fd is None:  # another process scans
             return
 
         def check() -> None:
             conn = self._connection()
-            if self._clock() - float(self._meta(conn)["full_check_at"] or 0) >= self.rescan_seconds:
-                self._scan(conn, True)
+            if self._clock() - float(self._meta(conn)["full_check_at"] or 0) < self.rescan_seconds:
+                return
+            checked_at = self._clock()
+            stale, removed = self._diff(conn, full=True)
+            if stale or removed:
+                self._index_changed(conn, stale + removed)
+            self._write(conn, lambda c: c.execute("UPDATE meta SET value = ? WHERE key = 'full_check_at'",
+                                                  (checked_at,)))
 
         self._beside_requests(fd, check, "index-check")
 
