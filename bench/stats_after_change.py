@@ -12,20 +12,31 @@ same process and against the same SQLite file:
 - ``q=<word>`` and ``q="<phrase>"``: RunIndex.query, beside the floor: the bare FTS5
   MATCH count plus the page.
 
-Figures are medians over the rounds, in ms, measured in-process (no HTTP).
+Figures are medians over the rounds, in ms, measured in-process (no HTTP); then, through
+gunicorn (shipped config, 2 workers) and curl, the same requests and the issue's deep page
+and a plain list, each right after a run was published (the index's caches all invalid).
 """
 from __future__ import annotations
 
 import argparse
 import shutil
 import statistics
+import subprocess
 import time
+import urllib.parse
 
 from execution_history import ExecutionTracker, RunStore
 from execution_history.filters import RunFilters, RunQuery
 from execution_history.index import RunIndex
 
 from . import corpus
+from .common import Gunicorn
+
+#: Requests timed through gunicorn (the issue's table: curl, median of the rounds).
+HTTP_URLS = {"stats": "/api/runs/stats", "q word": "/api/runs?q=the",
+             "q phrase": "/api/runs?q=" + urllib.parse.quote('"the light"'),
+             "deep page": "/api/runs?order_by=total_execution_time&config=dada&offset=9000",
+             "list": "/api/runs?limit=20"}
 
 
 
@@ -75,6 +86,29 @@ def main() -> None:
     for name in ("stats", "q word", "q phrase"):
         print(f"{name:10} after a change: {statistics.median(figures[name]):7.2f} ms   "
               f"floor: {statistics.median(figures[name + ' floor']):7.2f} ms")
+    through_gunicorn(store, args.rounds)
+
+
+def through_gunicorn(store: RunStore, rounds: int) -> None:
+    """Each of HTTP_URLS with curl right after a run was published, median of *rounds*."""
+    server = Gunicorn(store.root)
+    try:
+        server.wait_built()
+        print("through gunicorn (2 workers) and curl:")
+        for name, url in HTTP_URLS.items():
+            times = []
+            for n in range(rounds):
+                with ExecutionTracker(f"bench{n % 3}", store=store) as run:
+                    run.log_user_input_text("the light on the meadow")
+                seconds, status = subprocess.run(
+                    ["curl", "-s", "-o", "/dev/null", "-w", "%{time_total} %{http_code}", server.url + url],
+                    capture_output=True, text=True, check=True).stdout.split()
+                if status != "200":
+                    raise SystemExit(f"{url}: HTTP {status}")
+                times.append(float(seconds) * 1000)
+            print(f"{name:10} after a change: {statistics.median(times):7.2f} ms")
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":
