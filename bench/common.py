@@ -153,6 +153,15 @@ class Gunicorn:
         self.proc.wait(timeout=30)
 
 
+def through_curl(server: Gunicorn, url: str) -> tuple[float, float, int, int]:
+    """(time to first byte, total, bytes, HTTP status) with curl."""
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{time_starttransfer} %{time_total} "
+                          "%{size_download} %{http_code}", server.url + url], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return float(out[0]), float(out[1]), int(out[2]), int(out[3])
+
+
+
 def run_sizes(bench_size: Callable[[int, Path], None], doc: str | None) -> None:
     """The command line of the size-driven benchmarks: ``--sizes N ... --dir DIR``."""
     import argparse

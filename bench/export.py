@@ -45,7 +45,7 @@ from openpyxl import Workbook
 from execution_history.exporters.cells import ITEM_COLUMNS, RUN_COLUMNS
 
 from . import corpus
-from .common import Gunicorn
+from .common import Gunicorn, through_curl
 
 URLS = {"runs": "/api/runs/export/csv", "csv": "/api/runs/export/csv?shape=items", "xml": "/api/runs/export/xml",
         "xlsx": "/api/runs/export/xlsx", "jsonl": "/api/runs/export/jsonl", "json": "/api/runs/export/json"}
@@ -190,14 +190,6 @@ def floor(fmt: str, paths: list[Path]) -> tuple[int, float]:
                 else FLOORS[fmt](parsed(paths)))
         times.append(time.perf_counter() - started)
     return rows, rows / sorted(times)[len(times) // 2]
-
-
-def through_curl(server: Gunicorn, url: str) -> tuple[float, float, int, int]:
-    """(time to first byte, total, bytes, HTTP status) with curl."""
-    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{time_starttransfer} %{time_total} "
-                          "%{size_download} %{http_code}", server.url + url], capture_output=True, text=True,
-                         check=True).stdout.split()
-    return float(out[0]), float(out[1]), int(out[2]), int(out[3])
 
 
 def cold_build(folder: Path) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
 import time
 import urllib.parse
 
@@ -30,7 +29,7 @@ from execution_history.filters import RunFilters, RunQuery
 from execution_history.index import RunIndex
 
 from . import corpus
-from .common import Gunicorn
+from .common import Gunicorn, through_curl
 
 #: Requests timed through gunicorn (the issue's table: curl, median of the rounds).
 HTTP_URLS = {"stats": "/api/runs/stats", "q word": "/api/runs?q=the",
@@ -100,12 +99,10 @@ def through_gunicorn(store: RunStore, rounds: int) -> None:
             for n in range(rounds):
                 with ExecutionTracker(f"bench{n % 3}", store=store) as run:
                     run.log_user_input_text("the light on the meadow")
-                seconds, status = subprocess.run(
-                    ["curl", "-s", "-o", "/dev/null", "-w", "%{time_total} %{http_code}", server.url + url],
-                    capture_output=True, text=True, check=True).stdout.split()
-                if status != "200":
+                _, seconds, _, status = through_curl(server, url)
+                if status != 200:
                     raise SystemExit(f"{url}: HTTP {status}")
-                times.append(float(seconds) * 1000)
+                times.append(seconds * 1000)
             print(f"{name:10} after a change: {statistics.median(times):7.2f} ms")
     finally:
         server.stop()
