@@ -23,13 +23,14 @@ missing, corrupt or of another schema version, and is kept in step with them lik
   folder (names and inodes) and indexes it.
 - Every ``rescan_seconds`` (60) one process stats every file and re-indexes those whose
   size or mtime changed: that catches files edited in place, which leave the folder's
-  mtime alone. ``runs reindex`` rebuilds everything at once.
+  mtime alone (with the folder watch: without the write lock while the files are looked at). ``runs reindex`` rebuilds everything at once.
 - Runs indexed a few at a time (fewer than TEXT_DIRECT_MIN) are searched in a small
   second FTS5 table, ``recent_text``, their text kept in ``text_pending`` until
   TEXT_PENDING_MAX runs wait and move into ``run_text`` at once (in a thread of the app):
   each write to the large search index makes a segment, and every so often merging its
-  segments makes a write slow (100-400 ms at 100k runs), so neither a list request after a
-  publication nor a text search pays for such a merge.
+  segments makes a write slow (100-650 ms at 100k runs), so neither a list request after a
+  publication nor a text search pays for such a merge, unless it has a run of its own to
+  index meanwhile: it waits for the write lock the move holds.
 - Runs in progress come from their journals (listed through ``journal.load_running``;
   the index recovers nothing), looked at about once a second.
 
