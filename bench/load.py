@@ -3,6 +3,7 @@
 
     python -m bench.load [--runs 10000] [--clients 50] [--seconds 30] [--writers 4] [--source DIR]
     python -m bench.load --rate 200 --seconds 30   # open loop: a fixed arrival rate
+    python -m bench.load --rate 200 --timeline t.txt   # and when each request was due, how long it took
     python -m bench.load --short        # the CI version: small and quick
 
 The runs are the realistic corpus of bench/corpus.py (hard-linked into bench/out/load_<N>
