@@ -27,11 +27,11 @@ def _gated_store_batch(self, conn, parsed, progress=False):
     return _store_batch(self, conn, parsed, progress)
 
 
-def _gated_store_text(conn, texts, after, done, finished=False):
+def _gated_store_text(self, conn, texts, after, done):
     _wait_for_gate("text")
-    return _store_text(conn, texts, after, done, finished)
+    return _store_text(self, conn, texts, after, done)
 
 
 RunIndex._store_batch = _gated_store_batch
-RunIndex._store_text = staticmethod(_gated_store_text)
+RunIndex._store_text = _gated_store_text
 app = create_app()

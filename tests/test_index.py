@@ -331,7 +331,7 @@ def test_a_run_published_is_searched_at_once_and_lists_leave_the_search_index_al
     # Neither lists nor searches pay a write to the large search index (its segment merges
     # are slow): a run indexed alone is searched in the small recent_text.
     ids_of(index)
-    waiting = pending(index)  # the sample runs too: fewer than TEXT_DIRECT_MIN were indexed at once
+    waiting = pending(index)  # the sample runs too: fewer than TEXT_PENDING_MAX
     new_id = record_run(store, text="numbat in the tree")
     assert new_id in ids_of(index)
     assert pending(index) == waiting + 1 and fts_count(index, "numbat") == 0
@@ -366,6 +366,105 @@ def test_pending_text_is_moved_once_a_batch_waits(index, store, recorded_runs, m
     recent = index._connection().execute("SELECT COUNT(*) FROM recent_text WHERE recent_text MATCH 'potoroo0'")
     assert recent.fetchone()[0] == 0  # emptied of what moved
     assert index.count(RunQuery(RunFilters(q="potoroo1"))) == 1  # found once, not twice
+
+
+def search_ids(index, word):
+    query = RunQuery(RunFilters(q=word), limit=None)
+    page, total = index.query(query)
+    joined = index.count(RunQuery(RunFilters(q=word, date_from=dt.date(1970, 1, 1))))  # counted by a join
+    assert total == len(page) == joined
+    return sorted(s["execution_id"] for s in page)
+
+
+def test_a_long_write_to_the_search_database_holds_up_no_new_run(store, clock, recorded_runs, monkeypatch):
+    """The large search index is a database file of its own: while a write to it goes on (a
+    move of pending text merging segments: held here), a run is indexed, listed, found by a
+    text search and dropped again, and nothing waits for that write."""
+    import sqlite3
+
+    import execution_history.index.connection as connection_module
+
+    monkeypatch.setattr(connection_module, "BUSY_TIMEOUT_MS", 2000)  # a wrong lock fails in seconds
+    index = RunIndex(store, clock=clock)
+    ids_of(index)
+    holder = sqlite3.connect(index.search_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO meta VALUES ('held', 1)")
+    try:
+        new_id = record_run(store, text="quokka on the path")
+        assert new_id in ids_of(index)
+        assert search_ids(index, "quokka") == [new_id]
+        assert index.stats()["total_records"] == len(recorded_runs) + 1
+        store.path_for(new_id).unlink()
+        assert new_id not in ids_of(index) and search_ids(index, "quokka") == []
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_a_move_cut_short_after_its_search_write_finds_each_run_once(index, store, recorded_runs, monkeypatch):
+    """A move writes run_text first, then drops the pending rows: cut short between the two
+    (a killed process), every run is found once, deletes meanwhile count, and the next move
+    finishes it."""
+    ids_of(index)
+    dunnarts = [record_run(store, text=f"dunnart {n}") for n in range(3)]
+    ids_of(index)
+
+    def killed(conn):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(RunIndex, "_drop_moved", staticmethod(killed))
+    fd = index._try_text_lock()
+    try:
+        with pytest.raises(RuntimeError):
+            index._move_pending_text()
+    finally:
+        os.close(fd)
+    assert fts_count(index, "dunnart") == 3 and pending(index) >= 3  # in both tables
+    assert search_ids(index, "dunnart") == sorted(dunnarts)
+    store.path_for(dunnarts[0]).unlink()
+    assert search_ids(index, "dunnart") == sorted(dunnarts[1:])
+    monkeypatch.undo()
+    fd = index._try_text_lock()
+    try:
+        assert index._move_pending_text() == 0  # nothing left to write: only the rows to drop
+    finally:
+        os.close(fd)
+    assert pending(index) == 0 and fts_count(index, "dunnart") == 3
+    assert search_ids(index, "dunnart") == sorted(dunnarts[1:])
+    fresh = record_run(store, text="dunnart fresh")
+    assert search_ids(index, "dunnart") == sorted([*dunnarts[1:], fresh])
+
+
+@pytest.mark.parametrize("loss", ["deleted", "damaged"])
+def test_the_search_database_lost_is_made_again_with_every_runs_text(index, store, clock, recorded_runs, monkeypatch,
+                                                                    loss):
+    """search.sqlite3 deleted or damaged (the index intact): it is made again, and the text of
+    every run, moved or pending, indexed again; no run is found twice."""
+    import execution_history.index.sync as sync_module
+
+    monkeypatch.setattr(sync_module, "TEXT_PENDING_MAX", 1)
+    moved = [record_run(store, text=f"bettong {n}") for n in range(2)]
+    ids_of(index)  # indexed and moved into run_text
+    monkeypatch.setattr(sync_module, "TEXT_PENDING_MAX", 500)
+    waiting = record_run(store, text="bettong waiting")
+    ids_of(index)
+    assert pending(index) == 1 and fts_count(index, "bettong") == 2
+    words = ("bettong", "hello", '"bettong waiting"')
+    before = [search_ids(index, word) for word in words]
+    assert before[0] == sorted([*moved, waiting])
+    if loss == "deleted":
+        os.unlink(index.search_path)
+    else:
+        with open(index.search_path, "r+b") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(100)
+            handle.write(os.urandom(size - 100))
+    index = RunIndex(store, clock=clock)  # a fresh process: nothing cached from before
+    assert [search_ids(index, word) for word in words] == before
+    assert fts_count(index, "bettong") == 3
+    new_id = record_run(store, text="bettong new")
+    assert search_ids(index, "bettong") == sorted([*moved, waiting, new_id])
 
 
 @pytest.mark.parametrize("odd", ["cut\x00here", "日本語 🌸", 'quote " and \\u0000 spelled out'])
@@ -421,9 +520,9 @@ def test_a_text_searchs_total_from_the_search_index_counts_the_runs_it_lists(ind
 
     for n in range(6):
         record_run(store, text=f"wombat {n}")
-    monkeypatch.setattr(sync_module, "TEXT_DIRECT_MIN", 1)
-    index.sync(full=True)  # indexed at once (with the sample runs): into run_text
-    monkeypatch.setattr(sync_module, "TEXT_DIRECT_MIN", 100)
+    monkeypatch.setattr(sync_module, "TEXT_PENDING_MAX", 1)
+    ids_of(index)  # indexed, and moved into run_text (with the sample runs)
+    monkeypatch.setattr(sync_module, "TEXT_PENDING_MAX", 500)
     assert index._connection().execute("SELECT COUNT(*) FROM run_text WHERE run_text MATCH 'wombat'").fetchone()[0] == 6
 
     def check() -> int:

@@ -1,9 +1,9 @@
 """RunIndex: a SQLite cache of what listing, filtering, sorting, counting and search need.
 
 The record files stay the source of truth; the index (``.index/runs.sqlite3`` in the data
-folder, or ``RUN_HISTORY_INDEX_DIR``) is rebuilt from them whenever it is missing, corrupt or
-of another schema version. The package has one module per concern, and RunIndex puts them
-together behind the one public API:
+folder, or ``RUN_HISTORY_INDEX_DIR``, its large search index beside it in ``search.sqlite3``)
+is rebuilt from them whenever it is missing, corrupt or of another schema version. The
+package has one module per concern, and RunIndex puts them together behind the one public API:
 
 - ``schema``: the SQL schema, ``SCHEMA_VERSION``, and what the index keeps of a record
   (``extract``, ``IndexedRun``, ``read_indexed``);
@@ -32,6 +32,7 @@ from .schema import (
     INDEX_NAME,
     JOURNAL,
     SCHEMA_VERSION,
+    SEARCH_NAME,
     SUMMARY_COLUMNS,
     IndexedRun,
     Parsed,
@@ -63,6 +64,7 @@ class RunIndex(IndexSync, IndexQueries, IndexStats, IndexConnection):
         self.journal_dir = Path(journal_dir) if journal_dir is not None else journal.journal_dir(store)
         self.folder = Path(folder) if folder is not None else store.root / INDEX_DIR
         self.path = self.folder / INDEX_NAME
+        self.search_path = self.folder / SEARCH_NAME
         self.lock_path = self.folder / "scan.lock"
         self.rescan_seconds = rescan_seconds
         self.build_in_background = build_in_background
@@ -76,7 +78,7 @@ class RunIndex(IndexSync, IndexQueries, IndexStats, IndexConnection):
 
 __all__ = [
     "BATCH", "BUSY_TIMEOUT_MS", "CACHE_KIB", "CHUNK", "FILE", "INDEX_DIR", "INDEX_NAME", "JOURNAL", "JOURNAL_MODE",
-    "PARALLEL_MIN", "RACY_NS", "SCHEMA_VERSION", "SUMMARY_COLUMNS", "WRITE_DEADLINE_SECONDS", "IndexedRun",
+    "PARALLEL_MIN", "RACY_NS", "SCHEMA_VERSION", "SEARCH_NAME", "SUMMARY_COLUMNS", "WRITE_DEADLINE_SECONDS", "IndexedRun",
     "Parsed", "RunIndex", "RunStore", "extract", "iter_parsed", "order_sql", "read_chunk", "read_indexed",
     "to_key", "where_sql",
 ]

@@ -1,11 +1,13 @@
 """The index's connection and locking layer: connections per process and thread, write
 transactions behind a kernel lock, the scan lock, and throwing a damaged index away.
 
-Connections are opened lazily per process and thread (never before a fork); the database
-uses a rollback journal (``journal_mode = TRUNCATE``, not WAL: see ``JOURNAL_MODE``); one
-process at a time scans (an ``flock`` on ``scan.lock``); writes are ``BEGIN IMMEDIATE``
-transactions behind an ``flock`` on ``write.lock``, with a long busy timeout, retried, so
-"database is locked" does not reach a client.
+Connections are opened lazily per process and thread (never before a fork), each with the
+search database attached (``search``: the large search index in a file of its own); both
+use a rollback journal (``journal_mode = TRUNCATE``, not WAL: see ``JOURNAL_MODE``); one
+process at a time scans (an ``flock`` on ``scan.lock``); writes to the index are
+transactions behind an ``flock`` on ``write.lock`` (deferred: they lock only the file they
+write, so a long write to the search database, behind ``text.lock``, holds up none of them),
+with a long busy timeout, so "database is locked" does not reach a client.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Any
 
 from ..errors import StorageError
 from ..storage import RunStore
-from .schema import _SCHEMA, SCHEMA_VERSION
+from .schema import _SCHEMA, _SEARCH_SCHEMA, FILE, SCHEMA_VERSION
 
 log = logging.getLogger("execution_history.index")
 
@@ -80,31 +82,58 @@ def _sqlite_errors(method: Callable[..., Any]) -> Callable[..., Any]:
 class IndexConnection:
     """Connections, transactions and locks of one index file (a part of RunIndex).
 
-    Expects ``store``, ``folder``, ``path``, ``lock_path`` and ``_local`` (a threading.local),
-    set by RunIndex.__init__.
+    Expects ``store``, ``folder``, ``path``, ``search_path``, ``lock_path`` and ``_local`` (a
+    threading.local), set by RunIndex.__init__.
     """
 
     store: RunStore
     folder: Path
     path: Path
+    search_path: Path
     lock_path: Path
     _local: threading.local
 
     def _connection(self) -> sqlite3.Connection:
-        """This thread's connection, reopened after a fork or when the index file was replaced."""
+        """This thread's connection (the search database attached), reopened after a fork or
+        when either file was replaced."""
         local = self._local
         conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        try:
-            inode = os.stat(self.path).st_ino
-        except FileNotFoundError:
-            inode = None
-        if conn is not None and (local.pid != os.getpid() or local.inode != inode or inode is None):
+        inodes = self._inodes()
+        if conn is not None and (local.pid != os.getpid() or local.inode != inodes or None in inodes):
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
             conn = None
         if conn is None:
             conn = self._open()
-            local.conn, local.pid, local.inode = conn, os.getpid(), os.stat(self.path).st_ino
+            local.conn, local.pid, local.inode = conn, os.getpid(), self._inodes()
+        return conn
+
+    def _inodes(self) -> tuple[int | None, int | None]:
+        """The inodes of the index file and of the search database (None: missing)."""
+        found: list[int | None] = []
+        for path in (self.path, self.search_path):
+            try:
+                found.append(os.stat(path).st_ino)
+            except FileNotFoundError:
+                found.append(None)
+        return found[0], found[1]
+
+    def _search_connection(self) -> sqlite3.Connection:
+        """This thread's connection to the search database alone: its writers (a move of
+        pending text, a cold build's text phase; one at a time, under ``text.lock``) lock
+        that file only. Reopened like :meth:`_connection`."""
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "search", None)
+        inode = self._inodes()[1]
+        if conn is not None and (local.search_pid != os.getpid() or local.search_inode != inode or inode is None):
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            conn = None
+        if conn is None:
+            self._connection()  # makes the search database's schema, if need be
+            conn = sqlite3.connect(self.search_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            self._tune(conn, "main")
+            local.search, local.search_pid, local.search_inode = conn, os.getpid(), os.stat(self.search_path).st_ino
         return conn
 
     def _open(self) -> sqlite3.Connection:
@@ -112,32 +141,46 @@ class IndexConnection:
         try:
             conn = self._open_checked()
         except sqlite3.DatabaseError as err:  # corrupt, or not a database at all: start afresh
-            log.warning("index %s unusable (%s); rebuilding it from the record files", self.path, err)
-            self._remove_files()
+            damaged = [path for path in (self.path, self.search_path) if not self._healthy(path)]
+            if damaged != [self.search_path]:  # the index itself (or both): rebuilt from the files
+                log.warning("index %s unusable (%s); rebuilding it from the record files", self.path, err)
+                damaged = [self.path, self.search_path]
+            else:  # only the search database: made again, the text indexed again
+                log.warning("search database %s unusable (%s); indexing the text again", self.search_path, err)
+            self._remove_files(*damaged)
             conn = self._open_checked()
         return conn
 
     def _open_checked(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != JOURNAL_MODE:
-                try:
-                    conn.execute(f"PRAGMA journal_mode = {JOURNAL_MODE}")
-                except sqlite3.OperationalError as err:  # an older WAL index still open elsewhere
-                    log.info("index: journal mode stays for now (%s)", err)
-            # The index is a cache of the files: no fsync while holding the lock that keeps
-            # readers out (a killed process still leaves it whole; after a power cut a damaged
-            # index is found and rebuilt). Measured: p50 1.3 s -> 6 ms at 100 req/s + 4 writers.
-            conn.execute("PRAGMA synchronous = OFF")
-            conn.execute("PRAGMA cache_spill = OFF")
-            conn.execute(f"PRAGMA cache_size = {-CACHE_KIB}")
+            conn.execute("ATTACH DATABASE ? AS search", (str(self.search_path),))
+            for schema in ("main", "search"):
+                self._tune(conn, schema)
             if not self._schema_ok(conn):
                 self._write(conn, self._create_schema)
+            elif not self._search_ok(conn):
+                self._write(conn, self._create_search_schema)
         except BaseException:
             conn.close()
             raise
         return conn
+
+    @staticmethod
+    def _tune(conn: sqlite3.Connection, schema: str) -> None:
+        """Journal, durability and cache settings of one database (*schema*) of *conn*."""
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if conn.execute(f"PRAGMA {schema}.journal_mode").fetchone()[0] != JOURNAL_MODE:
+            try:
+                conn.execute(f"PRAGMA {schema}.journal_mode = {JOURNAL_MODE}")
+            except sqlite3.OperationalError as err:  # an older WAL index still open elsewhere
+                log.info("index: journal mode stays for now (%s)", err)
+        # The index is a cache of the files: no fsync while holding the lock that keeps
+        # readers out (a killed process still leaves it whole; after a power cut a damaged
+        # index is found and rebuilt). Measured: p50 1.3 s -> 6 ms at 100 req/s + 4 writers.
+        conn.execute(f"PRAGMA {schema}.synchronous = OFF")
+        conn.execute("PRAGMA cache_spill = OFF")
+        conn.execute(f"PRAGMA {schema}.cache_size = {-CACHE_KIB}")
 
     @staticmethod
     def _schema_ok(conn: sqlite3.Connection) -> bool:
@@ -147,16 +190,43 @@ class IndexConnection:
             return False
         return row is not None and row[0] == SCHEMA_VERSION
 
+    @staticmethod
+    def _search_ok(conn: sqlite3.Connection) -> bool:
+        return conn.execute("SELECT COUNT(*) FROM search.sqlite_master WHERE name = 'meta'").fetchone()[0] == 1
+
     def _create_schema(self, conn: sqlite3.Connection) -> None:
+        """Both databases afresh (an index of another schema version, or none yet)."""
         if self._schema_ok(conn):  # another process made it while we waited for the lock
             return
-        tables = [row[0] for row in conn.execute(  # the search tables' own tables go with them
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            " AND name NOT LIKE 'run_text_%' AND name NOT LIKE 'recent_text_%'")]
-        for table in tables:
-            conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+        for schema in ("main", "search"):
+            tables = [row[0] for row in conn.execute(  # the search tables' own tables go with them
+                f"SELECT name FROM {schema}.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+                " AND name NOT LIKE 'run_text_%' AND name NOT LIKE 'recent_text_%'")]
+            for table in tables:
+                conn.execute(f'DROP TABLE IF EXISTS {schema}."{table}"')
+        self._run_script(conn, _SCHEMA + _SEARCH_SCHEMA)
+
+    def _create_search_schema(self, conn: sqlite3.Connection) -> None:
+        """The search database lost (deleted, or thrown away as damaged) while the index
+        stands: made afresh, and the text of every run indexed again by a text phase (text
+        search answers IndexBuilding meanwhile), pending text included."""
+        if self._search_ok(conn):
+            return
+        upto, total = conn.execute(f"SELECT MAX(id), COUNT(*) FROM runs WHERE source = '{FILE}'").fetchone()
+        last = conn.execute("SELECT MAX(id) FROM runs").fetchone()[0]
+        for table in ("run_text", "meta"):
+            conn.execute(f"DROP TABLE IF EXISTS search.{table}")
+        self._run_script(conn, _SEARCH_SCHEMA)
+        if upto is not None:
+            log.warning("index: search database %s missing; indexing the text of %d runs again", self.search_path, total)
+            conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [(upto, "text_upto"), (total, "text_total")])
+        # pending text is indexed by that text phase (or the run is gone): none is moved twice
+        conn.execute("UPDATE search.meta SET value = ? WHERE key = 'moved_upto'", (last or 0,))
+
+    @staticmethod
+    def _run_script(conn: sqlite3.Connection, script: str) -> None:
         statement = ""
-        for piece in _SCHEMA.split(";"):  # a trigger's body holds ";" too: join until complete
+        for piece in script.split(";"):  # a trigger's body holds ";" too: join until complete
             statement += piece + ";"
             if sqlite3.complete_statement(statement):
                 if statement.strip(" \n;"):
@@ -167,38 +237,50 @@ class IndexConnection:
         """Check the index file afresh; if damaged, remove it (the next use rebuilds it).
 
         :returns: whether it was removed (or already replaced by another process).
+        The search database is checked too: damaged alone, it alone is removed (made again
+        empty, the text of every run indexed again; lists go on meanwhile).
         """
         with self._scan_lock():
-            before = getattr(self._local, "inode", None)
-            try:
-                current = os.stat(self.path).st_ino
-            except FileNotFoundError:
+            current = self._inodes()
+            if None in current or current != getattr(self._local, "inode", None):
+                return True  # another thread or process replaced a file meanwhile
+            if not self._healthy(self.path):
+                log.warning("index %s is damaged; rebuilding it from the record files", self.path)
+                self._remove_files()
                 return True
-            if current != before:  # another thread or process replaced it meanwhile
+            if not self._healthy(self.search_path):
+                log.warning("search database %s is damaged; indexing the text again", self.search_path)
+                self._remove_files(self.search_path)
                 return True
-            try:
-                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-                try:
-                    healthy = conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-                finally:
-                    conn.close()
-            except sqlite3.DatabaseError as err:
-                healthy = isinstance(err, sqlite3.OperationalError)  # busy or locked: not damage
-            if healthy:
-                return False
-            log.warning("index %s is damaged; rebuilding it from the record files", self.path)
-            self._remove_files()
-            return True
+            return False
 
-    def _remove_files(self) -> None:
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{self.path}{suffix}")
+    @staticmethod
+    def _healthy(path: Path) -> bool:
+        """Whether the database file *path* passes a quick check (a missing one does)."""
+        if not path.exists():
+            return True
+        try:
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            try:
+                return conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as err:
+            return isinstance(err, sqlite3.OperationalError)  # busy or locked: not damage
+
+    def _remove_files(self, *paths: Path) -> None:
+        """Remove these database files (default: the index and the search database)."""
+        for path in paths or (self.path, self.search_path):
+            for suffix in ("", "-journal", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{path}{suffix}")
 
     def _begin(self, conn: sqlite3.Connection) -> int:
         """Take the write lock: a blocking ``flock`` on ``write.lock`` first (the kernel queues
         waiters, where SQLite's busy handler would poll and could starve a reader's scan
-        behind a stream of tracker writes), then BEGIN IMMEDIATE, retried if need be.
+        behind a stream of tracker writes), then BEGIN: deferred, so it locks the index file
+        alone (BEGIN IMMEDIATE would lock the attached search database too, and wait for a
+        move of pending text); the lock holds other writers off already.
 
         :returns: the lock file's descriptor; :meth:`_transaction` closes it to release.
         """
@@ -206,13 +288,15 @@ class IndexConnection:
         fd = os.open(self.folder / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            self._begin_immediate(conn)
+            conn.execute("BEGIN")
         except BaseException:
             os.close(fd)
             raise
         return fd
 
-    def _begin_immediate(self, conn: sqlite3.Connection) -> None:
+    @staticmethod
+    def _begin_immediate(conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, retried while the database is locked (up to WRITE_DEADLINE_SECONDS)."""
         deadline = time.monotonic() + WRITE_DEADLINE_SECONDS
         while True:
             try:
@@ -228,14 +312,30 @@ class IndexConnection:
         """One write transaction: committed if the block succeeds, rolled back otherwise."""
         fd = self._begin(conn)
         try:
-            try:
+            with self._committed(conn):
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
         finally:
             os.close(fd)  # releases the write lock
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _committed(conn: sqlite3.Connection) -> Iterator[None]:
+        """Commit the transaction *conn* is in if the block succeeds, roll it back otherwise."""
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _search_write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run *work* in a write transaction of the search database alone (the caller holds
+        ``text.lock``, which keeps its other writers off); the index's write lock stays free."""
+        conn = self._search_connection()
+        self._local.writes = getattr(self._local, "writes", 0) + 1  # invalidates this thread's cache
+        self._begin_immediate(conn)
+        with self._committed(conn):
+            return work(conn)
 
     def _write(self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], Any],
                begin: bool = True) -> Any:
@@ -279,8 +379,10 @@ class IndexConnection:
             raise
         return fd
 
-    def _meta(self, conn: sqlite3.Connection) -> dict[str, Any]:
-        return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    def _meta(self, conn: sqlite3.Connection, search: bool = False) -> dict[str, Any]:
+        """The index's meta table (*search*: and the search database's, a text phase's progress)."""
+        return dict(conn.execute("SELECT key, value FROM meta"
+                                 + (" UNION ALL SELECT key, value FROM search.meta" if search else "")).fetchall())
 
     def _cached(self, conn: sqlite3.Connection, key: tuple, compute: Callable[[], Any]) -> Any:
         """*compute()*, remembered until the index changes (totals and stats repeat while paging).
@@ -289,7 +391,8 @@ class IndexConnection:
         writes are counted by ``_write``.
         """
         local = self._local
-        generation = (conn.execute("PRAGMA data_version").fetchone()[0], getattr(local, "writes", 0), id(conn))
+        generation = (conn.execute("PRAGMA data_version").fetchone()[0],
+                      conn.execute("PRAGMA search.data_version").fetchone()[0], getattr(local, "writes", 0), id(conn))
         if getattr(local, "generation", None) != generation or len(local.cache) > 256:
             local.generation, local.cache = generation, {}
         if key not in local.cache:

@@ -25,13 +25,16 @@ FETCH = 1000
 TEXT_SCAN_ABOVE = 5000
 #: A text search's total with no other filter: its matches in the search index, less those of
 #: runs rows deleted or replaced since (schema.py: text_orphans), one pass over the matches.
+#: recent_text's rows not yet moved into run_text (a move writes run_text first: sync.py).
+_NOT_MOVED = "rowid > (SELECT value FROM search.meta WHERE key = 'moved_upto')"
 TEXT_TOTAL = " + ".join(
     f"(SELECT COUNT(*) - COUNT(o.rowid) FROM {table} t LEFT JOIN text_orphans o ON o.rowid = t.rowid"
-    f" WHERE {table} MATCH ?)" for table in ("run_text", "recent_text"))
+    f" WHERE {table.split('.')[-1]} MATCH ?{extra})" for table, extra in (("search.run_text", ""),
+                                                                          ("recent_text", f" AND t.{_NOT_MOVED}")))
 #: The ids of the runs whose text matches (two parameters: the FTS5 query twice): run_text, and
 #: recent_text, the runs indexed a few at a time lately (sync.py).
-TEXT_MATCHES = ("SELECT rowid FROM run_text WHERE run_text MATCH ?"
-                " UNION ALL SELECT rowid FROM recent_text WHERE recent_text MATCH ?")
+TEXT_MATCHES = ("SELECT rowid FROM search.run_text WHERE run_text MATCH ?"
+                f" UNION ALL SELECT rowid FROM recent_text WHERE recent_text MATCH ? AND {_NOT_MOVED}")
 #: Filters compared for equality with a column of the runs table.
 _EQUALITY = ("config_name", "user_id", "session_id", "execution_mode", "safety_level", "status")
 #: Sort key -> SQL expression (timestamps sort by their UTC instant, not their text).

@@ -17,18 +17,22 @@ from .. import records
 from ..records import parse_record, parse_timestamp
 from ..regular import NotARegularFile, read_regular, special_identity
 
-SCHEMA_VERSION = "14"  # 6: files of the earlier tracker became readable; 7: totals table, sort indexes;
+SCHEMA_VERSION = "15"  # 6: files of the earlier tracker became readable; 7: totals table, sort indexes;
 #                        9: cold builds in two phases (summaries, then text), progress in meta;
 #                        10: finished_at kept, total_execution_time stored as the record has it;
 #                        12: text_pending and recent_text (a few runs' text, searched apart);
 #                        13: text_orphans (a text search's total from the search index alone);
 #                        14: run_item_types and run_models keyed by run first (appended to in a build),
-#                            runs_running (totals from run_counts)
+#                            runs_running (totals from run_counts);
+#                        15: run_text in a file of its own (SEARCH_NAME), text progress there
 #: The index lives in a hidden subfolder of the data folder: SQLite creates and deletes its
 #: journal files as connections come and go, which must not touch the data folder's mtime.
 INDEX_DIR = ".index"
 INDEX_NAME = "runs.sqlite3"
-#: How old the folder's mtime must be before it is listed: a change in the same clock tick as
+#: The large search index, beside it in a database file of its own (attached as ``search``), so
+#: a long write to it (a segment merge: 100-650 ms at 100k runs) holds its own lock, not the
+#: index's: lists and new runs go on meanwhile.
+SEARCH_NAME = "search.sqlite3"
 #: Summary columns in the order the list API answers them.
 SUMMARY_COLUMNS = (*records.SUMMARY_FIELDS, "last_activity_at")
 #: Columns a bulk CSV of run rows reads (records.EXPORT_RUN_FIELDS): the rows come from the
@@ -107,11 +111,10 @@ END;
 CREATE TRIGGER run_counts_update AFTER UPDATE ON runs BEGIN
     SELECT RAISE(ABORT, 'runs rows are replaced, never updated: run_counts would drift');
 END;
--- contentless: the text lives in the record files, the index keeps only its search terms
-CREATE VIRTUAL TABLE run_text USING fts5(content, content='', tokenize='unicode61 remove_diacritics 2');
 -- the folded text of runs indexed a few at a time, searched in the small recent_text until a
--- batch is full and moves into run_text (sync.py: each write to run_text makes a segment of a
--- large index, and merging its segments is what makes a small write slow)
+-- batch is full and moves into search.run_text (sync.py: each write to run_text makes a segment
+-- of a large index, and merging its segments is what makes a small write slow); runs with
+-- rowid <= search.meta's moved_upto are in run_text already (moved, not yet deleted here)
 CREATE TABLE text_pending (rowid INTEGER PRIMARY KEY, content TEXT NOT NULL);
 CREATE VIRTUAL TABLE recent_text USING fts5(content, content='', tokenize='unicode61 remove_diacritics 2');
 -- runs rows deleted (or replaced: a new id) whose terms may stay in run_text (recent = 0: a
@@ -124,8 +127,18 @@ INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('dir_mtime_ns',
     ('listed_at_ns', 0),
     ('malformed_files', 0), ('malformed_bytes', 0),
     -- a cold build's progress (see sync.py): files to index and indexed in its summaries phase,
-    -- then the text phase: runs rows with text_after < id <= text_upto have no text indexed yet
-    ('build_total', NULL), ('build_indexed', 0), ('text_upto', NULL), ('text_after', 0), ('text_done', 0), ('text_total', 0);
+    -- then the text phase: runs rows with search.meta's text_after < id <= text_upto have no
+    -- text indexed yet
+    ('build_total', NULL), ('build_indexed', 0), ('text_upto', NULL), ('text_total', 0);
+"""
+#: The search database (attached as ``search``). Its own progress, written in the same
+#: transactions as its terms: ``moved_upto``, pending text moved in up to that run id;
+#: ``text_after`` and ``text_done``, a cold build's text phase (sync.py).
+_SEARCH_SCHEMA = """
+CREATE TABLE search.meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+-- contentless: the text lives in the record files, the index keeps only its search terms
+CREATE VIRTUAL TABLE search.run_text USING fts5(content, content='', tokenize='unicode61 remove_diacritics 2');
+INSERT INTO search.meta VALUES ('moved_upto', 0), ('text_after', 0), ('text_done', 0);
 """
 
 _INSERT_RUN = f"""INSERT INTO runs (id, {', '.join(SUMMARY_COLUMNS)}, finished_at, ts_key, source, inode, size, mtime_ns)

@@ -24,13 +24,14 @@ missing, corrupt or of another schema version, and is kept in step with them lik
 - Every ``rescan_seconds`` (60) one process stats every file and re-indexes those whose
   size or mtime changed: that catches files edited in place, which leave the folder's
   mtime alone (with the folder watch: without the write lock while the files are looked at). ``runs reindex`` rebuilds everything at once.
-- Runs indexed a few at a time (fewer than TEXT_DIRECT_MIN) are searched in a small
-  second FTS5 table, ``recent_text``, their text kept in ``text_pending`` until
-  TEXT_PENDING_MAX runs wait and move into ``run_text`` at once (in a thread of the app):
-  each write to the large search index makes a segment, and every so often merging its
-  segments makes a write slow (100-650 ms at 100k runs), so neither a list request after a
-  publication nor a text search pays for such a merge, unless it has a run of its own to
-  index meanwhile: it waits for the write lock the move holds.
+- Runs indexed after a cold build are searched in a small second FTS5 table,
+  ``recent_text``, their text kept in ``text_pending`` until TEXT_PENDING_MAX runs wait and
+  move into ``run_text`` at once (in a thread of the app): each write to the large search
+  index makes a segment, and every so often merging its segments makes a write slow
+  (100-650 ms at 100k runs). The large search index is a database file of its own
+  (``search.sqlite3``), so that write holds its lock, not the index's: lists, searches and
+  new runs go on meanwhile; only the last step of a move (the moved rows dropped from
+  ``text_pending``, ``recent_text`` made again of the rest) takes the index's write lock.
 - Runs in progress come from their journals (listed through ``journal.load_running``;
   the index recovers nothing), looked at about once a second.
 
@@ -95,11 +96,11 @@ CHUNK = 250
 #: before it is written (UTF-8 bytes; one transaction each), so memory stays flat whatever the corpus.
 TEXT_SLAB = 5000
 TEXT_BATCH_BYTES = 4_000_000
-#: Runs indexed fewer than this many at once are searched in ``recent_text`` until
-#: TEXT_PENDING_MAX runs wait (then moved into the search index in a thread of the app,
-#: TEXT_PENDING_MAX at a time).
-TEXT_DIRECT_MIN = 100
+#: Runs indexed after a cold build are searched in ``recent_text`` until TEXT_PENDING_MAX
+#: runs wait (then moved into the search index in a thread of the app, TEXT_MOVE_BATCH runs,
+#: one segment of it, per transaction of the search database).
 TEXT_PENDING_MAX = 500
+TEXT_MOVE_BATCH = 5000
 
 #: prctl option (<linux/prctl.h>): the signal a process gets when its parent ends.
 _PR_SET_PDEATHSIG = 1
@@ -457,7 +458,7 @@ class IndexSync:
 
     @staticmethod
     def _building(meta: dict[str, Any]) -> IndexBuilding:
-        """IndexBuilding with a cold build's progress, read from *meta*."""
+        """IndexBuilding with a cold build's progress, read from *meta* (``_meta(conn, search=True)``)."""
         if meta["dir_mtime_ns"] is None:
             return IndexBuilding(
                 f"The run index is being built: indexing {meta['build_indexed'] or 0} of {meta['build_total'] or 0} runs",
@@ -468,28 +469,58 @@ class IndexSync:
 
     def _check_text_ready(self, conn: sqlite3.Connection) -> None:
         """:raises IndexBuilding: while a cold build's text phase has runs left to index."""
-        meta = self._meta(conn)
-        if meta["text_upto"] is not None:
-            raise self._building(meta)
+        if self._meta(conn)["text_upto"] is not None:
+            raise self._building(self._meta(conn, search=True))
+
+    def _move_pending_text(self) -> int:
+        """Move the pending text (of runs still indexed) into the search database's run_text;
+        returns how many runs' text was taken. The caller holds ``text.lock``.
+
+        TEXT_MOVE_BATCH runs per transaction of the search database alone, each noting how
+        far it got (``moved_upto``: searches skip recent_text's rows up to there, so no run
+        is found twice); then one short write of the index drops the pending rows moved and
+        makes recent_text again of those left. A move cut short (a killed process) is
+        finished by the next.
+        """
+        conn = self._connection()
+        moved = 0
+        while True:
+            upto = conn.execute("SELECT value FROM search.meta WHERE key = 'moved_upto'").fetchone()[0]
+            rows = conn.execute("SELECT p.rowid, p.content, EXISTS (SELECT 1 FROM runs WHERE id = p.rowid)"
+                                " FROM text_pending AS p WHERE p.rowid > ? ORDER BY p.rowid LIMIT ?",
+                                (upto, TEXT_MOVE_BATCH)).fetchall()
+            if rows:
+                self._search_write(lambda search, rows=rows: self._store_moved(search, rows))
+                moved += len(rows)
+            if len(rows) < TEXT_MOVE_BATCH:
+                break
+        if conn.execute("SELECT EXISTS (SELECT 1 FROM text_pending"
+                        " WHERE rowid <= (SELECT value FROM search.meta WHERE key = 'moved_upto'))").fetchone()[0]:
+            self._write(conn, self._drop_moved)
+        return moved
 
     @staticmethod
-    def _move_pending_text(conn: sqlite3.Connection, limit: int | None = None) -> int:
-        """Move pending text (of runs still indexed) into run_text, at most *limit* runs: one
-        segment of the search index for them all; recent_text keeps the text still pending.
-        Returns how many runs were moved."""
-        rows = conn.execute("SELECT p.rowid, p.content, EXISTS (SELECT 1 FROM runs WHERE id = p.rowid)"
-                            " FROM text_pending AS p ORDER BY p.rowid"
-                            + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
-        if rows:
-            # plain VALUES: an INSERT ... SELECT into the FTS5 table, one row per execution,
-            # took 30 times as long at 100k runs (11 s for 500 runs)
-            conn.executemany("INSERT INTO run_text (rowid, content) VALUES (?, ?)",
-                             [(i, text) for i, text, indexed in rows if indexed])
-            conn.execute("DELETE FROM text_pending WHERE rowid <= ?", (rows[-1][0],))
-            conn.execute("INSERT INTO recent_text (recent_text) VALUES ('delete-all')")
-            conn.execute("INSERT INTO recent_text (rowid, content) SELECT rowid, content FROM text_pending")
-            conn.execute("DELETE FROM text_orphans WHERE recent = 1")  # recent_text holds none now
-        return len(rows)
+    def _store_moved(search: sqlite3.Connection, rows: list[tuple[int, str, int]]) -> None:
+        """Pending text (rowid, text, whether the run is still indexed) into run_text: one
+        segment of the search index for them all."""
+        # plain VALUES: an INSERT ... SELECT into the FTS5 table, one row per execution,
+        # took 30 times as long at 100k runs (11 s for 500 runs)
+        search.executemany("INSERT INTO run_text (rowid, content) VALUES (?, ?)",
+                           [(i, text) for i, text, indexed in rows if indexed])
+        search.execute("UPDATE meta SET value = ? WHERE key = 'moved_upto'", (rows[-1][0],))
+
+    @staticmethod
+    def _drop_moved(conn: sqlite3.Connection) -> None:
+        """The last step of a move, in a write of the index: the pending rows now in run_text
+        go, and recent_text is made again of the text still pending."""
+        upto = conn.execute("SELECT value FROM search.meta WHERE key = 'moved_upto'").fetchone()[0]
+        conn.execute("DELETE FROM text_pending WHERE rowid <= ?", (upto,))
+        # runs deleted since their text moved are orphans of run_text now (a run deleted
+        # before has no terms there: such a row is never joined); recent_text will hold none
+        conn.execute("UPDATE text_orphans SET recent = 0 WHERE recent = 1 AND rowid <= ?", (upto,))
+        conn.execute("DELETE FROM text_orphans WHERE recent = 1")
+        conn.execute("INSERT INTO recent_text (recent_text) VALUES ('delete-all')")
+        conn.execute("INSERT INTO recent_text (rowid, content) SELECT rowid, content FROM text_pending")
 
     def _move_pending_text_soon(self, conn: sqlite3.Connection) -> None:
         """Once TEXT_PENDING_MAX runs' text waits, move it (in a thread of the app; one process
@@ -500,13 +531,7 @@ class IndexSync:
         fd = self._try_text_lock()
         if fd is None:  # a text phase or another mover is at it
             return
-
-        def move() -> None:
-            moving = self._connection()
-            while self._write(moving, lambda c: self._move_pending_text(c, TEXT_PENDING_MAX)) == TEXT_PENDING_MAX:
-                pass
-
-        self._beside_requests(fd, move, "index-text-pending")
+        self._beside_requests(fd, self._move_pending_text, "index-text-pending")
 
     def _start_text_phase(self) -> None:
         """Resume a text phase no process is running (its builder died): here, or in a thread."""
@@ -540,7 +565,7 @@ class IndexSync:
                 return
         try:
             conn = self._connection()
-            meta = self._meta(conn)
+            meta = self._meta(conn, search=True)
             upto, after = meta["text_upto"], int(meta["text_after"] or 0)
             if upto is None:
                 return
@@ -560,9 +585,10 @@ class IndexSync:
                 done += len(parsed)
                 # one transaction, and one step of progress, per BATCH runs (or TEXT_BATCH_BYTES of text)
                 if done - written >= BATCH or pending_bytes >= TEXT_BATCH_BYTES:
-                    self._write(conn, lambda c, p=pending, a=after, d=done: self._store_text(c, p, a, d))
+                    self._store_text(conn, pending, after, done)
                     pending, pending_bytes, written = [], 0, done
-            self._write(conn, lambda c: self._store_text(c, pending, after, done, finished=True))
+            self._store_text(conn, pending, after, done)
+            self._write(conn, lambda c: c.execute("UPDATE meta SET value = NULL WHERE key = 'text_upto'"))
             log.info("index: text of %d runs indexed", done)
         finally:
             os.close(fd)
@@ -580,19 +606,21 @@ class IndexSync:
                 yield execution_id
             after = rows[-1][1]
 
-    @staticmethod
-    def _store_text(conn: sqlite3.Connection, texts: list[tuple[int, bytes]], after: int, done: int,
-                    finished: bool = False) -> None:
-        """Index *texts* (rowid, folded text) of rows still there, and note the progress."""
+    def _store_text(self, conn: sqlite3.Connection, texts: list[tuple[int, bytes]], after: int, done: int) -> None:
+        """Index *texts* (rowid, folded text) of rows still there, and note the progress, in
+        one write of the search database (the index's write lock stays free for lists)."""
         present = set()
         for start in range(0, len(texts), CHUNK):
             chunk = [run_id for run_id, _ in texts[start:start + CHUNK]]
             present.update(row[0] for row in conn.execute(
                 f"SELECT id FROM runs WHERE id IN ({', '.join('?' * len(chunk))})", chunk))
-        conn.executemany("INSERT INTO run_text (rowid, content) VALUES (?, ?)",
-                         [(run_id, text) for run_id, text in texts if run_id in present])
-        conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [
-            (after, "text_after"), (done, "text_done"), *([(None, "text_upto")] if finished else [])])
+
+        def write(search: sqlite3.Connection) -> None:
+            search.executemany("INSERT INTO run_text (rowid, content) VALUES (?, ?)",
+                               [(run_id, text) for run_id, text in texts if run_id in present])
+            search.executemany("UPDATE meta SET value = ? WHERE key = ?", [(after, "text_after"), (done, "text_done")])
+
+        self._search_write(write)
 
     def state(self) -> dict[str, Any]:
         """``{"index": "ready" | "building", "runs_indexed": N}`` without building anything:
@@ -603,7 +631,7 @@ class IndexSync:
             return {"index": "building", "runs_indexed": 0}
         try:
             conn = self._connection()
-            meta = self._meta(conn)
+            meta = self._meta(conn, search=True)
             # the record-file runs from the maintained counts: counting the rows took 20 ms at 100k
             indexed = conn.execute("SELECT COALESCE(SUM(runs), 0) FROM run_counts").fetchone()[0]
         except (sqlite3.Error, StorageError):
@@ -791,7 +819,7 @@ class IndexSync:
             conn.execute(_if_not_exists(statement))
         upto, total = conn.execute(f"SELECT MAX(id), COUNT(*) FROM runs WHERE source = '{FILE}'").fetchone()
         conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [
-            (None, "build_total"), (upto, "text_upto"), (0, "text_after"), (0, "text_done"), (total, "text_total")])
+            (None, "build_total"), (upto, "text_upto"), (total, "text_total")])
 
     @staticmethod
     def _delete(conn: sqlite3.Connection, execution_ids: list[str], source: str | None = None) -> None:
@@ -842,7 +870,7 @@ class IndexSync:
         self._store_sets(conn, "run_item_types", first, [run.item_types for run in runs])
         self._store_sets(conn, "run_models", first, [run.models for run in runs])
         texts = [(n, run.text) for n, run in numbered if run.text]
-        for table in ("run_text",) if len(numbered) >= TEXT_DIRECT_MIN else ("text_pending", "recent_text"):
+        for table in ("text_pending", "recent_text"):  # moved into run_text, a batch at a time, later
             conn.executemany(f"INSERT INTO {table} (rowid, content) VALUES (?, ?)", texts)
 
     @staticmethod
