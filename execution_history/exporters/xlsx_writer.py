@@ -37,12 +37,17 @@ from .info import ExportInfo
 #: Rows per sheet Excel opens, the header included.
 EXCEL_MAX_ROWS = 1_048_576
 EXCEL_MAX_CELL = 32_767
-_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
-#: Noncharacters (broken LLM output holds U+FFFE/U+FFFF) and lone surrogates: lxml, which
-#: openpyxl writes with, refuses U+FFFE/U+FFFF and surrogates outright (they are not XML 1.0
-#: Chars), and the other noncharacters are not meant for interchange. All become U+FFFD.
-_NONCHARACTERS = re.compile("[\ud800-\udfff\ufdd0-\ufdef" + "".join(
+#: C0 controls but tab, CR and LF (-> control pictures); noncharacters (broken LLM output
+#: holds U+FFFE/U+FFFF) and lone surrogates (-> U+FFFD): lxml, which openpyxl writes with,
+#: refuses U+FFFE/U+FFFF and surrogates outright (they are not XML 1.0 Chars), and the other
+#: noncharacters are not meant for interchange. One pattern: one pass over each string.
+_NOT_EXCEL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufdd0-\ufdef" + "".join(
     f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(17)) + "]")
+
+
+def _replacement(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return chr(0x2400 + code) if code < 0x20 else "\ufffd"
 _DATE_FORMAT = "yyyy-mm-dd hh:mm:ss"
 _CHUNK = 256 * 1024
 #: Column widths (characters) by column name; others get 14.
@@ -59,8 +64,7 @@ def utf16_length(value: str) -> int:
 def excel_text(value: str) -> str:
     """Text as an XLSX cell can hold it: C0 controls as control pictures, noncharacters and
     lone surrogates as U+FFFD, length capped. The one cleaner for every string openpyxl gets."""
-    value = _CONTROLS.sub(lambda m: chr(0x2400 + ord(m.group())), value)
-    value = _NONCHARACTERS.sub("\ufffd", value)
+    value = _NOT_EXCEL.sub(_replacement, value)
     if len(value) <= EXCEL_MAX_CELL // 2:  # short enough whatever it holds: skip measuring
         return value
     return truncate(value, EXCEL_MAX_CELL, utf16_length)
