@@ -388,11 +388,12 @@ class IndexConnection:
         """*compute()*, remembered until the index changes (totals and stats repeat while paging).
 
         ``PRAGMA data_version`` moves when another connection commits; this thread's own
-        writes are counted by ``_write``.
+        writes are counted by ``_write``. The index's alone: a write of the search database
+        alone (a move's first step) changes no answer (recent_text's moved rows are skipped),
+        and every other change of what a search finds writes the index too.
         """
         local = self._local
-        generation = (conn.execute("PRAGMA data_version").fetchone()[0],
-                      conn.execute("PRAGMA search.data_version").fetchone()[0], getattr(local, "writes", 0), id(conn))
+        generation = (conn.execute("PRAGMA data_version").fetchone()[0], getattr(local, "writes", 0), id(conn))
         if getattr(local, "generation", None) != generation or len(local.cache) > 256:
             local.generation, local.cache = generation, {}
         if key not in local.cache:
