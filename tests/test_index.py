@@ -467,6 +467,27 @@ def test_the_search_database_lost_is_made_again_with_every_runs_text(index, stor
     assert search_ids(index, "bettong") == sorted([*moved, waiting, new_id])
 
 
+def test_an_index_of_the_earlier_schema_with_its_search_index_inside_is_rebuilt(store, clock, recorded_runs):
+    """An index of schema 14 kept run_text in runs.sqlite3: opened now, it is rebuilt, the old
+    search tables go, and searches answer from search.sqlite3."""
+    import sqlite3
+
+    index = RunIndex(store, clock=clock)
+    expected = search_ids(index, "hello")
+    assert expected
+    index._connection().close()
+    os.unlink(index.search_path)
+    with sqlite3.connect(index.path) as old:
+        old.execute("CREATE VIRTUAL TABLE run_text USING fts5(content, content='')")
+        old.execute("INSERT INTO run_text (rowid, content) VALUES (1, 'hello stale')")
+        old.execute("UPDATE meta SET value = '14' WHERE key = 'schema_version'")
+    index = RunIndex(store, clock=clock)
+    assert search_ids(index, "hello") == expected and search_ids(index, "stale") == []
+    with sqlite3.connect(index.path) as upgraded:
+        names = {row[0] for row in upgraded.execute("SELECT name FROM sqlite_master")}
+    assert not any(name.startswith("run_text") for name in names)
+
+
 @pytest.mark.parametrize("odd", ["cut\x00here", "日本語 🌸", 'quote " and \\u0000 spelled out'])
 def test_item_types_and_models_are_indexed_whole(index, store, odd):
     """Item types and models reach the index through SQLite's JSON functions (one statement
