@@ -473,16 +473,16 @@ def test_an_index_of_the_earlier_schema_with_its_search_index_inside_is_rebuilt(
     import sqlite3
 
     index = RunIndex(store, clock=clock)
-    expected = search_ids(index, "hello")
-    assert expected
+    expected = [record_run(store, text="echidna here")]
+    assert search_ids(index, "echidna") == expected
     index._connection().close()
     os.unlink(index.search_path)
     with sqlite3.connect(index.path) as old:
         old.execute("CREATE VIRTUAL TABLE run_text USING fts5(content, content='')")
-        old.execute("INSERT INTO run_text (rowid, content) VALUES (1, 'hello stale')")
+        old.execute("INSERT INTO run_text (rowid, content) VALUES (1, 'echidna stale')")
         old.execute("UPDATE meta SET value = '14' WHERE key = 'schema_version'")
     index = RunIndex(store, clock=clock)
-    assert search_ids(index, "hello") == expected and search_ids(index, "stale") == []
+    assert search_ids(index, "echidna") == expected and search_ids(index, "stale") == []
     with sqlite3.connect(index.path) as upgraded:
         names = {row[0] for row in upgraded.execute("SELECT name FROM sqlite_master")}
     assert not any(name.startswith("run_text") for name in names)
