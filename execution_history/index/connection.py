@@ -79,6 +79,13 @@ def _sqlite_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
 class IndexConnection:
     """Connections, transactions and locks of one index file (a part of RunIndex).
 
@@ -110,13 +117,7 @@ class IndexConnection:
 
     def _inodes(self) -> tuple[int | None, int | None]:
         """The inodes of the index file and of the search database (None: missing)."""
-        found: list[int | None] = []
-        for path in (self.path, self.search_path):
-            try:
-                found.append(os.stat(path).st_ino)
-            except FileNotFoundError:
-                found.append(None)
-        return found[0], found[1]
+        return _inode(self.path), _inode(self.search_path)
 
     def _search_connection(self) -> sqlite3.Connection:
         """This thread's connection to the search database alone: its writers (a move of
@@ -124,7 +125,7 @@ class IndexConnection:
         that file only. Reopened like :meth:`_connection`."""
         local = self._local
         conn: sqlite3.Connection | None = getattr(local, "search", None)
-        inode = self._inodes()[1]
+        inode = _inode(self.search_path)
         if conn is not None and (local.search_pid != os.getpid() or local.search_inode != inode or inode is None):
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
@@ -155,8 +156,7 @@ class IndexConnection:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
             conn.execute("ATTACH DATABASE ? AS search", (str(self.search_path),))
-            for schema in ("main", "search"):
-                self._tune(conn, schema)
+            self._tune(conn, "main", "search")
             if not self._schema_ok(conn):
                 self._write(conn, self._create_schema)
             elif not self._search_ok(conn):
@@ -167,20 +167,21 @@ class IndexConnection:
         return conn
 
     @staticmethod
-    def _tune(conn: sqlite3.Connection, schema: str) -> None:
-        """Journal, durability and cache settings of one database (*schema*) of *conn*."""
+    def _tune(conn: sqlite3.Connection, *schemas: str) -> None:
+        """The settings of *conn* and of each of its databases (*schemas*)."""
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        if conn.execute(f"PRAGMA {schema}.journal_mode").fetchone()[0] != JOURNAL_MODE:
-            try:
-                conn.execute(f"PRAGMA {schema}.journal_mode = {JOURNAL_MODE}")
-            except sqlite3.OperationalError as err:  # an older WAL index still open elsewhere
-                log.info("index: journal mode stays for now (%s)", err)
-        # The index is a cache of the files: no fsync while holding the lock that keeps
-        # readers out (a killed process still leaves it whole; after a power cut a damaged
-        # index is found and rebuilt). Measured: p50 1.3 s -> 6 ms at 100 req/s + 4 writers.
-        conn.execute(f"PRAGMA {schema}.synchronous = OFF")
         conn.execute("PRAGMA cache_spill = OFF")
-        conn.execute(f"PRAGMA {schema}.cache_size = {-CACHE_KIB}")
+        for schema in schemas:
+            if conn.execute(f"PRAGMA {schema}.journal_mode").fetchone()[0] != JOURNAL_MODE:
+                try:
+                    conn.execute(f"PRAGMA {schema}.journal_mode = {JOURNAL_MODE}")
+                except sqlite3.OperationalError as err:  # an older WAL index still open elsewhere
+                    log.info("index: journal mode stays for now (%s)", err)
+            # The index is a cache of the files: no fsync while holding the lock that keeps
+            # readers out (a killed process still leaves it whole; after a power cut a damaged
+            # index is found and rebuilt). Measured: p50 1.3 s -> 6 ms at 100 req/s + 4 writers.
+            conn.execute(f"PRAGMA {schema}.synchronous = OFF")
+            conn.execute(f"PRAGMA {schema}.cache_size = {-CACHE_KIB}")
 
     @staticmethod
     def _schema_ok(conn: sqlite3.Connection) -> bool:
@@ -332,7 +333,6 @@ class IndexConnection:
         """Run *work* in a write transaction of the search database alone (the caller holds
         ``text.lock``, which keeps its other writers off); the index's write lock stays free."""
         conn = self._search_connection()
-        self._local.writes = getattr(self._local, "writes", 0) + 1  # invalidates this thread's cache
         self._begin_immediate(conn)
         with self._committed(conn):
             return work(conn)

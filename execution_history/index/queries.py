@@ -23,14 +23,14 @@ FETCH = 1000
 #: matches (a few ms whatever the count), instead of fetching every match by id and sorting them
 #: (about 1 us a match: 20 ms for a common word at 100k runs).
 TEXT_SCAN_ABOVE = 5000
-#: A text search's total with no other filter: its matches in the search index, less those of
-#: runs rows deleted or replaced since (schema.py: text_orphans), one pass over the matches.
 #: recent_text's rows not yet moved into run_text (a move writes run_text first: sync.py).
 _NOT_MOVED = "rowid > (SELECT value FROM search.meta WHERE key = 'moved_upto')"
+#: A text search's total with no other filter: its matches in the search index, less those of
+#: runs rows deleted or replaced since (schema.py: text_orphans), one pass over the matches.
 TEXT_TOTAL = " + ".join(
-    f"(SELECT COUNT(*) - COUNT(o.rowid) FROM {table} t LEFT JOIN text_orphans o ON o.rowid = t.rowid"
-    f" WHERE {table.split('.')[-1]} MATCH ?{extra})" for table, extra in (("search.run_text", ""),
-                                                                          ("recent_text", f" AND t.{_NOT_MOVED}")))
+    f"(SELECT COUNT(*) - COUNT(o.rowid) FROM {schema}{table} t LEFT JOIN text_orphans o ON o.rowid = t.rowid"
+    f" WHERE {table} MATCH ?{extra})" for schema, table, extra in (("search.", "run_text", ""),
+                                                                   ("", "recent_text", f" AND t.{_NOT_MOVED}")))
 #: The ids of the runs whose text matches (two parameters: the FTS5 query twice): run_text, and
 #: recent_text, the runs indexed a few at a time lately (sync.py).
 TEXT_MATCHES = ("SELECT rowid FROM search.run_text WHERE run_text MATCH ?"
