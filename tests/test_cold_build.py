@@ -213,6 +213,40 @@ def test_a_build_in_one_call_without_background_indexes_text_too(runs_dir):
     assert total == BATCH + 5 and "build" not in index.state()
 
 
+def test_a_text_phase_cut_short_resumes_where_its_search_writes_got(runs_dir, monkeypatch):
+    """The text phase's progress is written with its terms (one transaction of the search
+    database): killed after a batch, the next process indexes the rest, none twice."""
+    import execution_history.index.sync as sync_module
+    from execution_history.filters import RunFilters, RunQuery
+
+    monkeypatch.setattr(sync_module, "BATCH", 5)
+    monkeypatch.setattr(sync_module, "CHUNK", 5)  # parsed 5 at a time: a batch each
+    make_runs(runs_dir, 23)
+    real, calls = RunIndex._store_text, []
+
+    def killed_after_one(self, *args):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt("killed")
+        return real(self, *args)
+
+    monkeypatch.setattr(RunIndex, "_store_text", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        RunIndex(RunStore(runs_dir)).sync()
+    stored = []
+
+    def counted(self, conn, texts, *args):
+        stored.extend(run_id for run_id, _ in texts)
+        return real(self, conn, texts, *args)
+
+    monkeypatch.setattr(RunIndex, "_store_text", counted)
+    index = RunIndex(RunStore(runs_dir))
+    assert index.state()["build"]["indexed"] == 5  # the first batch stayed
+    page, total = index.query(RunQuery(filters=RunFilters(q="quokka"), limit=None))
+    assert total == len(page) == 23 and "build" not in index.state()
+    assert len(stored) == len(set(stored)) == 18  # the rest, none of the first batch again
+
+
 def test_a_server_killed_mid_build_leaves_an_index_the_next_one_completes(runs_dir, tmp_path, gates):
     """SIGKILL every gunicorn process after the first batch of a cold build: the next server
     goes on from what was indexed (the scan lock dies with its holder) and ends with every run

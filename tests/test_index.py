@@ -3,6 +3,7 @@ import datetime as dt
 import itertools
 import multiprocessing
 import os
+import time
 from dataclasses import replace
 
 import pytest
@@ -434,6 +435,33 @@ def test_a_move_cut_short_after_its_search_write_finds_each_run_once(index, stor
     assert search_ids(index, "dunnart") == sorted(dunnarts[1:])
     fresh = record_run(store, text="dunnart fresh")
     assert search_ids(index, "dunnart") == sorted([*dunnarts[1:], fresh])
+
+
+def test_a_move_writes_the_search_index_without_the_index_write_lock(index, store, recorded_runs):
+    """While another process holds the index's write lock, a move writes the search database
+    all the same (the long part: segment merges); only its last step waits for the lock."""
+    import fcntl
+    import threading
+
+    ids_of(index)
+    moving = [record_run(store, text=f"quoll {n}") for n in range(3)]
+    ids_of(index)
+    holder = os.open(index.folder / "write.lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    text_lock = index._try_text_lock()
+    mover = threading.Thread(target=index._move_pending_text)
+    try:
+        mover.start()
+        deadline = time.monotonic() + 20
+        while fts_count(index, "quoll") < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fts_count(index, "quoll") == 3 and mover.is_alive()  # written, and waiting for the last step
+        assert search_ids(index, "quoll") == sorted(moving)  # found once meanwhile
+    finally:
+        os.close(holder)
+        mover.join(timeout=20)
+        os.close(text_lock)
+    assert not mover.is_alive() and pending(index) == 0 and search_ids(index, "quoll") == sorted(moving)
 
 
 @pytest.mark.parametrize("loss", ["deleted", "damaged"])
