@@ -265,8 +265,8 @@ def _compile_checker(schema: Schema, label: str) -> Callable[[dict, object], Non
     compared exactly (``json.loads`` makes no subclasses), which also keeps ``True``
     out of integer fields.
     """
-    kinds = {fields.Integer: "(int,)", fields.Float: "(int, float)", fields.String: "(str,)",
-             fields.Dict: "(dict,)", fields.List: "(list,)"}
+    kinds = {fields.Integer: ("int",), fields.Float: ("float", "int"), fields.String: ("str",),
+             fields.Dict: ("dict",), fields.List: ("list",)}
     namespace: dict[str, Any] = {"MISSING": _MISSING, "InvalidRecord": InvalidRecord,
                                  "check_timestamp": _check_timestamp}
     lines = ["def check(data, where):"]  # where: the item's position, for messages
@@ -279,15 +279,18 @@ def _compile_checker(schema: Schema, label: str) -> Callable[[dict, object], Non
             when_missing = "        pass"
         else:
             when_missing = f"        data[{name!r}] = default_{number}() if callable(default_{number}) else default_{number}"
+        # the usual case first: present with the right type is one or two identity tests
         lines += [f"    value = data.get({name!r}, MISSING)",
-                  "    if value is MISSING:",
+                  "    kind = type(value)",
+                  "    if " + " or ".join(f"kind is {t}" for t in types) + ":",
+                  f'        check_timestamp(data, {name!r}, value, f"{label}")' if name in _TIMESTAMP_FIELDS
+                  else "        pass",
+                  "    elif value is MISSING:",
                   when_missing,
                   "    elif value is None:",
                   "        pass" if field.allow_none else f'        raise InvalidRecord(f"{label}: {name!r} is null")',
-                  f"    elif type(value) not in {types}:",
+                  "    else:",
                   f'        raise InvalidRecord(f"{label}: {name!r} has the wrong type")']
-        if name in _TIMESTAMP_FIELDS:
-            lines += ["    else:", f'        check_timestamp(data, {name!r}, value, f"{label}")']
     exec("\n".join(lines), namespace)  # noqa: S102 - code built above from the schema, no outside input
     return namespace["check"]
 

@@ -80,6 +80,57 @@ def test_checker_rejects_what_is_not_a_record(broken):
     assert RunRecordSchema().validate(broken) if isinstance(broken, dict) else True
 
 
+def _item_case(name, value):
+    item = dict(minimal_record()["items"][0], **({} if value is _ABSENT else {name: value}))
+    if value is _ABSENT:
+        item.pop(name, None)
+    return minimal_record(items=[item])
+
+
+_ABSENT = object()
+
+
+@pytest.mark.parametrize("make, name, value, outcome", [
+    # each branch of the compiled check, for a record field and an item field
+    (minimal_record, "config_name", _ABSENT, "missing field 'config_name'"),
+    (minimal_record, "config_name", None, "'config_name' is null"),
+    (minimal_record, "config_name", 7, "'config_name' has the wrong type"),
+    (minimal_record, "execution_mode", None, None),
+    (minimal_record, "execution_mode", ["a"], "'execution_mode' has the wrong type"),
+    (minimal_record, "total_execution_time", 3, None),  # an int is a float here
+    (minimal_record, "total_execution_time", "3", "'total_execution_time' has the wrong type"),
+    (minimal_record, "used_seed", True, "'used_seed' has the wrong type"),  # a bool is no integer
+    (minimal_record, "timestamp", "yesterday", "'timestamp' is not an ISO 8601 timestamp"),
+    (_item_case, "stage", _ABSENT, "item 1: missing field 'stage'"),
+    (_item_case, "stage", 1.0, "item 1: 'stage' has the wrong type"),
+    (_item_case, "metadata", None, "item 1: 'metadata' is null"),
+    (_item_case, "metadata", [], "item 1: 'metadata' has the wrong type"),
+    (_item_case, "content", None, None),
+    (_item_case, "execution_time", 0.5, None),
+    (_item_case, "timestamp", 20251103, "item 1: 'timestamp' has the wrong type"),
+])
+def test_checker_branches(make, name, value, outcome):
+    record = make(**({} if value is _ABSENT else {name: value})) if make is minimal_record else make(name, value)
+    if make is minimal_record and value is _ABSENT:
+        record.pop(name)
+    if outcome is None:
+        checked = check_record(record)
+        where = checked["items"][0] if make is _item_case else checked
+        assert where[name] == value
+    else:
+        with pytest.raises(InvalidRecord) as err:
+            check_record(record)
+        assert outcome in str(err.value)
+
+
+def test_checker_fills_defaults_and_leaves_an_optional_field_without_one_absent():
+    record = check_record(minimal_record())
+    assert "used_seed" not in record  # only older files carry it
+    item = record["items"][0]
+    assert item["stage_iteration"] is None and item["execution_time"] is None and item["metadata"] == {}
+    assert record["taxonomy_version"] == "1.0" and record["execution_mode"] is None
+
+
 def test_parse_record_rejects_truncated_bytes_and_foreign_ids():
     raw = dump_record(minimal_record())
     with pytest.raises(InvalidRecord):
