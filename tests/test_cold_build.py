@@ -247,6 +247,55 @@ def test_a_text_phase_cut_short_resumes_where_its_search_writes_got(runs_dir, mo
     assert len(stored) == len(set(stored)) == 18  # the rest, none of the first batch again
 
 
+def test_lists_answer_before_the_text_phase_makes_the_other_sort_indexes(runs_dir, monkeypatch):
+    """The summaries phase makes one secondary index again (the default order's); the others,
+    and the table statistics, are the text phase's first work. In between every list answers
+    right (from the table), and a text phase killed before making them leaves them to the next."""
+    import sqlite3
+
+    import execution_history.index.sync as sync_module
+    from execution_history.filters import RunFilters, RunQuery
+    from execution_history.index.schema import FIRST_INDEXES, SECONDARY_INDEXES
+
+    monkeypatch.setattr(sync_module, "BATCH", 5)
+    monkeypatch.setattr(sync_module, "CHUNK", 5)
+    ids = make_runs(runs_dir, 23)
+    real = RunIndex._make_indexes
+
+    def killed_in_text_phase(self, conn, names=None):
+        if names is None:  # the text phase's call: every index
+            raise KeyboardInterrupt("killed")
+        return real(self, conn, names)
+
+    monkeypatch.setattr(RunIndex, "_make_indexes", killed_in_text_phase)
+    with pytest.raises(KeyboardInterrupt):
+        RunIndex(RunStore(runs_dir)).sync()
+    db = runs_dir / ".index" / "runs.sqlite3"
+
+    def indexes() -> set[str]:
+        with sqlite3.connect(db) as conn:
+            return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+
+    secondary = {name for name, _ in SECONDARY_INDEXES}
+    assert indexes() & secondary == set(FIRST_INDEXES)
+    monkeypatch.setattr(RunIndex, "_make_indexes", real)
+    index = RunIndex(RunStore(runs_dir), build_in_background=True)  # lists answer; no text phase started yet
+    monkeypatch.setattr(RunIndex, "_start_text_phase", lambda self: None)
+    newest = [s["execution_id"] for s in index.query(RunQuery(limit=5))[0]]
+    assert newest == sorted(ids, reverse=True)[:5]
+    c1 = index.query(RunQuery(filters=RunFilters(config_name="c1"), order_by="items_count", order="asc", limit=None))[0]
+    assert sorted(s["execution_id"] for s in c1) == sorted(i for n, i in enumerate(ids) if n % 3 == 1)
+    assert indexes() & secondary == set(FIRST_INDEXES)
+    monkeypatch.undo()
+    index = RunIndex(RunStore(runs_dir))
+    _, total = index.query(RunQuery(filters=RunFilters(q="quokka")))  # the text phase, to its end
+    assert total == 23 and "build" not in index.state()
+    assert secondary <= indexes()
+    with sqlite3.connect(db) as conn:  # ANALYZE ran once they were made
+        analyzed = {row[0] for row in conn.execute("SELECT idx FROM sqlite_stat1")}
+    assert secondary - {"run_models_value"} <= analyzed  # (no model in these runs: no row to analyze)
+
+
 def test_a_server_killed_mid_build_leaves_an_index_the_next_one_completes(runs_dir, tmp_path, gates):
     """SIGKILL every gunicorn process after the first batch of a cold build: the next server
     goes on from what was indexed (the scan lock dies with its holder) and ends with every run

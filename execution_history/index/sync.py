@@ -38,9 +38,9 @@ missing, corrupt or of another schema version, and is kept in step with them lik
 A cold build (an index that never finished a scan, with more than ``BATCH`` files to read)
 runs in two phases: the summaries first (runs, item types, models; every secondary index,
 the sort and filter indexes of ``runs`` and the by-value indexes of item types and models,
-is dropped and made again at the end, one sorted pass and one transaction each instead of
-eighteen B-tree updates per row), then the text search terms,
-re-read from the files a slab of runs at a time.
+is dropped and made again, one sorted pass and one transaction each instead of eighteen
+B-tree updates per row: the default order's at the end of this phase, the others at the
+start of the next), then the text search terms, re-read from the files a slab of runs at a time.
 Where its time and memory go (``bench.build_profile``): parsing, in worker processes
 (spawned; they import only ``execution_history``); in this process, writing, kept cheap
 (item types and models one statement per batch, the strings runs repeat interned by the
@@ -78,7 +78,9 @@ from ..errors import IndexBuilding, StorageError
 from ..records import is_valid_execution_id
 from ..storage import RECORD_SUFFIX, Malformed, RunStore
 from .connection import _sqlite_errors
-from .schema import _INSERT_RUN, FILE, JOURNAL, SECONDARY_INDEXES, IndexedRun, Parsed, extract, read_indexed
+from .schema import (
+    _INSERT_RUN, FILE, FIRST_INDEXES, JOURNAL, SECONDARY_INDEXES, IndexedRun, Parsed, extract, read_indexed,
+)
 from .watch import FolderWatch
 
 log = logging.getLogger("execution_history.index")
@@ -553,8 +555,9 @@ class IndexSync:
         return fd
 
     def _index_text(self, fd: int | None = None) -> None:
-        """A cold build's second phase: the search text of the runs its first phase indexed
-        without (ids up to ``text_upto``), read again from their files, in batches.
+        """A cold build's second phase: first the secondary indexes its first phase left to it
+        (see FIRST_INDEXES) and the table statistics, then the search text of the runs its first
+        phase indexed without (ids up to ``text_upto``), read again from their files, in batches.
 
         One process at a time (``text.lock``, *fd* if already taken); scans go on meanwhile:
         a run replaced since has a new row (with its text), a run gone is skipped.
@@ -569,6 +572,8 @@ class IndexSync:
             upto, after = meta["text_upto"], int(meta["text_after"] or 0)
             if upto is None:
                 return
+            if self._make_indexes(conn):  # the secondary indexes the first phase left (FIRST_INDEXES)
+                self._write(conn, lambda c: c.execute("ANALYZE"))  # then table statistics, for the planner
             total = conn.execute(f"SELECT COUNT(*) FROM runs WHERE source = '{FILE}' AND id > ? AND id <= ?",
                                  (after, upto)).fetchone()[0]
             listed: dict[str, tuple[int, tuple[int, ...]]] = {}  # id -> (row id, identity), for ids in flight
@@ -794,12 +799,21 @@ class IndexSync:
                     pending = []
             if pending:
                 self._write(conn, lambda c: self._store_batch(c, pending, progress=cold))
-            if cold:  # each sort index in a transaction of its own: one index's pages in memory at a time
-                for _, statement in SECONDARY_INDEXES:
-                    self._write(conn, lambda c, s=statement: c.execute(_if_not_exists(s)))
+            if cold:  # the first index now; the others, and the table statistics, in the text phase
+                self._make_indexes(conn, FIRST_INDEXES)
             full = False  # the final look only needs the listing
-        if changed >= PARALLEL_MIN:  # table statistics, so the planner picks the narrow index
+        if changed >= PARALLEL_MIN and not cold:  # table statistics, so the planner picks the narrow index
             self._write(conn, lambda c: c.execute("ANALYZE"))
+
+    def _make_indexes(self, conn: sqlite3.Connection, names: Iterable[str] | None = None) -> bool:
+        """Make the secondary indexes missing (of *names*, default all), each in a write
+        transaction of its own (one index's pages in memory at a time); True if any was."""
+        wanted = set(names) if names is not None else {name for name, _ in SECONDARY_INDEXES}
+        present = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        missing = [statement for name, statement in SECONDARY_INDEXES if name in wanted and name not in present]
+        for statement in missing:
+            self._write(conn, lambda c, s=statement: c.execute(_if_not_exists(s)))
+        return bool(missing)
 
     @staticmethod
     def _start_summaries_phase(conn: sqlite3.Connection, files: int) -> None:
@@ -813,10 +827,12 @@ class IndexSync:
     @staticmethod
     def _end_summaries_phase(conn: sqlite3.Connection) -> None:
         """The end of a cold build's first phase (in the transaction that marks the index built):
-        the secondary indexes made again (if the batches have not: every file fitted in one),
-        and the rows indexed so far (all without their text) handed to the text phase."""
-        for _, statement in SECONDARY_INDEXES:  # made already unless every file fitted in one batch
-            conn.execute(_if_not_exists(statement))
+        the first index made again (if the batches have not: none were dropped if every file
+        fitted in one), and the rows indexed so far (all without their text) handed to the
+        text phase, which makes the other secondary indexes first."""
+        for name, statement in SECONDARY_INDEXES:
+            if name in FIRST_INDEXES:
+                conn.execute(_if_not_exists(statement))
         upto, total = conn.execute(f"SELECT MAX(id), COUNT(*) FROM runs WHERE source = '{FILE}'").fetchone()
         conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [
             (None, "build_total"), (upto, "text_upto"), (total, "text_total")])
