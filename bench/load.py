@@ -1,5 +1,7 @@
 """Load test: a real gunicorn (shipped config) under concurrent list/get/export requests while
-4 writer processes finalize runs; prints requests/s, p50/p99, errors, runs written vs found.
+4 writer processes finalize runs; prints requests/s, p50/p99, errors, runs written vs found,
+and the CPU in use meanwhile (the machine's busy share; cores used by the server's workers,
+the writers and this load generator, which share the machine).
 
     python -m bench.load [--runs 10000] [--clients 50] [--seconds 30] [--writers 4] [--source DIR]
     python -m bench.load --rate 200 --seconds 30   # open loop: a fixed arrival rate
@@ -144,6 +146,50 @@ def _open_loop(port: int, rate: float, seconds: float, ids: list[str], result: R
         thread.join()
 
 
+def _cpu_now(roles: dict[str, list[int]]) -> tuple[int, int, dict[str, int]]:
+    """The machine's busy and total CPU ticks (/proc/stat) and each role's ticks (its
+    processes' user + system time); zeros where /proc is missing."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0, 0, {}
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    per_role = {}
+    for role, pids in roles.items():
+        per_role[role] = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            per_role[role] += int(fields[11]) + int(fields[12])  # utime, stime
+    return sum(ticks) - idle, sum(ticks), per_role
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is *pid* (gunicorn's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _cpu_figures(before: tuple[int, int, dict[str, int]], after: tuple[int, int, dict[str, int]],
+                 seconds: float) -> dict[str, float]:
+    """CPU over the load: the machine's busy share (%) and each role's cores in use."""
+    if not after[1] - before[1]:
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"machine_busy_pct": round(100 * (after[0] - before[0]) / (after[1] - before[1]), 1),
+            **{f"{role}_cores": round((after[2][role] - before[2].get(role, 0)) / tick / seconds, 2)
+               for role in after[2]}}
+
+
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) >= 2 else (values[0] if values else 0.0)
 
@@ -164,6 +210,9 @@ def run_load(folder: Path, clients: int, seconds: float, writers: int, max_reque
         server.wait_built()  # the index is built (text search too) before the clock starts
         for proc in procs:
             proc.start()
+        roles = {"server": _children(server.proc.pid), "writers": [proc.pid for proc in procs],
+                 "load_generator": [os.getpid()]}
+        cpu_before = _cpu_now(roles)
         deadline = time.monotonic() + seconds
         if rate:
             threads = [threading.Thread(target=_open_loop, args=(server.port, rate, seconds, ids, result))]
@@ -176,6 +225,7 @@ def run_load(folder: Path, clients: int, seconds: float, writers: int, max_reque
         for thread in threads:
             thread.join()
         elapsed = time.monotonic() - started
+        cpu = _cpu_figures(cpu_before, _cpu_now(roles), elapsed)
     finally:
         stop.touch()
         for proc in procs:
@@ -204,6 +254,8 @@ def run_load(folder: Path, clients: int, seconds: float, writers: int, max_reque
         "latency_ms": {kind: {"n": len(v), "p50": round(pct(v, 50) * 1000, 1), "p99": round(pct(v, 99) * 1000, 1)}
                        for kind, v in {"all": every, **result.latencies}.items()},
         "first_errors": result.errors[:5],
+        # what the machine was doing meanwhile: a tail latency means little without it
+        "cpu": cpu,
     }
     print(json.dumps(figures, indent=2))
     if timeline is not None and result.timeline:  # when the slow requests were due: stalls or a steady queue

@@ -9,3 +9,7 @@ def test_short_load_test_has_no_errors_and_loses_no_run():
     assert figures["runs_lost"] == 0
     assert set(figures["latency_ms"]) == {"all", "list", "filtered", "get", "export"}
     assert figures["latency_ms"]["all"]["n"] == figures["requests"]
+    # the CPU in use meanwhile: the machine's share and every role's, each measured
+    cpu = figures["cpu"]
+    assert 0 < cpu["machine_busy_pct"] <= 100
+    assert cpu["server_cores"] > 0 and cpu["writers_cores"] > 0 and cpu["load_generator_cores"] > 0
