@@ -296,6 +296,23 @@ def test_lists_answer_before_the_text_phase_makes_the_other_sort_indexes(runs_di
     assert secondary - {"run_models_value"} <= analyzed  # (no model in these runs: no row to analyze)
 
 
+def test_a_cold_build_that_finds_no_run_still_makes_every_index(runs_dir, monkeypatch):
+    """No run indexed means no text phase: the first phase makes every index itself."""
+    import sqlite3
+
+    import execution_history.index.sync as sync_module
+    from execution_history.index.schema import SECONDARY_INDEXES
+
+    monkeypatch.setattr(sync_module, "BATCH", 5)
+    for n in range(12):  # record files, none readable
+        (runs_dir / f"exec_20250101_000000_{n:08x}.json").write_text("{")
+    index = RunIndex(RunStore(runs_dir))
+    assert index.stats()["unreadable_records"] == 12 and "build" not in index.state()
+    with sqlite3.connect(runs_dir / ".index" / "runs.sqlite3") as conn:
+        present = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {name for name, _ in SECONDARY_INDEXES} <= present
+
+
 def test_a_server_killed_mid_build_leaves_an_index_the_next_one_completes(runs_dir, tmp_path, gates):
     """SIGKILL every gunicorn process after the first batch of a cold build: the next server
     goes on from what was indexed (the scan lock dies with its holder) and ends with every run

@@ -829,11 +829,12 @@ class IndexSync:
         """The end of a cold build's first phase (in the transaction that marks the index built):
         the first index made again (if the batches have not: none were dropped if every file
         fitted in one), and the rows indexed so far (all without their text) handed to the
-        text phase, which makes the other secondary indexes first."""
-        for name, statement in SECONDARY_INDEXES:
-            if name in FIRST_INDEXES:
-                conn.execute(_if_not_exists(statement))
+        text phase, which makes the other secondary indexes first (here too if no run was
+        indexed: then there is no text phase)."""
         upto, total = conn.execute(f"SELECT MAX(id), COUNT(*) FROM runs WHERE source = '{FILE}'").fetchone()
+        for name, statement in SECONDARY_INDEXES:
+            if name in FIRST_INDEXES or upto is None:
+                conn.execute(_if_not_exists(statement))
         conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [
             (None, "build_total"), (upto, "text_upto"), (total, "text_total")])
 
