@@ -138,11 +138,14 @@ class Gunicorn:
         while b'"build"' in self.get("/api/health"):
             time.sleep(0.5)
 
+    def worker_pids(self) -> list[int]:
+        """The worker processes (the arbiter's children)."""
+        return [int(pid) for pid in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()]
+
     def worker_rss_mb(self) -> list[float]:
         """Resident memory of each worker process."""
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
         sizes = []
-        for pid in children:
+        for pid in self.worker_pids():
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):  # peak resident set size
                     sizes.append(int(line.split()[1]) / 1024)

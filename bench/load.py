@@ -154,29 +154,16 @@ def _cpu_now(roles: dict[str, list[int]]) -> tuple[int, int, dict[str, int]]:
     except OSError:
         return 0, 0, {}
     idle = ticks[3] + ticks[4]  # idle, iowait
-    per_role = {}
-    for role, pids in roles.items():
-        per_role[role] = 0
-        for pid in pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            per_role[role] += int(fields[11]) + int(fields[12])  # utime, stime
-    return sum(ticks) - idle, sum(ticks), per_role
+    return sum(ticks) - idle, sum(ticks), {role: sum(map(_process_ticks, pids)) for role, pids in roles.items()}
 
 
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is *pid* (gunicorn's workers)."""
-    found = []
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+def _process_ticks(pid: int) -> int:
+    """A process's user + system CPU ticks (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
 
 
 def _cpu_figures(before: tuple[int, int, dict[str, int]], after: tuple[int, int, dict[str, int]],
@@ -210,7 +197,7 @@ def run_load(folder: Path, clients: int, seconds: float, writers: int, max_reque
         server.wait_built()  # the index is built (text search too) before the clock starts
         for proc in procs:
             proc.start()
-        roles = {"server": _children(server.proc.pid), "writers": [proc.pid for proc in procs],
+        roles = {"server": server.worker_pids(), "writers": [proc.pid for proc in procs],
                  "load_generator": [os.getpid()]}
         cpu_before = _cpu_now(roles)
         deadline = time.monotonic() + seconds
