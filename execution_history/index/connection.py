@@ -103,17 +103,7 @@ class IndexConnection:
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection (the search database attached), reopened after a fork or
         when either file was replaced."""
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        inodes = self._inodes()
-        if conn is not None and (local.pid != os.getpid() or local.inode != inodes or None in inodes):
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-            conn = None
-        if conn is None:
-            conn = self._open()
-            local.conn, local.pid, local.inode = conn, os.getpid(), self._inodes()
-        return conn
+        return self._reused("conn", self._inodes, self._open)
 
     def _inodes(self) -> tuple[int | None, int | None]:
         """The inodes of the index file and of the search database (None: missing)."""
@@ -123,18 +113,31 @@ class IndexConnection:
         """This thread's connection to the search database alone: its writers (a move of
         pending text, a cold build's text phase; one at a time, under ``text.lock``) lock
         that file only. Reopened like :meth:`_connection`."""
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "search", None)
-        inode = _inode(self.search_path)
-        if conn is not None and (local.search_pid != os.getpid() or local.search_inode != inode or inode is None):
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-            conn = None
-        if conn is None:
+        def open_search() -> sqlite3.Connection:
             self._connection()  # makes the search database's schema, if need be
             conn = sqlite3.connect(self.search_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             self._tune(conn, "main")
-            local.search, local.search_pid, local.search_inode = conn, os.getpid(), os.stat(self.search_path).st_ino
+            return conn
+
+        return self._reused("search", lambda: (_inode(self.search_path),), open_search)
+
+    def _reused(self, slot: str, inodes: Callable[[], tuple[int | None, ...]],
+                open_: Callable[[], sqlite3.Connection]) -> sqlite3.Connection:
+        """This thread's connection *slot*, made by *open_*: made again after a fork, or when a
+        file it uses (*inodes()*, theirs) was replaced or is missing. The slot holds
+        (connection, pid, inodes when it was made)."""
+        local = self._local
+        held = getattr(local, slot, None)
+        if held is not None:
+            conn, pid, made = held
+            current = inodes()
+            if pid == os.getpid() and made == current and None not in current:
+                return conn
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            setattr(local, slot, None)
+        conn = open_()
+        setattr(local, slot, (conn, os.getpid(), inodes()))
         return conn
 
     def _open(self) -> sqlite3.Connection:
@@ -243,7 +246,8 @@ class IndexConnection:
         """
         with self._scan_lock():
             current = self._inodes()
-            if None in current or current != getattr(self._local, "inode", None):
+            held = getattr(self._local, "conn", None)
+            if None in current or held is None or current != held[2]:
                 return True  # another thread or process replaced a file meanwhile
             if not self._healthy(self.path):
                 log.warning("index %s is damaged; rebuilding it from the record files", self.path)

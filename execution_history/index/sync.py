@@ -687,9 +687,9 @@ class IndexSync:
     def rebuild(self) -> None:
         """Throw the index away and build it again from the files (``runs reindex``)."""
         with self._scan_lock():
-            conn = getattr(self._local, "conn", None)
-            if conn is not None:
-                conn.close()
+            held = getattr(self._local, "conn", None)  # see _reused
+            if held is not None:
+                held[0].close()
             self._local.conn = None
             self._remove_files()
         self.sync(full=True)
