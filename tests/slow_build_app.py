@@ -27,9 +27,9 @@ def _gated_store_batch(self, conn, parsed, progress=False):
     return _store_batch(self, conn, parsed, progress)
 
 
-def _gated_store_text(self, conn, texts, after, done):
+def _gated_store_text(self, conn, texts, *progress):
     _wait_for_gate("text")
-    return _store_text(self, conn, texts, after, done)
+    return _store_text(self, conn, texts, *progress)
 
 
 RunIndex._store_batch = _gated_store_batch

@@ -352,3 +352,67 @@ def test_a_server_killed_mid_build_leaves_an_index_the_next_one_completes(runs_d
         assert ids == sorted(path.stem for path in runs_dir.glob("exec_*.json"))[2950:]
     finally:
         second.stop()
+
+
+def test_a_search_database_replaced_during_the_text_phase_loses_no_text(runs_dir, monkeypatch):
+    """Another process throws the search database away (found damaged) and makes it afresh
+    while this one's text phase writes: the phase stops at its next write instead of going
+    on into the new file (whose progress starts again at the first run), and the text phase
+    that follows indexes every run's text, once."""
+    import sqlite3
+
+    import execution_history.index.sync as sync_module
+    from execution_history.filters import RunFilters, RunQuery
+
+    monkeypatch.setattr(sync_module, "BATCH", 5)
+    monkeypatch.setattr(sync_module, "CHUNK", 5)
+    make_runs(runs_dir, 23)
+    real, calls = RunIndex._store_text, []
+
+    def replaced_after_two(self, *args):
+        calls.append(1)
+        if len(calls) == 3:  # the other process: the file removed, then made again empty
+            self._remove_files(self.search_path)
+            RunIndex(RunStore(runs_dir))._connection()
+        return real(self, *args)
+
+    monkeypatch.setattr(RunIndex, "_store_text", replaced_after_two)
+    index = RunIndex(RunStore(runs_dir))
+    page, total = index.query(RunQuery(filters=RunFilters(q="quokka"), limit=None))
+    assert len(calls) > 3  # the replacement happened mid-phase, and a phase ran again
+    assert total == len(page) == 23 and "build" not in index.state()
+    with sqlite3.connect(runs_dir / ".index" / "search.sqlite3") as conn:
+        terms = conn.execute("SELECT COUNT(*) FROM run_text WHERE run_text MATCH 'quokka'").fetchone()[0]
+    assert terms == 23  # each run's text indexed once in the file in place
+
+
+def test_a_search_database_replaced_during_a_move_of_pending_text_loses_and_doubles_no_text(runs_dir,
+                                                                                          monkeypatch):
+    """A move of pending text that finds the search database replaced stops there: the new
+    file's text phase indexes every run (the pending text among them) once."""
+    import sqlite3
+
+    import execution_history.index.sync as sync_module
+    from execution_history.filters import RunFilters, RunQuery
+
+    monkeypatch.setattr(sync_module, "TEXT_MOVE_BATCH", 5)
+    make_runs(runs_dir, 12)
+    index = RunIndex(RunStore(runs_dir))
+    index.sync()  # a small folder: the text waits in text_pending
+    real, calls = RunIndex._store_moved, []
+
+    def replaced_at_the_second(search, rows):
+        calls.append(len(rows))
+        if len(calls) == 2:  # another process: the file removed, then made again empty
+            index._remove_files(index.search_path)
+            RunIndex(RunStore(runs_dir))._connection()
+        return real(search, rows)
+
+    monkeypatch.setattr(RunIndex, "_store_moved", staticmethod(replaced_at_the_second))
+    assert index._move_pending_text() == 5  # SQLite refused the second batch's write to the file removed
+    assert calls == [5, 5]  # and the third was not tried
+    page, total = index.query(RunQuery(filters=RunFilters(q="quokka"), limit=None))
+    assert total == len(page) == 12 and "build" not in index.state()
+    with sqlite3.connect(runs_dir / ".index" / "search.sqlite3") as conn:
+        terms = conn.execute("SELECT COUNT(*) FROM run_text WHERE run_text MATCH 'quokka'").fetchone()[0]
+    assert terms == 12

@@ -3,6 +3,7 @@ import datetime as dt
 import itertools
 import multiprocessing
 import os
+import sqlite3
 import time
 from dataclasses import replace
 
@@ -493,6 +494,35 @@ def test_the_search_database_lost_is_made_again_with_every_runs_text(index, stor
     assert fts_count(index, "bettong") == 3
     new_id = record_run(store, text="bettong new")
     assert search_ids(index, "bettong") == sorted([*moved, waiting, new_id])
+
+
+def test_two_processes_that_find_the_same_damage_repair_it_once(index, store, clock, recorded_runs, monkeypatch):
+    """Two workers open a damaged search database together: the one that finds, when it comes
+    to repair it, that the other has made it again already opens that file; it throws away
+    neither the new search database nor the index (which would mean a rebuild)."""
+    expected = [record_run(store, text="bilby here")]
+    assert search_ids(index, "bilby") == expected
+    index._connection().close()
+    index.search_path.write_bytes(os.urandom(8192))  # not a database at all
+    index_inode = os.stat(index.path).st_ino
+    first, second = RunIndex(store, clock=clock), RunIndex(store, clock=clock)  # two fresh processes
+    real, repaired = RunIndex._open_checked, []
+
+    def the_other_repairs_first(self):
+        try:
+            return real(self)
+        except sqlite3.DatabaseError:
+            if self is first and not repaired:  # between its failure and its repair
+                second._connection()
+                repaired.append(os.stat(second.search_path).st_ino)
+            raise
+
+    monkeypatch.setattr(RunIndex, "_open_checked", the_other_repairs_first)
+    first._connection()
+    assert repaired and os.stat(first.search_path).st_ino == repaired[0]
+    assert os.stat(first.path).st_ino == index_inode
+    monkeypatch.undo()
+    assert search_ids(first, "bilby") == expected
 
 
 def test_an_index_of_the_earlier_schema_with_its_search_index_inside_is_rebuilt(store, clock, recorded_runs):

@@ -79,6 +79,13 @@ def _sqlite_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class SearchReplaced(Exception):
+    """The search database in place is not the one a writer of it started on: another thread
+    or process threw that one away (found damaged, or deleted) and made it again, with the
+    text phase to do again from the first run. The writer stops, so it writes none of its
+    progress into the new file and clears no flag of the index about it."""
+
+
 def _inode(path: Path) -> int | None:
     try:
         return os.stat(path).st_ino
@@ -125,7 +132,13 @@ class IndexConnection:
                 open_: Callable[[], sqlite3.Connection]) -> sqlite3.Connection:
         """This thread's connection *slot*, made by *open_*: made again after a fork, or when a
         file it uses (*inodes()*, theirs) was replaced or is missing. The slot holds
-        (connection, pid, inodes when it was made)."""
+        (connection, pid, the inodes it found: all None if a file was replaced while it was
+        being opened, so it is made again at the next call).
+
+        A connection replaced is not closed here: a caller further up this thread may still
+        be using it (its reads then come from the file it opened); it closes when the last
+        reference to it goes. One inherited over a fork is closed at once.
+        """
         local = self._local
         held = getattr(local, slot, None)
         if held is not None:
@@ -133,27 +146,78 @@ class IndexConnection:
             current = inodes()
             if pid == os.getpid() and made == current and None not in current:
                 return conn
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+            if pid != os.getpid():
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
             setattr(local, slot, None)
+        before = inodes()
         conn = open_()
-        setattr(local, slot, (conn, os.getpid(), inodes()))
+        made = before if inodes() == before else tuple(None for _ in before)
+        setattr(local, slot, (conn, os.getpid(), made))
         return conn
 
+    def _attached_search(self) -> int | None:
+        """The inode of the search database as this thread's connection found it (call right
+        after :meth:`_connection`): what a writer of the search database pins (see
+        :meth:`_search_write`)."""
+        return self._local.conn[2][1]
+
+    def _check_search(self, pinned: int | None) -> None:
+        """:raises SearchReplaced: if the search database in place is not *pinned*."""
+        if _inode(self.search_path) != pinned:
+            raise SearchReplaced(f"search database {self.search_path} replaced")
+
     def _open(self) -> sqlite3.Connection:
+        """A new connection; a damaged file (corrupt, or not a database at all) is thrown away
+        and made again, unless another thread or process replaced it meanwhile (workers that
+        start together find the same damage: one repairs it, the others open its new file
+        instead of throwing that away too). Busy, locked, read-only: raised as they are."""
         self._ensure_folder()
+        for attempt in (1, 2, 3):
+            failed_on = self._made_when()
+            try:
+                return self._open_checked()
+            except sqlite3.DatabaseError as err:
+                if attempt == 3 or not _is_corrupt(err):
+                    raise
+                with self._repair_lock():
+                    if self._made_when() != failed_on:
+                        continue  # made again by another thread or process: open that
+                    damaged = [path for path in (self.path, self.search_path) if not self._healthy(path)]
+                    if damaged == [self.search_path]:  # only the search database: the text indexed again
+                        log.warning("search database %s unusable (%s); indexing the text again",
+                                    self.search_path, err)
+                    else:  # the index itself (or both): rebuilt from the files
+                        log.warning("index %s unusable (%s); rebuilding it from the record files", self.path, err)
+                        damaged = [self.path, self.search_path]
+                    self._remove_files(*damaged)
+        raise AssertionError("unreachable")
+
+    def _made_when(self) -> tuple[tuple[int, int] | None, ...]:
+        """(inode, ctime) of the index file and of the search database (None: missing): a file
+        made again has another, even where the file system gives it the inode number of the
+        one removed (it reuses a free one at once). Never an open of the files themselves: a
+        close of such a descriptor would drop this process's SQLite locks on them."""
+        made = []
+        for path in (self.path, self.search_path):
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                made.append(None)
+            else:
+                made.append((stat.st_ino, stat.st_ctime_ns))
+        return tuple(made)
+
+    @contextlib.contextmanager
+    def _repair_lock(self) -> Iterator[None]:
+        """One repair of a damaged file at a time, across processes (``repair.lock``; taken
+        by nothing else, so never nested in another of these locks' holders)."""
+        fd = os.open(self.folder / "repair.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            conn = self._open_checked()
-        except sqlite3.DatabaseError as err:  # corrupt, or not a database at all: start afresh
-            damaged = [path for path in (self.path, self.search_path) if not self._healthy(path)]
-            if damaged != [self.search_path]:  # the index itself (or both): rebuilt from the files
-                log.warning("index %s unusable (%s); rebuilding it from the record files", self.path, err)
-                damaged = [self.path, self.search_path]
-            else:  # only the search database: made again, the text indexed again
-                log.warning("search database %s unusable (%s); indexing the text again", self.search_path, err)
-            self._remove_files(*damaged)
-            conn = self._open_checked()
-        return conn
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _open_checked(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
@@ -333,13 +397,28 @@ class IndexConnection:
             raise
         conn.execute("COMMIT")
 
-    def _search_write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _search_write(self, work: Callable[[sqlite3.Connection], Any], pinned: int | None) -> Any:
         """Run *work* in a write transaction of the search database alone (the caller holds
-        ``text.lock``, which keeps its other writers off); the index's write lock stays free."""
+        ``text.lock``, which keeps its other writers off); the index's write lock stays free.
+
+        *pinned* is the search database the caller read its progress from
+        (:meth:`_attached_search`): if the file in place is another one once the lock is
+        taken, nothing is written (and SQLite refuses the writes to one removed later: read-only).
+
+        :raises SearchReplaced: if so.
+        """
+        self._check_search(pinned)
         conn = self._search_connection()
-        self._begin_immediate(conn)
-        with self._committed(conn):
-            return work(conn)
+        if self._local.search[2][0] != pinned:
+            raise SearchReplaced(f"search database {self.search_path} replaced")
+        try:
+            self._begin_immediate(conn)
+            with self._committed(conn):
+                self._check_search(pinned)
+                return work(conn)
+        except sqlite3.OperationalError:  # read-only: the file removed under it (SQLite checks)
+            self._check_search(pinned)
+            raise
 
     def _write(self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], Any],
                begin: bool = True) -> Any:

@@ -77,7 +77,7 @@ from .. import journal, records
 from ..errors import IndexBuilding, StorageError
 from ..records import is_valid_execution_id
 from ..storage import RECORD_SUFFIX, Malformed, RunStore
-from .connection import _sqlite_errors
+from .connection import SearchReplaced, _sqlite_errors
 from .schema import (
     _INSERT_RUN, FILE, FIRST_INDEXES, JOURNAL, SECONDARY_INDEXES, IndexedRun, Parsed, extract, read_indexed,
 )
@@ -482,23 +482,28 @@ class IndexSync:
         far it got (``moved_upto``: searches skip recent_text's rows up to there, so no run
         is found twice); then one short write of the index drops the pending rows moved and
         makes recent_text again of those left. A move cut short (a killed process) is
-        finished by the next.
+        finished by the next. One that finds the search database replaced stops (see
+        SearchReplaced): the new file's text phase indexes that text.
         """
         conn = self._connection()
+        pinned = self._attached_search()
         moved = 0
-        while True:
-            upto = conn.execute("SELECT value FROM search.meta WHERE key = 'moved_upto'").fetchone()[0]
-            rows = conn.execute("SELECT p.rowid, p.content, EXISTS (SELECT 1 FROM runs WHERE id = p.rowid)"
-                                " FROM text_pending AS p WHERE p.rowid > ? ORDER BY p.rowid LIMIT ?",
-                                (upto, TEXT_MOVE_BATCH)).fetchall()
-            if rows:
-                self._search_write(lambda search, rows=rows: self._store_moved(search, rows))
-                moved += len(rows)
-            if len(rows) < TEXT_MOVE_BATCH:
-                break
-        if conn.execute("SELECT EXISTS (SELECT 1 FROM text_pending"
-                        " WHERE rowid <= (SELECT value FROM search.meta WHERE key = 'moved_upto'))").fetchone()[0]:
-            self._write(conn, self._drop_moved)
+        try:
+            while True:
+                upto = conn.execute("SELECT value FROM search.meta WHERE key = 'moved_upto'").fetchone()[0]
+                rows = conn.execute("SELECT p.rowid, p.content, EXISTS (SELECT 1 FROM runs WHERE id = p.rowid)"
+                                    " FROM text_pending AS p WHERE p.rowid > ? ORDER BY p.rowid LIMIT ?",
+                                    (upto, TEXT_MOVE_BATCH)).fetchall()
+                if rows:
+                    self._search_write(lambda search, rows=rows: self._store_moved(search, rows), pinned)
+                    moved += len(rows)
+                if len(rows) < TEXT_MOVE_BATCH:
+                    break
+            if conn.execute("SELECT EXISTS (SELECT 1 FROM text_pending WHERE rowid <="
+                            " (SELECT value FROM search.meta WHERE key = 'moved_upto'))").fetchone()[0]:
+                self._write(conn, lambda c: (self._check_search(pinned), self._drop_moved(c)))
+        except SearchReplaced as err:
+            log.info("index: %s during a move of pending text; the text phase indexes it", err)
         return moved
 
     @staticmethod
@@ -560,43 +565,54 @@ class IndexSync:
         phase indexed without (ids up to ``text_upto``), read again from their files, in batches.
 
         One process at a time (``text.lock``, *fd* if already taken); scans go on meanwhile:
-        a run replaced since has a new row (with its text), a run gone is skipped.
+        a run replaced since has a new row (with its text), a run gone is skipped. A search
+        database replaced meanwhile (SearchReplaced) starts it again on the new file.
         """
         if fd is None:
             fd = self._try_text_lock()
             if fd is None:
                 return
         try:
-            conn = self._connection()
-            meta = self._meta(conn, search=True)
-            upto, after = meta["text_upto"], int(meta["text_after"] or 0)
-            if upto is None:
-                return
-            if self._make_indexes(conn):  # the secondary indexes the first phase left (FIRST_INDEXES)
-                self._write(conn, lambda c: c.execute("ANALYZE"))  # then table statistics, for the planner
-            total = conn.execute(f"SELECT COUNT(*) FROM runs WHERE source = '{FILE}' AND id > ? AND id <= ?",
-                                 (after, upto)).fetchone()[0]
-            listed: dict[str, tuple[int, tuple[int, ...]]] = {}  # id -> (row id, identity), for ids in flight
-            pending: list[tuple[int, bytes]] = []
-            pending_bytes = 0
-            done = written = int(meta["text_done"] or 0)
-            for parsed in iter_parsed(self.store, self._text_ids(conn, after, upto, listed), text=True, total=total):
-                for execution_id, result in parsed:
-                    run_id, identity = listed.pop(execution_id)
-                    after = run_id
-                    if isinstance(result, IndexedRun) and result.identity == identity and result.text:
-                        pending.append((run_id, result.text))
-                        pending_bytes += len(result.text)
-                done += len(parsed)
-                # one transaction, and one step of progress, per BATCH runs (or TEXT_BATCH_BYTES of text)
-                if done - written >= BATCH or pending_bytes >= TEXT_BATCH_BYTES:
-                    self._store_text(conn, pending, after, done)
-                    pending, pending_bytes, written = [], 0, done
-            self._store_text(conn, pending, after, done)
-            self._write(conn, lambda c: c.execute("UPDATE meta SET value = NULL WHERE key = 'text_upto'"))
-            log.info("index: text of %d runs indexed", done)
+            for _ in range(3):  # then the next sync starts it again
+                try:
+                    return self._text_phase()
+                except SearchReplaced as err:
+                    log.warning("index: %s during the text phase; indexing the text again", err)
         finally:
             os.close(fd)
+
+    def _text_phase(self) -> None:
+        """The work of :meth:`_index_text`, on the search database in place when it starts."""
+        conn = self._connection()
+        pinned = self._attached_search()
+        meta = self._meta(conn, search=True)
+        upto, after = meta["text_upto"], int(meta["text_after"] or 0)
+        if upto is None:
+            return
+        if self._make_indexes(conn):  # the secondary indexes the first phase left (FIRST_INDEXES)
+            self._write(conn, lambda c: c.execute("ANALYZE"))  # then table statistics, for the planner
+        total = conn.execute(f"SELECT COUNT(*) FROM runs WHERE source = '{FILE}' AND id > ? AND id <= ?",
+                             (after, upto)).fetchone()[0]
+        listed: dict[str, tuple[int, tuple[int, ...]]] = {}  # id -> (row id, identity), for ids in flight
+        pending: list[tuple[int, bytes]] = []
+        pending_bytes = 0
+        done = written = int(meta["text_done"] or 0)
+        for parsed in iter_parsed(self.store, self._text_ids(conn, after, upto, listed), text=True, total=total):
+            for execution_id, result in parsed:
+                run_id, identity = listed.pop(execution_id)
+                after = run_id
+                if isinstance(result, IndexedRun) and result.identity == identity and result.text:
+                    pending.append((run_id, result.text))
+                    pending_bytes += len(result.text)
+            done += len(parsed)
+            # one transaction, and one step of progress, per BATCH runs (or TEXT_BATCH_BYTES of text)
+            if done - written >= BATCH or pending_bytes >= TEXT_BATCH_BYTES:
+                self._store_text(conn, pending, after, done, pinned)
+                pending, pending_bytes, written = [], 0, done
+        self._store_text(conn, pending, after, done, pinned)
+        self._write(conn, lambda c: (self._check_search(pinned),
+                                     c.execute("UPDATE meta SET value = NULL WHERE key = 'text_upto'")))
+        log.info("index: text of %d runs indexed", done)
 
     @staticmethod
     def _text_ids(conn: sqlite3.Connection, after: int, upto: int,
@@ -611,9 +627,10 @@ class IndexSync:
                 yield execution_id
             after = rows[-1][1]
 
-    def _store_text(self, conn: sqlite3.Connection, texts: list[tuple[int, bytes]], after: int, done: int) -> None:
+    def _store_text(self, conn: sqlite3.Connection, texts: list[tuple[int, bytes]], after: int, done: int,
+                    pinned: int | None) -> None:
         """Index *texts* (rowid, folded text) of rows still there, and note the progress, in
-        one write of the search database (the index's write lock stays free for lists)."""
+        one write of the search database *pinned* (the index's write lock stays free for lists)."""
         present = set()
         for start in range(0, len(texts), CHUNK):
             chunk = [run_id for run_id, _ in texts[start:start + CHUNK]]
@@ -625,7 +642,7 @@ class IndexSync:
                                [(run_id, text) for run_id, text in texts if run_id in present])
             search.executemany("UPDATE meta SET value = ? WHERE key = ?", [(after, "text_after"), (done, "text_done")])
 
-        self._search_write(write)
+        self._search_write(write, pinned)
 
     def state(self) -> dict[str, Any]:
         """``{"index": "ready" | "building", "runs_indexed": N}`` without building anything:
