@@ -164,12 +164,18 @@ def _job_paths(spec: APISpec, download: dict[str, Any]) -> None:
         "options": {"type": "object", "properties": options, "additionalProperties": False,
                     "description": "The export options of the format (csv: shape, bom, raw; every format: pseudonymize)"}}}
         for names, options in variants]}
+    # The same as form fields (the web page's form): one flat set, the format's options checked as for JSON.
+    form = {"type": "object", "required": ["format"], "properties": {
+        "format": {"type": "string", "enum": [*EXPORTERS, *ALIASES, *PLANNED],
+                   "description": "Export format, case-insensitive; pdf/docx: 501"},
+        **filters, **{name: option(field) for name, field in EXPORT_OPTIONS.items()}}}
     job_id = {"in": "path", "name": "job_id", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
     denied = {"401": _error("No valid bearer token (or session)"), "404": _error("No such job, or another user's")}
     spec.path(path="/api/exports", operations={
         "post": {"operationId": "create_export_job",
                  "summary": "Queue an export of the runs the filters select now (or the same as form fields)",
-                 "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+                 "requestBody": {"required": True, "content": {"application/json": {"schema": body},
+                                                               "application/x-www-form-urlencoded": {"schema": form}}},
                  "responses": {"202": {**_json("Queued (Location: its status URL)", "Job"),
                                        "headers": {"Location": {"schema": {"type": "string"}}}},
                                "400": _error("Unknown format, bad or unknown parameter, or EXPORT_TOO_LARGE"),

@@ -55,3 +55,22 @@ def test_every_api_route_is_documented(app, spec):
                        .replace("<job_id>", "{job_id}"))
     documented = {path.replace("/csv", "/{fmt}") for path in spec["paths"]}  # csv has paths of its own
     assert routes == documented
+
+
+def test_the_export_job_form_body_is_what_the_route_takes(client, spec, recorded_runs):
+    """POST /api/exports takes form fields too (the web page's form): documented as one flat
+    set of the format, the list filters and every option; a real form post queues a job."""
+    from app.params import COMMON_EXPORT_OPTIONS, EXPORT_OPTIONS
+    from execution_history.exporters import EXPORTERS
+
+    content = spec["paths"]["/api/exports"]["post"]["requestBody"]["content"]
+    form = content["application/x-www-form-urlencoded"]["schema"]
+    json_filters = content["application/json"]["schema"]["oneOf"][0]["properties"]["filters"]["properties"]
+    assert set(form["properties"]) == {"format", *json_filters, *EXPORT_OPTIONS, *COMMON_EXPORT_OPTIONS}
+    assert set(EXPORTERS) <= set(form["properties"]["format"]["enum"])
+    decoded = {"format": "csv", "config": "dada", "shape": "items", "bom": True}  # as OpenAPI decodes the form
+    OAS30Validator({**form, "components": spec["components"]}).validate(decoded)
+    response = client.post("/api/exports", data={**decoded, "bom": "true"})
+    assert response.status_code == 202, response.get_json()
+    job = response.get_json()
+    assert job["format"] == "csv" and job["options"]["shape"] == "items" and job["filters"]["config"] == "dada"
