@@ -164,11 +164,12 @@ def _job_paths(spec: APISpec, download: dict[str, Any]) -> None:
         "options": {"type": "object", "properties": options, "additionalProperties": False,
                     "description": "The export options of the format (csv: shape, bom, raw; every format: pseudonymize)"}}}
         for names, options in variants]}
-    # The same as form fields (the web page's form): one flat set, the format's options checked as for JSON.
-    form = {"type": "object", "required": ["format"], "properties": {
-        "format": {"type": "string", "enum": [*EXPORTERS, *ALIASES, *PLANNED],
-                   "description": "Export format, case-insensitive; pdf/docx: 501"},
-        **filters, **{name: option(field) for name, field in EXPORT_OPTIONS.items()}}}
+    # The same as form fields (the web page's form): one flat set per format, its options beside the
+    # filters (a form field is text: no null, where JSON's null means "not given")
+    form_filters = {name: {k: v for k, v in prop.items() if k != "nullable"} for name, prop in filters.items()}
+    form = {"oneOf": [{"type": "object", "required": ["format"], "additionalProperties": False, "properties": {
+        "format": {"type": "string", "enum": names, "description": "Export format, case-insensitive; pdf/docx: 501"},
+        **form_filters, **options}} for names, options in variants]}
     job_id = {"in": "path", "name": "job_id", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
     denied = {"401": _error("No valid bearer token (or session)"), "404": _error("No such job, or another user's")}
     spec.path(path="/api/exports", operations={

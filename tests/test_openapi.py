@@ -64,12 +64,22 @@ def test_the_export_job_form_body_is_what_the_route_takes(client, spec, recorded
     from execution_history.exporters import EXPORTERS
 
     content = spec["paths"]["/api/exports"]["post"]["requestBody"]["content"]
-    form = content["application/x-www-form-urlencoded"]["schema"]
-    json_filters = content["application/json"]["schema"]["oneOf"][0]["properties"]["filters"]["properties"]
-    assert set(form["properties"]) == {"format", *json_filters, *EXPORT_OPTIONS, *COMMON_EXPORT_OPTIONS}
-    assert set(EXPORTERS) <= set(form["properties"]["format"]["enum"])
+    forms = content["application/x-www-form-urlencoded"]["schema"]["oneOf"]
+    bodies = content["application/json"]["schema"]["oneOf"]
+    assert len(forms) == len(bodies)
+    for form, body in zip(forms, bodies):  # per format: its names, the filters and its options, nothing else
+        assert form["properties"]["format"] == body["properties"]["format"] and form["additionalProperties"] is False
+        assert set(form["properties"]) == {"format", *body["properties"]["filters"]["properties"],
+                                           *body["properties"]["options"]["properties"]}
+    csv_form = next(form for form in forms if "csv" in form["properties"]["format"]["enum"])
+    assert {"shape", "bom", "raw", *COMMON_EXPORT_OPTIONS} <= set(csv_form["properties"]) <= {
+        "format", *bodies[0]["properties"]["filters"]["properties"], *EXPORT_OPTIONS}
+    assert set(EXPORTERS) <= {name for form in forms for name in form["properties"]["format"]["enum"]}
     decoded = {"format": "csv", "config": "dada", "shape": "items", "bom": True}  # as OpenAPI decodes the form
-    OAS30Validator({**form, "components": spec["components"]}).validate(decoded)
+    validator = OAS30Validator({**content["application/x-www-form-urlencoded"]["schema"],
+                                "components": spec["components"]})
+    validator.validate(decoded)
+    assert not validator.is_valid({"format": "json", "bom": True})  # a 400: json takes no bom
     response = client.post("/api/exports", data={**decoded, "bom": "true"})
     assert response.status_code == 202, response.get_json()
     job = response.get_json()
