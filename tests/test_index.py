@@ -525,6 +525,33 @@ def test_two_processes_that_find_the_same_damage_repair_it_once(index, store, cl
     assert search_ids(first, "bilby") == expected
 
 
+def test_a_damaged_file_that_changes_at_each_failed_open_is_still_repaired(index, store, clock, recorded_runs,
+                                                                         monkeypatch, caplog):
+    """A damaged search database that a failed open writes to (its ctime moves, as if another
+    process had made it again) is taken for a replacement once, then repaired: never an index
+    that fails every open."""
+    expected = [record_run(store, text="quoll here")]
+    assert search_ids(index, "quoll") == expected
+    index._connection().close()
+    fresh = RunIndex(store, clock=clock)
+    real, failed = RunIndex._open_checked, []
+
+    def damaged_and_written(self):
+        if not failed or self.search_path.exists() and os.stat(self.search_path).st_ino == failed[0]:
+            failed.append(os.stat(self.search_path).st_ino)
+            time.sleep(0.01)
+            os.utime(self.search_path)  # written to: a new ctime
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return real(self)
+
+    monkeypatch.setattr(RunIndex, "_open_checked", damaged_and_written)
+    fresh._connection()
+    assert len(failed) == 2  # once taken for another's repair, then repaired
+    assert "rebuilding it from the record files" in caplog.text  # (the file was fine: the index judged)
+    monkeypatch.undo()
+    assert search_ids(fresh, "quoll") == expected
+
+
 def test_an_index_of_the_earlier_schema_with_its_search_index_inside_is_rebuilt(store, clock, recorded_runs):
     """An index of schema 14 kept run_text in runs.sqlite3: opened now, it is rebuilt, the old
     search tables go, and searches answer from search.sqlite3."""

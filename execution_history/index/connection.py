@@ -181,8 +181,9 @@ class IndexConnection:
                 if attempt == 3 or not _is_corrupt(err):
                     raise
                 with self._repair_lock():
-                    if self._made_when() != failed_on:
-                        continue  # made again by another thread or process: open that
+                    if attempt == 1 and self._made_when() != failed_on:
+                        continue  # made again by another thread or process: open that (once: a
+                        # file that our own failed open wrote to changes too, and is damaged)
                     damaged = [path for path in (self.path, self.search_path) if not self._healthy(path)]
                     if damaged == [self.search_path]:  # only the search database: the text indexed again
                         log.warning("search database %s unusable (%s); indexing the text again",
