@@ -101,10 +101,12 @@ def test_a_run_broken_mid_stream_cuts_the_download_and_the_audit_says_so(runs_di
         with ExecutionTracker(f"big{n % 3}", store=store) as run:
             run.log_output_text(big)
         ids.append(run.execution_id)
-    oldest = min(ids)  # exported last
     server = LiveServer(runs_dir, tmp_path / "gunicorn.log")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)  # not connected yet
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+        # the run exported last, in the export's own order (timestamp desc: not the smallest id,
+        # whose random part orders the runs of one second, and 60 can be written in one)
+        oldest = get_json(server, "/api/runs?limit=60")[2]["executions"][-1]["execution_id"]
         conn.sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
         conn.request("GET", "/api/runs/export/jsonl")
@@ -114,8 +116,8 @@ def test_a_run_broken_mid_stream_cuts_the_download_and_the_audit_says_so(runs_di
         break_in_place(store.path_for(oldest))
         with pytest.raises(http.client.IncompleteRead) as cut:
             response.read()
-        conn.close()
     finally:
+        conn.close()  # here too if the test fails: no unclosed socket warning in the next test
         server.stop()
     lines = (received + cut.value.partial).split(b"\n")
     whole = [json.loads(line) for line in lines[:-1]]
