@@ -29,12 +29,13 @@ DEFAULTS: dict[str, Any] = {
     "RUN_HISTORY_JOURNAL_DIR": None,   # None: <data dir>/.journal for a local store, else per-user cache
     "RUN_HISTORY_S3_ENDPOINT_URL": None,   # a non-AWS S3 endpoint (SeaweedFS, MinIO, Ceph)
     "RUN_HISTORY_RETENTION_DAYS": None,    # None: keep runs forever; N: prune finished runs older than N days
+    "RUN_HISTORY_RECORD_CACHE_MB": 4,  # checked records kept per process (execution_history/record_cache.py); 0: off
 }
 
 _INTEGER_KEYS = {"RUN_HISTORY_LINK_TTL", "RUN_HISTORY_STALE_AFTER", "RUN_HISTORY_RESCAN_SECONDS",
                  "RUN_HISTORY_RUNNING_REFRESH", "RUN_HISTORY_EXPORT_TTL", "RUN_HISTORY_EXPORT_WORKERS",
                  "RUN_HISTORY_EXPORT_STALE_AFTER", "RUN_HISTORY_FOLDER_WATCH",
-                 "RUN_HISTORY_TRUSTED_PROXIES"}
+                 "RUN_HISTORY_TRUSTED_PROXIES", "RUN_HISTORY_RECORD_CACHE_MB"}
 #: Whole numbers that may also be unset (None).
 _OPTIONAL_INTEGER_KEYS = {"RUN_HISTORY_RETENTION_DAYS"}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 
 __all__ = ["NotARegularFile", "read_regular", "special_identity"]
 
@@ -42,8 +43,12 @@ def special_identity(path: str | os.PathLike[str]) -> tuple[int, int, int] | Non
     return None
 
 
-def read_regular(path: str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:
+def read_regular(path: str | os.PathLike[str],
+                 unless: Callable[[os.stat_result], bool] | None = None) -> tuple[bytes | None, os.stat_result]:
     """The whole content of a regular file (symlinks followed) and its ``fstat``.
+
+    *unless*: given the ``fstat`` of the opened file, True means "no need to read it"
+    (the caller knows this very file): then the content is None and nothing is read.
 
     :raises NotARegularFile: for a FIFO, socket, device, folder, dangling or looping symlink.
     :raises FileNotFoundError: if nothing has this name.
@@ -68,6 +73,8 @@ def read_regular(path: str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise NotARegularFile(path, (st.st_ino, st.st_size, st.st_mtime_ns))
+        if unless is not None and unless(st):
+            return None, st
         chunks = []
         remaining = st.st_size
         while True:

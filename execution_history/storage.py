@@ -6,13 +6,14 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import atomic
 from .errors import InvalidRecord, RunAlreadyExists, RunNotFound, StorageError
+from .record_cache import DEFAULT_MAX_BYTES as DEFAULT_CACHE_BYTES, CheckedRecords, file_identity
 from .records import dump_record, is_valid_execution_id, parse_record, parse_timestamp
 from .regular import NotARegularFile, read_regular
 
@@ -68,8 +69,9 @@ class SavedFile:
 class RunStore:
     """The folder of ``<execution_id>.json`` files, the source of truth for every run."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], record_cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.root = Path(root).absolute()
+        self.checked = CheckedRecords(record_cache_bytes)  # records read again are not checked again
 
     # ------------------------------------------------------------ paths
 
@@ -194,6 +196,7 @@ class RunStore:
         except OSError as err:
             raise StorageError("Run could not be deleted", execution_id=execution_id,
                                reason=err.strerror or str(err)) from err
+        self.checked.discard(execution_id)
         atomic.fsync_dir(self.root)  # the removal survives a power cut, like a publication
         return True
 
@@ -206,9 +209,16 @@ class RunStore:
             file (FIFO, socket, device, folder, dangling symlink: counted unreadable, never served).
         :raises StorageError: if the file exists but cannot be read.
         """
+        raw, _ = self._read(execution_id)
+        assert raw is not None
+        return raw
+
+    def _read(self, execution_id: str, unless: Callable[[os.stat_result], bool] | None = None,
+              ) -> tuple[bytes | None, os.stat_result]:
+        """``read_regular`` of a run's file (*unless* as there), its errors as the store's."""
         path = self.path_for(execution_id)
         try:
-            return read_regular(path)[0]  # never blocks on a FIFO, never reads a device
+            return read_regular(path, unless)  # never blocks on a FIFO, never reads a device
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError, NotARegularFile):
             raise RunNotFound("Execution not found", execution_id=execution_id) from None
         except OSError as err:
@@ -216,12 +226,23 @@ class RunStore:
                                reason=err.strerror) from err
 
     def load(self, execution_id: str) -> dict[str, Any]:
-        """One checked record.
+        """One checked record (of an unchanged file read before: from ``self.checked``, unread).
 
         :raises RunNotFound: if the id is malformed or no such file exists.
         :raises InvalidRecord: if the file is not a run record (truncated, foreign).
         """
-        return parse_record(self.read_bytes(execution_id), execution_id)
+        kept: list[dict[str, Any]] = []
+
+        def known(st: os.stat_result) -> bool:
+            record = self.checked.get(execution_id, file_identity(st))
+            if record is not None:
+                kept.append(record)
+            return record is not None
+
+        raw, st = self._read(execution_id, unless=known)
+        if raw is None:
+            return kept[0]
+        return self.checked.put(execution_id, file_identity(st), parse_record(raw, execution_id))
 
     def get(self, execution_id: str) -> dict[str, Any]:
         """One record to serve: an unreadable file is as good as missing.

@@ -5,6 +5,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..errors import InvalidParameter
+from ..record_cache import derived
 from ..records import ITEM_ROW_RUN_FIELDS
 from .cells import FORMULA_TRIGGERS, ITEM_COLUMNS, RUN_COLUMNS, item_row_head, item_row_tail, run_row
 from .info import ExportInfo
@@ -14,8 +15,7 @@ SHAPES = ("items", "runs")
 _TRIGGERS = frozenset(FORMULA_TRIGGERS)
 #: The line of a run without items: its item columns empty.
 _NO_ITEM = "," * (len(ITEM_COLUMNS) - len(ITEM_ROW_RUN_FIELDS)) + "\r\n"
-#: Pieces of lines gathered before they are joined, and the text a chunk holds at least.
-_FLUSH_PIECES = 1024
+#: The text a chunk holds at least.
 _FLUSH_CHARS = 64 * 1024
 
 
@@ -44,25 +44,30 @@ def takes_run_rows(options: dict[str, Any]) -> bool:
 
 def _rows(records: Iterable[dict[str, Any]], shape: str, bom: bool, raw: bool) -> Iterator[bytes]:
     """The CSV's bytes, about 64 KB at a time: lines built as text (:func:`csv_line`), joined
-    and encoded once a chunk. A run's columns are formatted once for all its item rows."""
+    and encoded once a chunk. A run's item rows are made once per file (``derived``: read
+    again unchanged, a run's rows are not made again)."""
     pieces = ["\ufeff" if bom else "", csv_line(ITEM_COLUMNS if shape == "items" else RUN_COLUMNS, True), "\r\n"]
+    size = 0
     for record in records:
         if shape == "runs":
-            pieces += (csv_line(run_row(record), raw), "\r\n")
+            text = csv_line(run_row(record), raw) + "\r\n"
         else:
-            head = csv_line(item_row_head(record), raw)
-            if not record["items"]:
-                pieces += (head, _NO_ITEM)
-            for item in record["items"]:
-                pieces += (head, ",", csv_line(item_row_tail(item), raw), "\r\n")
-        if len(pieces) >= _FLUSH_PIECES:
-            text = "".join(pieces)
-            if len(text) < _FLUSH_CHARS:
-                pieces = [text]
-            else:
-                yield text.encode("utf-8")
-                pieces = []
+            text = derived(record, ("csv items", raw), lambda: _item_lines(record, raw))
+        pieces.append(text)
+        size += len(text)
+        if size >= _FLUSH_CHARS:
+            yield "".join(pieces).encode("utf-8")
+            pieces, size = [], 0
     yield "".join(pieces).encode("utf-8")
+
+
+def _item_lines(record: dict[str, Any], raw: bool) -> str:
+    """A run's item rows, line ends included (its columns formatted once for all its items)."""
+    head = csv_line(item_row_head(record), raw)
+    if not record["items"]:
+        return head + _NO_ITEM
+    return "".join([piece for item in record["items"]
+                    for piece in (head, ",", csv_line(item_row_tail(item), raw), "\r\n")])
 
 
 def csv_line(values: Iterable[Any], raw: bool = False) -> str:
