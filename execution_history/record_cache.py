@@ -68,6 +68,9 @@ class LoadedRecord(dict):  # type: ignore[type-arg]
 
     __slots__ = ("_cache", "_entry")
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled or copied: a plain dict (no lock to carry)
+        return dict, (dict(self),)
+
 
 def derived(record: dict[str, Any], key: Hashable, make: Callable[[], str]) -> str:
     """``make()``, a text a writer derives from *record* alone (and *key*, which names the

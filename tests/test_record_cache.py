@@ -248,3 +248,16 @@ def test_threads_reading_the_same_runs_each_get_whole_records(runs_dir):
     assert not failures
     assert store.checked._bytes == sum(e.size for e in store.checked._entries.values()) <= store.checked.max_bytes
     assert isinstance(store.checked, CheckedRecords)
+
+
+def test_a_kept_record_pickles_and_copies_as_a_plain_dict(runs_dir):
+    import copy
+    import pickle
+
+    execution_id = write_hostile_runs(runs_dir, 1, long_every=0)[0]
+    store = RunStore(runs_dir)
+    for _ in range(3):
+        record = store.load(execution_id)
+    assert type(record) is not dict  # kept: the store's LoadedRecord
+    for twin in (pickle.loads(pickle.dumps(record)), copy.copy(record), copy.deepcopy(record)):
+        assert type(twin) is dict and twin == record
