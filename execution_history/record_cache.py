@@ -25,6 +25,7 @@ a run's CSV rows) is kept with it.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -59,7 +60,7 @@ class _Entry:
         self.zone = records.naive_timezone()
         self.blob = blob
         self.derived: dict[Hashable, str] = {}
-        self.size = len(blob)
+        self.size = sys.getsizeof(blob)
 
 
 class LoadedRecord(dict):  # type: ignore[type-arg]
@@ -141,13 +142,14 @@ class CheckedRecords:
         if text is not None:
             return text
         text = make()
-        if len(text) > self.max_bytes // 8:
+        size = sys.getsizeof(text)  # memory, not characters: non-ASCII text takes 2 or 4 bytes a character
+        if size > self.max_bytes // 8:
             return text
         with self._lock:
             if self._entries.get(entry.execution_id) is entry and key not in entry.derived:  # still kept
                 entry.derived[key] = text
-                entry.size += len(text)
-                self._bytes += len(text)
+                entry.size += size
+                self._bytes += size
                 self._trim()
         return text
 
