@@ -11,7 +11,9 @@ a run's CSV rows) is kept with it.
 
 - Nothing is trusted that was not checked here: a file that changed in any way (a new
   inode, size, mtime or ctime) is read and checked afresh, and so is every file the first
-  time. The identity comes from ``fstat`` on the descriptor the read would use.
+  time. The identity comes from ``fstat`` on the descriptor the read would use. (The one
+  change it cannot see: an edit in place that keeps the size, puts the mtime back and falls
+  within the file system's timestamp tick of the previous change, a few ms: no ctime moves.)
 - Every reader gets a record of its own (parsed from the bytes, a :class:`LoadedRecord`),
   never a dict shared with another request. A copy of it (``dict(record)``, as pseudonyms
   make) is a plain dict: nothing derived is reused for it.

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from . import atomic
 from .errors import InvalidRecord, RunAlreadyExists, RunNotFound, StorageError
@@ -209,9 +209,7 @@ class RunStore:
             file (FIFO, socket, device, folder, dangling symlink: counted unreadable, never served).
         :raises StorageError: if the file exists but cannot be read.
         """
-        raw, _ = self._read(execution_id)
-        assert raw is not None
-        return raw
+        return cast(bytes, self._read(execution_id)[0])  # bytes: nothing said "unless"
 
     def _read(self, execution_id: str, unless: Callable[[os.stat_result], bool] | None = None,
               ) -> tuple[bytes | None, os.stat_result]:
