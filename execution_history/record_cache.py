@@ -21,8 +21,10 @@ a run's CSV rows) is kept with it.
 - A record is kept the second time its file is read (the first read notes the file's
   identity only, among the last SEEN ids): a bulk export of thousands of runs, each read
   once, pays nothing for it and flushes nothing out.
-- The bytes kept are bounded (``RUN_HISTORY_RECORD_CACHE_MB``, default 4 per process; 0
-  turns the cache off), the least recently used run dropped first.
+- What is kept is bounded (``RUN_HISTORY_RECORD_CACHE_MB``, default 4 per process, counted
+  as memory: the bytes, the derived text, a fixed overhead per run; 0 turns the cache off),
+  the least recently used run dropped first. (The same bulk export of up to SEEN runs made
+  twice keeps its runs, and may push others out: that is what least recently used means.)
 """
 from __future__ import annotations
 
@@ -40,8 +42,11 @@ from . import records
 #: The default bound, in bytes of cached JSON and derived text per process.
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 
-#: How many files read once are remembered (by id and identity), waiting for a second read.
-SEEN = 4096
+#: How many files read once are remembered (by id and identity), waiting for a second read
+#: (about 0.4 MB, besides the bound).
+SEEN = 1024
+#: What an entry takes besides its bytes (the entry, its identity, its place in the map).
+ENTRY_OVERHEAD = 1024
 
 Identity = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
 
@@ -56,13 +61,13 @@ class _Entry:
 
     __slots__ = ("execution_id", "identity", "zone", "blob", "derived", "size")
 
-    def __init__(self, execution_id: str, identity: Identity, blob: bytes) -> None:
+    def __init__(self, execution_id: str, identity: Identity, zone: str, blob: bytes) -> None:
         self.execution_id = execution_id
         self.identity = identity
-        self.zone = records.naive_timezone()
+        self.zone = zone
         self.blob = blob
         self.derived: dict[Hashable, str] = {}
-        self.size = sys.getsizeof(blob)
+        self.size = sys.getsizeof(blob) + ENTRY_OVERHEAD
 
 
 class LoadedRecord(dict):  # type: ignore[type-arg]
@@ -102,10 +107,11 @@ class CheckedRecords:
             self._entries.move_to_end(execution_id)
         return self._loaded(orjson.loads(entry.blob), entry)
 
-    def put(self, execution_id: str, identity: Identity, record: dict[str, Any]) -> dict[str, Any]:
-        """Keep *record*, checked from the file of this identity, if this is the second read of
-        the file; return it, as a LoadedRecord if kept (a record orjson cannot write, or one
-        over an eighth of the bound, is not)."""
+    def put(self, execution_id: str, identity: Identity, record: dict[str, Any], zone: str) -> dict[str, Any]:
+        """Keep *record*, checked from the file of this identity in the naive time zone *zone*
+        (as it was before the check began), if this is the second read of the file; return it,
+        as a LoadedRecord if kept (a record orjson cannot write, or one over an eighth of the
+        bound, is not)."""
         if self.max_bytes <= 0:
             return record
         with self._lock:
@@ -114,13 +120,13 @@ class CheckedRecords:
                 if len(self._seen) > SEEN:
                     self._seen.popitem(last=False)
                 return record
-        try:
-            blob = orjson.dumps(record)
+        try:  # a copy of the exact size: orjson's own bytes hold a larger block behind them
+            blob = memoryview(orjson.dumps(record)).tobytes()
         except TypeError:
             return record
         if len(blob) > self.max_bytes // 8:  # one huge record never flushes the rest
             return record
-        entry = _Entry(execution_id, identity, blob)
+        entry = _Entry(execution_id, identity, zone, blob)
         with self._lock:
             self._drop(execution_id)
             self._entries[execution_id] = entry

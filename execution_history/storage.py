@@ -14,7 +14,7 @@ from typing import Any, cast
 from . import atomic
 from .errors import InvalidRecord, RunAlreadyExists, RunNotFound, StorageError
 from .record_cache import DEFAULT_MAX_BYTES as DEFAULT_CACHE_BYTES, CheckedRecords, file_identity
-from .records import dump_record, is_valid_execution_id, parse_record, parse_timestamp
+from .records import dump_record, is_valid_execution_id, naive_timezone, parse_record, parse_timestamp
 from .regular import NotARegularFile, read_regular
 
 log = logging.getLogger(__name__)
@@ -237,10 +237,11 @@ class RunStore:
                 kept.append(record)
             return record is not None
 
+        zone = naive_timezone()  # before the check: a record is kept for the zone it was read in
         raw, st = self._read(execution_id, unless=known)
         if raw is None:
             return kept[0]
-        return self.checked.put(execution_id, file_identity(st), parse_record(raw, execution_id))
+        return self.checked.put(execution_id, file_identity(st), parse_record(raw, execution_id), zone)
 
     def get(self, execution_id: str) -> dict[str, Any]:
         """One record to serve: an unreadable file is as good as missing.

@@ -8,6 +8,8 @@ import io
 import json
 import os
 import shutil
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -216,9 +218,11 @@ def test_a_run_edited_after_its_rows_were_made_exports_its_new_rows(runs_dir):
 
 def test_the_setting_is_read_and_checked(runs_dir, monkeypatch):
     config = app_config(RunStore(runs_dir))
-    assert create_app({**config, "RUN_HISTORY_RECORD_CACHE_MB": 0}).extensions
-    monkeypatch.setenv("RUN_HISTORY_RECORD_CACHE_MB", "16")
     from app.extensions import state
+
+    assert state(create_app({**config, "RUN_HISTORY_RECORD_CACHE_MB": 0}))["store"].checked.max_bytes == 0
+    assert state(create_app(config))["store"].checked.max_bytes == 4 * 1024 * 1024
+    monkeypatch.setenv("RUN_HISTORY_RECORD_CACHE_MB", "16")
 
     assert state(create_app(config))["store"].checked.max_bytes == 16 * 1024 * 1024
     monkeypatch.setenv("RUN_HISTORY_RECORD_CACHE_MB", "lots")
@@ -227,24 +231,30 @@ def test_the_setting_is_read_and_checked(runs_dir, monkeypatch):
 
 
 def test_threads_reading_the_same_runs_each_get_whole_records(runs_dir):
-    import threading
-
-    ids = write_hostile_runs(runs_dir, 20, long_every=0)
+    ids = write_hostile_runs(runs_dir, 40, long_every=0)
     store = RunStore(runs_dir, record_cache_bytes=96 * 1024)  # small: entries come and go meanwhile
     expected = {i: RunStore(runs_dir, record_cache_bytes=0).load(i) for i in ids}
     failures: list[str] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch all the time: unlocked updates would interleave
 
     def reader(seed: int) -> None:
-        for n in range(200):
-            execution_id = ids[(seed * 7 + n) % len(ids)]
-            if store.load(execution_id) != expected[execution_id]:
-                failures.append(execution_id)
+        for n in range(1500):
+            execution_id = ids[(seed * 7 + n * 3) % len(ids)]
+            try:
+                if store.load(execution_id) != expected[execution_id]:
+                    failures.append(execution_id)
+            except Exception as err:  # noqa: BLE001 - a race shows as any error: each is a failure
+                failures.append(repr(err))
 
-    threads = [threading.Thread(target=reader, args=(n,)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
     assert not failures
     assert store.checked._bytes == sum(e.size for e in store.checked._entries.values()) <= store.checked.max_bytes
     assert isinstance(store.checked, CheckedRecords)
@@ -261,3 +271,52 @@ def test_a_kept_record_pickles_and_copies_as_a_plain_dict(runs_dir):
     assert type(record) is not dict  # kept: the store's LoadedRecord
     for twin in (pickle.loads(pickle.dumps(record)), copy.copy(record), copy.deepcopy(record)):
         assert type(twin) is dict and twin == record
+
+
+def test_what_is_kept_is_counted_as_memory_rows_included(runs_dir):
+    import tracemalloc
+
+    from execution_history.record_cache import derived
+
+    ids = write_hostile_runs(runs_dir, 300, long_every=0)
+    store = RunStore(runs_dir, record_cache_bytes=256 * 1024)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for execution_id in ids:
+            for _ in range(3):
+                record = store.load(execution_id)
+            derived(record, "rows", lambda: "ζ" * 2000)  # 2 bytes a character
+        held = tracemalloc.take_snapshot().compare_to(before, "filename")
+    finally:
+        tracemalloc.stop()
+    cache_file = sys.modules[CheckedRecords.__module__].__file__
+    kept = sum(stat.size_diff for stat in held if stat.traceback[0].filename == cache_file)
+    assert 0 < kept <= 1.25 * store.checked.max_bytes  # what the process holds, not just what it counts
+    entries = store.checked._entries.values()
+    assert all(len(e.derived) == 1 for e in entries)
+    assert store.checked._bytes == sum(e.size for e in entries) <= store.checked.max_bytes
+    assert all(e.size >= sys.getsizeof(e.blob) + sys.getsizeof("ζ" * 2000) for e in entries)
+
+
+def test_a_time_zone_changed_during_a_check_is_not_taken_for_the_new_one(runs_dir, monkeypatch):
+    name = "exec_20251120_080000_deadbeef.json"
+    shutil.copy(LEGACY / name, runs_dir / name)
+    execution_id = name[:-5]
+    store = RunStore(runs_dir)
+    real = storage.parse_record
+
+    def zone_changes_meanwhile(raw, eid=None):
+        record = real(raw, eid)  # checked in UTC
+        records.set_naive_timezone("Europe/Berlin")
+        return record
+
+    try:
+        records.set_naive_timezone("UTC")
+        store.load(execution_id)
+        monkeypatch.setattr(storage, "parse_record", zone_changes_meanwhile)
+        store.load(execution_id)  # the second read, kept: for UTC, the zone it was read in
+        monkeypatch.setattr(storage, "parse_record", real)
+        assert store.load(execution_id)["timestamp"] == "2025-11-20T08:00:00+00:00"  # Berlin now
+    finally:
+        records.set_naive_timezone("UTC")
