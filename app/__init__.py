@@ -57,8 +57,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     records.set_naive_timezone(app.config["RUN_HISTORY_NAIVE_TIMEZONE"])
 
     store, layout, recovered = open_checked_store(app.config)  # the one place the store and its folders are picked
-    if hasattr(store, "checked"):  # a local folder: records read again unchanged are not checked again
-        store.checked.max_bytes = max(0, app.config["RUN_HISTORY_RECORD_CACHE_MB"]) * 1024 * 1024
     secret = auth.load_secret_key(app.config["RUN_HISTORY_SECRET_KEY"],
                                   layout.beside / "data")  # the generated key goes beside this: layout.beside
     app.config.update(SECRET_KEY=secret, SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SECURE=True,

@@ -39,7 +39,7 @@ import orjson
 
 from . import records
 
-#: The default bound, in bytes of cached JSON and derived text per process.
+#: The default bound, in bytes of memory per process (RUN_HISTORY_RECORD_CACHE_MB: 4).
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 
 #: How many files read once are remembered (by id and identity), waiting for a second read

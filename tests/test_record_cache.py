@@ -320,3 +320,24 @@ def test_a_time_zone_changed_during_a_check_is_not_taken_for_the_new_one(runs_di
         assert store.load(execution_id)["timestamp"] == "2025-11-20T08:00:00+00:00"  # Berlin now
     finally:
         records.set_naive_timezone("UTC")
+
+
+def test_a_record_file_that_is_a_symlink_retargeted_is_read_from_its_new_target(runs_dir):
+    ids = write_hostile_runs(runs_dir, 2, long_every=0)
+    targets = runs_dir.parent / "targets"
+    targets.mkdir()
+    for execution_id in ids:
+        (runs_dir / f"{execution_id}.json").rename(targets / f"{execution_id}.json")
+    first, second = (targets / f"{i}.json" for i in ids)
+    data = json.loads(second.read_text(encoding="ascii"))
+    data["execution_id"] = ids[0]  # the other file, as the first run
+    data["execution_mode"] = "retargeted"
+    second.write_text(json.dumps(data), encoding="utf-8")
+    link = runs_dir / f"{ids[0]}.json"
+    link.symlink_to(first)
+    store = RunStore(runs_dir)
+    for _ in range(3):
+        assert store.load(ids[0])["execution_mode"] == "eco"
+    link.unlink()
+    link.symlink_to(second)
+    assert store.load(ids[0])["execution_mode"] == "retargeted"
