@@ -20,6 +20,7 @@ from execution_history.exporters.xlsx_writer import (
     utf16_length,
 )
 from execution_history.exporters.xml_writer import read_records, xsd_bytes
+from execution_history.records import check_record
 
 from .conftest import HOSTILE, assert_error, record_every_type
 
@@ -191,6 +192,29 @@ def test_xlsx_truncation_fits_excel_and_counts_the_cut_characters(text):
     assert utf16_length(cut) <= EXCEL_MAX_CELL and utf16_length(cut) > EXCEL_MAX_CELL - 40
     assert text.startswith(kept)
     assert int(re.search(r"\d+", marker).group()) == len(text) - len(kept)
+
+
+def test_xlsx_keeps_formula_and_error_text_as_text_on_every_row():
+    """Text openpyxl would store as a formula or an error value is text, in the run's columns
+    (made once for all its items) on every item row as much as in an item's own."""
+    texts = ["=1+1", "#N/A", "#DIV/0!", "#REF!"]
+    record = check_record({
+        "execution_id": "exec_20251103_205239_896e054c", "config_name": "#NAME?",
+        "timestamp": "2025-11-03T20:52:39+00:00", "status": "completed", "user_id": "=HYPERLINK(\"x\")",
+        "session_id": "#NUM!",
+        "items": [{"sequence_number": n, "stage": 1, "item_type": "user_input_text",
+                   "timestamp": "2025-11-03T20:52:40+00:00", "content": text} for n, text in enumerate(texts, 1)]})
+    book = openpyxl.load_workbook(io.BytesIO(b"".join(EXPORTERS["xlsx"].write([record]))))
+    rows = list(book["Items"].iter_rows(min_row=2))
+    assert len(rows) == len(texts)
+    for row, text in zip(rows, texts):
+        cells = dict(zip(ITEM_COLUMNS, row))
+        for name, wanted in [("config_name", "#NAME?"), ("user_id", '=HYPERLINK("x")'), ("session_id", "#NUM!"),
+                             ("content", text)]:
+            assert (cells[name].value, cells[name].data_type) == (wanted, "s"), name
+    run = dict(zip(RUN_COLUMNS, next(book["Runs"].iter_rows(min_row=2))))
+    assert [(run[name].value, run[name].data_type) for name in ("config_name", "user_id")] == [
+        ("#NAME?", "s"), ('=HYPERLINK("x")', "s")]
 
 
 # ---------------------------------------------------------------- bulk

@@ -32,17 +32,27 @@ def run_row(record: dict[str, Any]) -> tuple[Any, ...]:
             len(record["items"]) if "items" in record else record[ITEMS_COUNT], record["taxonomy_version"])
 
 
-def iter_item_rows(record: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
+def iter_item_rows(record: dict[str, Any], cells: Callable[[tuple[Any, ...], int], Any] | None = None
+                   ) -> Iterator[Any]:
     """The values of a record's item rows, in ITEM_COLUMNS order; metadata as compact JSON.
 
     A run without items still gets one row (its item columns empty), so that no run
-    vanishes from an items export.
+    vanishes from an items export. *cells*, if given, turns values into what a writer
+    wants; it is called with the values and the index of their first column, the run's
+    values once for all its items, then each item's, and a row is the two concatenated.
     """
+    convert = cells or _as_is
     head = item_row_head(record)
+    start = len(head)
+    head = convert(head, 0)
     if not record["items"]:
-        yield head + (None,) * (len(ITEM_COLUMNS) - len(head))
+        yield head + convert((None,) * (len(ITEM_COLUMNS) - start), start)
     for item in record["items"]:
-        yield head + item_row_tail(item)
+        yield head + convert(item_row_tail(item), start)
+
+
+def _as_is(values: tuple[Any, ...], start: int) -> tuple[Any, ...]:
+    return values
 
 
 def item_row_head(record: dict[str, Any]) -> tuple[Any, ...]:

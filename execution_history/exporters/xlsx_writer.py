@@ -1,8 +1,8 @@
 """XLSX: sheets Runs, Items and About, written with openpyxl's write-only workbook.
 
-Cells get native types (numbers, dates as naive UTC, text always as text, never a
-formula). Every string openpyxl gets (cells, headers, the About sheet's labels and filter
-values) passes through :func:`excel_text`: characters an XLSX file cannot hold (its XML is
+Cells get native types (numbers, dates as naive UTC, text always as text, never a formula
+or an error value such as ``#N/A``). Every string openpyxl gets (cells, headers, the About
+sheet's labels and filter values) passes through :func:`excel_text`: characters an XLSX file cannot hold (its XML is
 XML 1.0) are replaced visibly, the rest of the text kept. C0 controls but tab, CR, LF become
 their Unicode "control pictures" (U+0000 -> U+2400 ...); noncharacters (U+FFFE, U+FFFF,
 U+FDD0-U+FDEF and every plane's last two code points) and lone surrogates become U+FFFD.
@@ -19,6 +19,7 @@ from typing import Any
 
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
+from openpyxl.cell.cell import ERROR_CODES
 from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 
@@ -80,6 +81,10 @@ def _excel_time(value: str) -> dt.datetime | str:
     return parsed
 
 
+class _Text(str):
+    """Text openpyxl would not store as text by itself (a formula, an error value)."""
+
+
 class _Sheet:
     """A write-only sheet with a bold frozen header, widths, a filter and typed cells."""
 
@@ -97,21 +102,29 @@ class _Sheet:
             header.append(cell)
         self.sheet.append(header)
 
-    def append(self, values: tuple[Any, ...]) -> None:
-        row: list[Any] = []
-        for name, value in zip(self.columns, values):
+    def cells(self, values: tuple[Any, ...], start: int = 0) -> list[Any]:
+        """*values* (of the columns from index *start* on) as this sheet's cells: times as
+        datetimes, text cleaned, text openpyxl would store as a formula or an error kept text."""
+        cells: list[Any] = []
+        for name, value in zip(self.columns[start:], values):
             if type(value) is str:
-                if name in TIMESTAMP_COLUMNS:
-                    value = _excel_time(value)  # openpyxl gives datetimes a date format itself
-                else:
-                    value = excel_text(value)
-                    if value.startswith("="):  # openpyxl would store a formula: force text
-                        cell = WriteOnlyCell(self.sheet, value=value)
-                        cell.data_type = "s"
-                        value = cell
-            row.append(value)
-        self.sheet.append(row)
+                value = _excel_time(value) if name in TIMESTAMP_COLUMNS else excel_text(value)
+                if type(value) is str and value.startswith(("=", "#")) and (value[0] == "=" or value in ERROR_CODES):
+                    value = _Text(value)
+            cells.append(value)
+        return cells
+
+    def append(self, cells: list[Any]) -> None:
+        """One row of :meth:`cells`' cells."""
+        if _Text in map(type, cells):
+            cells = [self._text_cell(value) if type(value) is _Text else value for value in cells]
+        self.sheet.append(cells)
         self.rows += 1
+
+    def _text_cell(self, value: str) -> WriteOnlyCell:
+        cell = WriteOnlyCell(self.sheet, value=str(value))
+        cell.data_type = "s"  # openpyxl would store "=..." as a formula, "#N/A" as an error
+        return cell
 
     def close(self) -> None:
         last = get_column_letter(len(self.columns))
@@ -126,8 +139,8 @@ def write_xlsx(records: Iterable[dict[str, Any]], *, bulk: bool = False,
     runs = _Sheet(workbook, "Runs", RUN_COLUMNS)
     items = _Sheet(workbook, "Items", ITEM_COLUMNS)
     for record in records:
-        runs.append(run_row(record))
-        for row in iter_item_rows(record):
+        runs.append(runs.cells(run_row(record)))
+        for row in iter_item_rows(record, items.cells):  # the run's cells made once for its items
             items.append(row)
     runs.close()
     items.close()
