@@ -194,6 +194,19 @@ def test_xlsx_truncation_fits_excel_and_counts_the_cut_characters(text):
     assert int(re.search(r"\d+", marker).group()) == len(text) - len(kept)
 
 
+def test_xlsx_text_replaces_exactly_what_its_docstring_says_in_every_plane():
+    """Every code point, checked against the rule as written (not against the pattern)."""
+    def expected(code):
+        if code < 0x20 and chr(code) not in "\t\n\r":
+            return chr(0x2400 + code)  # a control picture
+        if 0xD800 <= code <= 0xDFFF or 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE:
+            return "\ufffd"  # lone surrogates, noncharacters
+        return chr(code)
+    for start in range(0, 0x110000, 16_000):  # chunks under the length cap
+        codes = range(start, min(start + 16_000, 0x110000))
+        assert excel_text("".join(map(chr, codes))) == "".join(map(expected, codes)), hex(start)
+
+
 def test_xlsx_keeps_formula_and_error_text_as_text_on_every_row():
     """Text openpyxl would store as a formula or an error value is text, in the run's columns
     (made once for all its items) on every item row as much as in an item's own."""

@@ -41,14 +41,18 @@ EXCEL_MAX_CELL = 32_767
 #: C0 controls but tab, CR and LF (-> control pictures); noncharacters (broken LLM output
 #: holds U+FFFE/U+FFFF) and lone surrogates (-> U+FFFD): lxml, which openpyxl writes with,
 #: refuses U+FFFE/U+FFFF and surrogates outright (they are not XML 1.0 Chars), and the other
-#: noncharacters are not meant for interchange. One pattern: one pass over each string.
-_NOT_EXCEL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufdd0-\ufdef" + "".join(
-    f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(17)) + "]")
+#: noncharacters are not meant for interchange. One pattern: one pass over each string. It is
+#: written as the characters kept, a few ranges, not those replaced: a class of 40 single
+#: characters and ranges makes ``re`` five times slower on the corpus.
+_NOT_EXCEL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufdcf\ufdf0-\ufffd" + "".join(
+    f"{chr(plane << 16)}-{chr(plane << 16 | 0xFFFD)}" for plane in range(1, 17)) + "]")
 
 
 def _replacement(match: re.Match[str]) -> str:
     code = ord(match.group())
     return chr(0x2400 + code) if code < 0x20 else "\ufffd"
+
+
 _DATE_FORMAT = "yyyy-mm-dd hh:mm:ss"
 _CHUNK = 256 * 1024
 #: Column widths (characters) by column name; others get 14.
