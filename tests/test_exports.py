@@ -225,6 +225,9 @@ def test_xlsx_keeps_formula_and_error_text_as_text_on_every_row():
         for name, wanted in [("config_name", "#NAME?"), ("user_id", '=HYPERLINK("x")'), ("session_id", "#NUM!"),
                              ("content", text)]:
             assert (cells[name].value, cells[name].data_type) == (wanted, "s"), name
+        # the run's time is one date cell shared by its rows: a date on every one of them
+        assert cells["run_timestamp"].is_date and cells["run_timestamp"].value == dt.datetime(2025, 11, 3, 20, 52, 39)
+        assert cells["item_timestamp"].is_date and cells["item_timestamp"].value == dt.datetime(2025, 11, 3, 20, 52, 40)
     run = dict(zip(RUN_COLUMNS, next(book["Runs"].iter_rows(min_row=2))))
     assert [(run[name].value, run[name].data_type) for name in ("config_name", "user_id")] == [
         ("#NAME?", "s"), ('=HYPERLINK("x")', "s")]

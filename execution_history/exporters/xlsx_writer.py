@@ -106,17 +106,28 @@ class _Sheet:
             header.append(cell)
         self.sheet.append(header)
 
-    def cells(self, values: tuple[Any, ...], start: int = 0) -> list[Any]:
+    def cells(self, values: tuple[Any, ...], start: int = 0, repeated: bool = False) -> list[Any]:
         """*values* (of the columns from index *start* on) as this sheet's cells: times as
-        datetimes, text cleaned, text openpyxl would store as a formula or an error kept text."""
+        datetimes, text cleaned, text openpyxl would store as a formula or an error kept text.
+
+        *repeated* values are for several rows: a time becomes one date cell they share
+        (openpyxl gives a datetime its date format again on every row, at a cost).
+        """
         cells: list[Any] = []
         for name, value in zip(self.columns[start:], values):
             if type(value) is str:
                 value = _excel_time(value) if name in TIMESTAMP_COLUMNS else excel_text(value)
-                if type(value) is str and value.startswith(("=", "#")) and (value[0] == "=" or value in ERROR_CODES):
-                    value = _Text(value)
+                if type(value) is str:
+                    if value.startswith(("=", "#")) and (value[0] == "=" or value in ERROR_CODES):
+                        value = _Text(value)
+                elif repeated:  # a datetime
+                    value = WriteOnlyCell(self.sheet, value)
             cells.append(value)
         return cells
+
+    def repeated_cells(self, values: tuple[Any, ...], start: int) -> list[Any]:
+        """:meth:`cells` for ``iter_item_rows``: the run's values (from column 0) are on every item row."""
+        return self.cells(values, start, repeated=start == 0)
 
     def append(self, cells: list[Any]) -> None:
         """One row of :meth:`cells`' cells."""
@@ -144,7 +155,7 @@ def write_xlsx(records: Iterable[dict[str, Any]], *, bulk: bool = False,
     items = _Sheet(workbook, "Items", ITEM_COLUMNS)
     for record in records:
         runs.append(runs.cells(run_row(record)))
-        for row in iter_item_rows(record, items.cells):  # the run's cells made once for its items
+        for row in iter_item_rows(record, items.repeated_cells):  # the run's cells made once for its items
             items.append(row)
     runs.close()
     items.close()
