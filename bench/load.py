@@ -146,15 +146,15 @@ def _open_loop(port: int, rate: float, seconds: float, ids: list[str], result: R
         thread.join()
 
 
-def _cpu_now(roles: dict[str, list[int]]) -> tuple[int, int, dict[str, int]]:
-    """The machine's busy and total CPU ticks (/proc/stat) and each role's ticks (its
-    processes' user + system time); zeros where /proc is missing."""
+def _cpu_now(roles: dict[str, list[int]]) -> tuple[dict[str, int], dict[str, int]]:
+    """The machine's CPU ticks (/proc/stat: busy, iowait, steal, total) and each role's ticks
+    (its processes' user + system time); empty where /proc is missing."""
     try:
         ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     except OSError:
-        return 0, 0, {}
-    idle = ticks[3] + ticks[4]  # idle, iowait
-    return sum(ticks) - idle, sum(ticks), {role: sum(map(_process_ticks, pids)) for role, pids in roles.items()}
+        return {}, {}
+    machine = {"total": sum(ticks), "busy": sum(ticks) - ticks[3] - ticks[4], "iowait": ticks[4], "steal": ticks[7]}
+    return machine, {role: sum(map(_process_ticks, pids)) for role, pids in roles.items()}
 
 
 def _process_ticks(pid: int) -> int:
@@ -166,15 +166,18 @@ def _process_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def _cpu_figures(before: tuple[int, int, dict[str, int]], after: tuple[int, int, dict[str, int]],
+def _cpu_figures(before: tuple[dict[str, int], dict[str, int]], after: tuple[dict[str, int], dict[str, int]],
                  seconds: float) -> dict[str, float]:
-    """CPU over the load: the machine's busy share (%) and each role's cores in use."""
-    if not after[1] - before[1]:
+    """CPU over the load: the machine's busy, iowait and steal shares (%; a shared host's
+    disk and neighbours show there) and each role's cores in use."""
+    total = after[0].get("total", 0) - before[0].get("total", 0)
+    if not total:
         return {}
     tick = os.sysconf("SC_CLK_TCK")
-    return {"machine_busy_pct": round(100 * (after[0] - before[0]) / (after[1] - before[1]), 1),
-            **{f"{role}_cores": round((after[2][role] - before[2].get(role, 0)) / tick / seconds, 2)
-               for role in after[2]}}
+    return {**{f"machine_{key}_pct": round(100 * (after[0][key] - before[0][key]) / total, 1)
+               for key in ("busy", "iowait", "steal")},
+            **{f"{role}_cores": round((after[1][role] - before[1].get(role, 0)) / tick / seconds, 2)
+               for role in after[1]}}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -195,6 +198,9 @@ def run_load(folder: Path, clients: int, seconds: float, writers: int, max_reque
     result = Result()
     try:
         server.wait_built()  # the index is built (text search too) before the clock starts
+        started = time.perf_counter()
+        os.sync()  # and on disk: the kernel would write the build's pages back during the load
+        print(f"the cold build's writes flushed in {time.perf_counter() - started:.1f} s")
         for proc in procs:
             proc.start()
         roles = {"server": server.worker_pids(), "writers": [proc.pid for proc in procs],

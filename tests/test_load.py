@@ -12,4 +12,5 @@ def test_short_load_test_has_no_errors_and_loses_no_run():
     # the CPU in use meanwhile: the machine's share and every role's, each measured
     cpu = figures["cpu"]
     assert 0 < cpu["machine_busy_pct"] <= 100
+    assert 0 <= cpu["machine_iowait_pct"] <= 100 and 0 <= cpu["machine_steal_pct"] <= 100
     assert cpu["server_cores"] > 0 and cpu["writers_cores"] > 0 and cpu["load_generator_cores"] > 0
