@@ -1,7 +1,7 @@
 """Load test: a real gunicorn (shipped config) under concurrent list/get/export requests while
 4 writer processes finalize runs; prints requests/s, p50/p99, errors, runs written vs found,
-and the CPU in use meanwhile (the machine's busy share; cores used by the server's workers,
-the writers and this load generator, which share the machine).
+and the CPU in use meanwhile (the machine's busy, iowait and steal shares; cores used by the
+server's workers, the writers and this load generator, which share the machine).
 
     python -m bench.load [--runs 10000] [--clients 50] [--seconds 30] [--writers 4] [--source DIR]
     python -m bench.load --rate 200 --seconds 30   # open loop: a fixed arrival rate
