@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from execution_history.errors import StorageError
+from execution_history.errors import IndexUnavailable, StorageError
 
 from .extensions import get_index, get_store
 
@@ -16,7 +16,8 @@ RETRY_AFTER = "5"
 def get_health() -> Response:
     """200 ``{"store": "ok", "index": "ready" | "building", "runs_indexed": N}`` (during a cold
     build also ``"build": {"phase", "indexed", "total"}``); 503 when the store cannot be
-    reached. Never builds the index itself: it must stay cheap."""
+    reached, or the index must be written (made, repaired) and its folder cannot be (``index``
+    ``unavailable``). Never builds the index itself: it must stay cheap."""
     try:
         get_store().check()
     except StorageError:
@@ -26,4 +27,11 @@ def get_health() -> Response:
         response.status_code = 503
         response.headers["Retry-After"] = RETRY_AFTER
         return response
-    return jsonify({"store": "ok", **get_index().state()})
+    body = {"store": "ok", **get_index().state()}
+    if body["index"] != "unavailable":
+        return jsonify(body)
+    # the index must be written (damaged, behind) in a folder that cannot be: no reason either
+    response = jsonify({**body, "error": "Run index unavailable", "code": IndexUnavailable.code})
+    response.status_code = IndexUnavailable.status_code
+    response.headers.update(IndexUnavailable.headers)
+    return response

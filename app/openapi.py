@@ -323,7 +323,7 @@ def build_spec() -> dict[str, Any]:
         "responses": {"200": {"description": "XML Schema", "content": {"application/xml": {"schema": {"type": "string"}}}}}}})
     health = {"type": "object", "required": ["store", "index"], "properties": {
         "store": {"type": "string", "enum": ["ok", "unavailable"]},
-        "index": {"type": "string", "enum": ["ready", "building"]},
+        "index": {"type": "string", "enum": ["ready", "building", "unavailable"]},
         "runs_indexed": {"type": "integer"}, "error": {"type": "string"}, "code": {"type": "string"},
         "build": {"type": "object",
                   "description": "A cold index build's progress (only while one runs): phase "
@@ -347,7 +347,8 @@ def build_spec() -> dict[str, Any]:
     unavailable = {"description": "The record store does not answer (STORE_UNAVAILABLE), or the run index is "
                                   "being built from scratch (INDEX_BUILDING, with phase, indexed and total: "
                                   "lists, stats and exports wait for the summaries phase, text search q also "
-                                  "for the text phase); retry after Retry-After",
+                                  "for the text phase), or the index must be written and its folder cannot be "
+                                  "(INDEX_UNAVAILABLE, with reason); retry after Retry-After",
                    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     for path, operations in document["paths"].items():

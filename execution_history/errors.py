@@ -145,6 +145,19 @@ class SelectionChanged(ExecutionHistoryError):
     headers = {"Retry-After": "1"}
 
 
+class IndexUnavailable(ExecutionHistoryError):
+    """The run index cannot be used here and now: it must be written (made, repaired, brought
+    in step with the files) but its folder cannot be written (mounted read-only, permissions,
+    disk full). Answered 503 until the folder is writable again; nothing is lost (the files
+    are the source of truth)."""
+
+    status_code = 503
+    code = "INDEX_UNAVAILABLE"
+    #: Seconds a client should wait before asking again.
+    retry_after = 30
+    headers = {"Retry-After": str(retry_after)}
+
+
 class IndexBuilding(ExecutionHistoryError):
     """The run index is being built from scratch (a cold build): answered 503 with the build's
     progress (``phase`` ``summaries`` or ``text``, ``indexed`` of ``total``) until it is done.

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -39,12 +40,12 @@ def _namespaces_work(folder) -> bool:
 class ReadOnlyServer(LiveServer):
     """gunicorn (shipped config) in a mount namespace where *folder* is read-only."""
 
-    def __init__(self, folder, runs_dir, log_path) -> None:  # noqa: D107 - LiveServer's, behind a mount
+    def __init__(self, folder, runs_dir, log_path, env=None) -> None:  # noqa: D107 - LiveServer's, behind a mount
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        env = {**os.environ, "RUN_HISTORY_DIR": str(runs_dir)}
+        env = {**os.environ, "RUN_HISTORY_DIR": str(runs_dir), **(env or {})}
         self.proc = subprocess.Popen(
             ["unshare", "-m", "sh", "-c", READ_ONLY, str(folder), sys.executable, "-m", "gunicorn",
              "-c", str(PROJECT / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{self.port}", "wsgi:app"],
@@ -97,6 +98,52 @@ def test_read_only_data_folder_is_served_fully_and_keeps_working_once_writable(r
             time.sleep(0.1)
         status, body = fetch(f"{server.url}/api/runs/export/jsonl")
         assert status == 200 and len(body.splitlines()) == len(recorded_runs) + 1
+    finally:
+        server.stop()
+
+
+def fetch_error(url):
+    """(status, JSON body, Retry-After) of a request that must fail."""
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(url, timeout=60)
+    return caught.value.code, json.loads(caught.value.read()), caught.value.headers.get("Retry-After")
+
+
+def test_an_index_folder_that_cannot_be_written_serves_its_index_then_503_until_writable(
+        runs_dir, store, recorded_runs, tmp_path):
+    """README "The index": served while nothing must be written; 503 INDEX_UNAVAILABLE (and
+    health 503) once a new run or damage needs a write; nothing touched; repaired once writable."""
+    index_dir = tmp_path / "index"
+    env = {"RUN_HISTORY_INDEX_DIR": str(index_dir)}
+    if not _namespaces_work(tmp_path):
+        pytest.skip("mount namespaces (unshare -m) are not available here")
+    subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "runs", "reindex"], cwd=PROJECT, check=True,
+                   env={**os.environ, "RUN_HISTORY_DIR": str(runs_dir), **env}, capture_output=True, timeout=120)
+    server = ReadOnlyServer(index_dir, runs_dir, tmp_path.parent / f"{tmp_path.name}-gunicorn.log", env)
+    try:
+        status, body = fetch(f"{server.url}/api/runs?limit=100")
+        assert status == 200 and json.loads(body)["total"] == len(recorded_runs)  # nothing to write: served
+
+        with ExecutionTracker("after", store=store) as run:  # a new run: the index must be written
+            run.log_user_input_text("Blume")
+        status, body, retry = fetch_error(f"{server.url}/api/runs")
+        assert (status, body["code"], retry) == (503, "INDEX_UNAVAILABLE", "30")
+        assert body["reason"] == os.strerror(30)  # EROFS, said as the system says it
+        index_file = index_dir / "runs.sqlite3"
+        with open(index_file, "r+b") as damaged:  # and damaged (outside the namespace)
+            damaged.write(b"not a database" * 10)
+        before = {p.name: p.read_bytes() for p in index_dir.iterdir()}
+        status, body, retry = fetch_error(f"{server.url}/api/runs/stats")
+        assert (status, body["code"]) == (503, "INDEX_UNAVAILABLE")
+        status, body, retry = fetch_error(f"{server.url}/api/health")
+        assert (status, body["index"], body["code"], retry) == (503, "unavailable", "INDEX_UNAVAILABLE", "30")
+        assert "reason" not in body  # the public route says no more
+        assert {p.name: p.read_bytes() for p in index_dir.iterdir()} == before  # nothing touched
+
+        server.make_writable()  # the first request repairs it, with the new run
+        status, body = fetch(f"{server.url}/api/runs?limit=100")
+        assert status == 200 and json.loads(body)["total"] == len(recorded_runs) + 1
+        assert json.loads(fetch(f"{server.url}/api/health")[1])["index"] == "ready"
     finally:
         server.stop()
 

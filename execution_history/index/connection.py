@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import StorageError
+from ..errors import IndexUnavailable, StorageError
 from ..storage import RunStore
 from .schema import _SCHEMA, _SEARCH_SCHEMA, FILE, SCHEMA_VERSION
 
@@ -84,6 +84,11 @@ class SearchReplaced(Exception):
     or process threw that one away (found damaged, or deleted) and made it again, with the
     text phase to do again from the first run. The writer stops, so it writes none of its
     progress into the new file and clears no flag of the index about it."""
+
+
+def _unwritable(err: OSError) -> IndexUnavailable:
+    """The error for an index that must be written in a folder that cannot be (or be made): 503."""
+    return IndexUnavailable("Run index unavailable: its folder cannot be written", reason=err.strerror)
 
 
 def _inode(path: Path) -> int | None:
@@ -209,11 +214,21 @@ class IndexConnection:
                 made.append((stat.st_ino, stat.st_ctime_ns))
         return tuple(made)
 
+    def lock_file(self, name: str) -> int:
+        """A descriptor of the lock file *name* in the index folder (made if missing).
+
+        :raises IndexUnavailable: if the folder cannot be written (read-only, permissions, full).
+        """
+        try:
+            return os.open(self.folder / name, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise _unwritable(err) from err
+
     @contextlib.contextmanager
     def _repair_lock(self) -> Iterator[None]:
         """One repair of a damaged file at a time, across processes (``repair.lock``; taken
         by nothing else, so never nested in another of these locks' holders)."""
-        fd = os.open(self.folder / "repair.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self.lock_file("repair.lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -339,11 +354,18 @@ class IndexConnection:
             return isinstance(err, sqlite3.OperationalError)  # busy or locked: not damage
 
     def _remove_files(self, *paths: Path) -> None:
-        """Remove these database files (default: the index and the search database)."""
+        """Remove these database files (default: the index and the search database).
+
+        :raises IndexUnavailable: if the folder cannot be written.
+        """
         for path in paths or (self.path, self.search_path):
             for suffix in ("", "-journal", "-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     os.unlink(f"{path}{suffix}")
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    raise _unwritable(err) from err
 
     def _begin(self, conn: sqlite3.Connection) -> int:
         """Take the write lock: a blocking ``flock`` on ``write.lock`` first (the kernel queues
@@ -355,7 +377,7 @@ class IndexConnection:
         :returns: the lock file's descriptor; :meth:`_transaction` closes it to release.
         """
         self._local.writes = getattr(self._local, "writes", 0) + 1  # invalidates this thread's cache
-        fd = os.open(self.folder / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self.lock_file("write.lock")
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             conn.execute("BEGIN")
@@ -436,13 +458,13 @@ class IndexConnection:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise StorageError("Index folder cannot be created", reason=err.strerror) from err
+            raise _unwritable(err) from err
 
     @contextlib.contextmanager
     def _scan_lock(self) -> Iterator[None]:
         """One scanning process at a time; others wait, then usually find nothing left to do."""
         self._ensure_folder()
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self.lock_file(self.lock_path.name)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -452,7 +474,7 @@ class IndexConnection:
     def _try_scan_lock(self) -> int | None:
         """The scan lock if no one holds it: its descriptor (closing it releases), else None."""
         self._ensure_folder()
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self.lock_file(self.lock_path.name)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -74,7 +74,7 @@ from typing import Any
 import orjson
 
 from .. import journal, records
-from ..errors import IndexBuilding, StorageError
+from ..errors import IndexBuilding, IndexUnavailable, StorageError
 from ..records import is_valid_execution_id
 from ..storage import RECORD_SUFFIX, Malformed, RunStore
 from .connection import SearchReplaced, _sqlite_errors
@@ -551,7 +551,7 @@ class IndexSync:
             self._index_text(fd)
 
     def _try_text_lock(self) -> int | None:
-        fd = os.open(self.folder / "text.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self.lock_file("text.lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -656,6 +656,8 @@ class IndexSync:
             meta = self._meta(conn, search=True)
             # the record-file runs from the maintained counts: counting the rows took 20 ms at 100k
             indexed = conn.execute("SELECT COALESCE(SUM(runs), 0) FROM run_counts").fetchone()[0]
+        except IndexUnavailable:
+            return {"index": "unavailable", "runs_indexed": 0}
         except (sqlite3.Error, StorageError):
             return {"index": "building", "runs_indexed": 0}
         state: dict[str, Any] = {"index": "ready" if meta["dir_mtime_ns"] is not None else "building",
