@@ -2,12 +2,13 @@
 
 Cells get native types (numbers, dates as naive UTC, text always as text, never a formula
 or an error value such as ``#N/A``). Every string openpyxl gets (cells, headers, the About
-sheet's labels and filter values) passes through :func:`excel_text`: characters an XLSX file cannot hold (its XML is
-XML 1.0) are replaced visibly, the rest of the text kept. C0 controls but tab, CR, LF become
-their Unicode "control pictures" (U+0000 -> U+2400 ...); noncharacters (U+FFFE, U+FFFF,
-U+FDD0-U+FDEF and every plane's last two code points) and lone surrogates become U+FFFD.
-Text over Excel's 32,767 characters is cut with a visible ``…[truncated N characters]``. The workbook is built
-in a temporary file (an XLSX is a zip, written at the end) and then streamed.
+sheet's labels and filter values) passes through :func:`excel_text`: characters an XLSX
+file cannot hold (its XML is XML 1.0) are replaced visibly, the rest of the text kept. C0
+controls but tab, CR, LF become their Unicode "control pictures" (U+0000 -> U+2400 ...);
+noncharacters (U+FFFE, U+FFFF, U+FDD0-U+FDEF and every plane's last two code points) and
+lone surrogates become U+FFFD. Text over Excel's 32,767 characters is cut with a visible
+``…[truncated N characters]``. The workbook is built in a temporary file (an XLSX is a zip,
+written at the end) and then streamed.
 """
 from __future__ import annotations
 
