@@ -44,7 +44,18 @@ def _wait_for_index_builds() -> None:
     get_index().build_in_background = False
 
 
-runs = AppGroup("runs", help="Inspect and manage recorded pipeline runs.", callback=_wait_for_index_builds)
+class _Commands(AppGroup):
+    """A group whose commands end on the project's own errors with their JSON body (what the
+    API would answer) and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ExecutionHistoryError as err:
+            _fail(err)
+
+
+runs = _Commands("runs", help="Inspect and manage recorded pipeline runs.", callback=_wait_for_index_builds)
 
 
 def _echo_json(data: object) -> None:
@@ -65,10 +76,7 @@ def stats_command() -> None:
 @click.argument("execution_id")
 def show_command(execution_id: str) -> None:
     """Print one whole record as JSON."""
-    try:
-        _echo_json(get_store().get(execution_id))
-    except ExecutionHistoryError as err:
-        _fail(err)
+    _echo_json(get_store().get(execution_id))
 
 
 @runs.command("sample")
@@ -123,21 +131,18 @@ def export_command(execution_id: str | None, export_all: bool, fmt: str, output:
         raise click.UsageError("Give either an EXECUTION_ID or --all.")
     args = MultiDict({name: value for name, value in params.items() if value is not None})
     secret = current_app.config["SECRET_KEY"]
-    try:
-        exporter = get_exporter(fmt)
-        if export_all:
-            query, options = load_query(export_params(exporter, bulk=True), args)
-            _, chunks = export_selection(exporter, get_index(), get_store(), query, with_media_root(exporter, options),
-                                         secret_key=secret)
-        else:
-            options = load_params(export_params(exporter, bulk=False), args)
-            records, _, options, _ = prepare_export([get_store().get(execution_id)], None, options, secret)
-            chunks = exporter.write(records, bulk=False, **with_media_root(exporter, options))
-        with click.open_file(output, "wb", atomic=output != "-") as sink:
-            for chunk in chunks:
-                sink.write(chunk)
-    except ExecutionHistoryError as err:
-        _fail(err)
+    exporter = get_exporter(fmt)
+    if export_all:
+        query, options = load_query(export_params(exporter, bulk=True), args)
+        _, chunks = export_selection(exporter, get_index(), get_store(), query, with_media_root(exporter, options),
+                                     secret_key=secret)
+    else:
+        options = load_params(export_params(exporter, bulk=False), args)
+        records, _, options, _ = prepare_export([get_store().get(execution_id)], None, options, secret)
+        chunks = exporter.write(records, bulk=False, **with_media_root(exporter, options))
+    with click.open_file(output, "wb", atomic=output != "-") as sink:
+        for chunk in chunks:
+            sink.write(chunk)
 
 
 token = AppGroup("token", help="Access tokens (RUN_HISTORY_TOKENS must name the tokens file).")
@@ -235,11 +240,8 @@ def prune_command(older_than: str, config: str | None, status: str | None, dry_r
 def delete_command(execution_id: str, media: bool) -> None:
     """Delete one finished run for good (what DELETE /api/runs/<id> does for an admin)."""
     root = get_media_sources() if media else None  # the local media dir and/or the bucket's
-    try:
-        deleted = delete_run(get_store(), get_index(), execution_id, media_root=root,
-                             journals=get_layout().journal, thumbnails=get_thumbnails())
-    except ExecutionHistoryError as err:
-        _fail(err)
+    deleted = delete_run(get_store(), get_index(), execution_id, media_root=root,
+                         journals=get_layout().journal, thumbnails=get_thumbnails())
     get_audit().append(
         "delete", user=_operator(), role="cli", execution_id=execution_id, config=deleted.config_name,
         media_deleted=len(deleted.media_files) if media else None)
@@ -278,8 +280,6 @@ def import_command(source: str) -> None:
                        + (f" ({_printable(result.reason)})" if result.reason else ""))
     except OSError as err:
         raise click.ClickException(f"{source} cannot be read: {err.strerror or err}") from None
-    except ExecutionHistoryError as err:
-        _fail(err)
     click.echo(f"{sum(counts.values())} file(s) from {_printable(source)}: {counts[importer.COPIED]} copied, "
                f"{counts[importer.ALREADY_THERE]} already there, {counts[importer.UNREADABLE]} unreadable.")
     if counts[importer.UNREADABLE]:

@@ -335,7 +335,8 @@ def build_spec() -> dict[str, Any]:
         "security": [],
         "responses": {"200": {"description": "Store reachable; the index ready or building",
                               "content": {"application/json": {"schema": health}}},
-                      "503": {"description": "The store is unreachable (Retry-After)",
+                      "503": {"description": "The store is unreachable (STORE_UNAVAILABLE), or the index must "
+                                             "be written and its folder cannot be (INDEX_UNAVAILABLE); Retry-After",
                               "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                               "content": {"application/json": {"schema": health}}}}}})
     spec.path(path="/api/openapi.json", operations={"get": {

@@ -153,7 +153,8 @@ def _cpu_now(roles: dict[str, list[int]]) -> tuple[dict[str, int], dict[str, int
         ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     except OSError:
         return {}, {}
-    machine = {"total": sum(ticks), "busy": sum(ticks) - ticks[3] - ticks[4], "iowait": ticks[4], "steal": ticks[7]}
+    total = sum(ticks[:8])  # user .. steal (guest time is counted in user already)
+    machine = {"total": total, "busy": total - ticks[3] - ticks[4] - ticks[7], "iowait": ticks[4], "steal": ticks[7]}
     return machine, {role: sum(map(_process_ticks, pids)) for role, pids in roles.items()}
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from .errors import InvalidRecord, RunNotFound, StorageError
 from .index import BATCH, FILE, PARALLEL_MIN, IndexedRun, Parsed, RunIndex, extract
+from .index.connection import index_error, notes_unwritable
 from .records import parse_record
 from .storage import Malformed
 
@@ -65,6 +66,7 @@ class S3RunIndex(RunIndex):
         super().__init__(store, **options)
         self._polled_at = float("-inf")
 
+    @notes_unwritable
     def sync(self, full: bool = False) -> None:
         """Bring the index in step with the bucket (a listing at most every POLL_SECONDS).
 
@@ -91,7 +93,7 @@ class S3RunIndex(RunIndex):
                     self._incremental(conn, meta)
             self._polled_at = time.monotonic()
         except sqlite3.Error as err:
-            raise StorageError("Run index unavailable", reason=str(err)) from err
+            raise index_error(err) from err
 
     # ------------------------------------------------------------ listings
 

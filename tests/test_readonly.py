@@ -114,7 +114,8 @@ def test_an_index_folder_that_cannot_be_written_serves_its_index_then_503_until_
     """README "The index": served while nothing must be written; 503 INDEX_UNAVAILABLE (and
     health 503) once a new run or damage needs a write; nothing touched; repaired once writable."""
     index_dir = tmp_path / "index"
-    env = {"RUN_HISTORY_INDEX_DIR": str(index_dir)}
+    # one worker: health speaks for the worker whose requests failed (README), so it answers for it
+    env = {"RUN_HISTORY_INDEX_DIR": str(index_dir), "WEB_CONCURRENCY": "1"}
     if not _namespaces_work(tmp_path):
         pytest.skip("mount namespaces (unshare -m) are not available here")
     subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "runs", "reindex"], cwd=PROJECT, check=True,
@@ -129,6 +130,8 @@ def test_an_index_folder_that_cannot_be_written_serves_its_index_then_503_until_
         status, body, retry = fetch_error(f"{server.url}/api/runs")
         assert (status, body["code"], retry) == (503, "INDEX_UNAVAILABLE", "30")
         assert body["reason"] == os.strerror(30)  # EROFS, said as the system says it
+        status, body, retry = fetch_error(f"{server.url}/api/health")  # the load balancer hears it
+        assert (status, body["index"], body["code"]) == (503, "unavailable", "INDEX_UNAVAILABLE")
         index_file = index_dir / "runs.sqlite3"
         with open(index_file, "r+b") as damaged:  # and damaged (outside the namespace)
             damaged.write(b"not a database" * 10)
@@ -144,6 +147,40 @@ def test_an_index_folder_that_cannot_be_written_serves_its_index_then_503_until_
         status, body = fetch(f"{server.url}/api/runs?limit=100")
         assert status == 200 and json.loads(body)["total"] == len(recorded_runs) + 1
         assert json.loads(fetch(f"{server.url}/api/health")[1])["index"] == "ready"
+    finally:
+        server.stop()
+
+
+def test_an_empty_index_folder_that_cannot_be_written_answers_503_and_the_cli_says_why(
+        runs_dir, recorded_runs, tmp_path):
+    index_dir = tmp_path / "index"
+    index_dir.mkdir()
+    env = {"RUN_HISTORY_INDEX_DIR": str(index_dir), "WEB_CONCURRENCY": "1"}
+    if not _namespaces_work(tmp_path):
+        pytest.skip("mount namespaces (unshare -m) are not available here")
+    result = subprocess.run(["unshare", "-m", "sh", "-c", READ_ONLY, str(index_dir), sys.executable, "-m", "flask",
+                             "--app", "wsgi", "runs", "stats"], cwd=PROJECT, capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "RUN_HISTORY_DIR": str(runs_dir), **env})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert json.loads(result.stderr.split("Error: ", 1)[1])["code"] == "INDEX_UNAVAILABLE"
+    server = ReadOnlyServer(index_dir, runs_dir, tmp_path.parent / f"{tmp_path.name}-gunicorn.log", env)
+    try:
+        status, body, retry = fetch_error(f"{server.url}/api/runs")
+        assert (status, body["code"], retry) == (503, "INDEX_UNAVAILABLE", "30")
+        status, body, retry = fetch_error(f"{server.url}/api/health")
+        assert (status, body["index"]) == (503, "unavailable")
+        assert list(index_dir.iterdir()) == []
+        server.make_writable()
+        deadline = time.monotonic() + 30
+        while True:  # a cold build in the background: 503 INDEX_BUILDING meanwhile
+            try:
+                status, body = fetch(f"{server.url}/api/runs?limit=100")
+                break
+            except urllib.error.HTTPError as err:
+                assert err.code == 503 and json.loads(err.read())["code"] == "INDEX_BUILDING"
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert json.loads(body)["total"] == len(recorded_runs)
     finally:
         server.stop()
 

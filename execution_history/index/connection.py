@@ -55,6 +55,36 @@ def _is_corrupt(err: BaseException | None) -> bool:
     return code is None or code & 0xFF in _CORRUPT_CODES
 
 
+#: SQLITE_READONLY, SQLITE_FULL and SQLITE_CANTOPEN (primary result codes): the index must
+#: be written (or made) where it cannot be.
+_UNWRITABLE_CODES = {8, 13, 14}
+_UNWRITABLE = "Run index unavailable: it must be written and its folder cannot be"
+
+
+def index_error(err: sqlite3.Error) -> IndexUnavailable | StorageError:
+    """The error to raise for *err*: IndexUnavailable (503) where the index cannot be written
+    (read-only, full, cannot be made), else StorageError (a 500 with a logged cause)."""
+    code = getattr(err, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _UNWRITABLE_CODES:
+        return IndexUnavailable(_UNWRITABLE, reason=str(err))
+    return StorageError("Run index unavailable", reason=str(err))
+
+
+def notes_unwritable(sync: Callable[..., None]) -> Callable[..., None]:
+    """For ``sync``: ``self.unwritable`` (what /api/health reports) set when it raised
+    IndexUnavailable, cleared when it succeeded."""
+    @functools.wraps(sync)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            sync(self, *args, **kwargs)
+        except IndexUnavailable:
+            self.unwritable = True
+            raise
+        self.unwritable = False
+
+    return wrapper
+
+
 def _sqlite_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     """sqlite3.Error -> StorageError, where it enters (a clean 500 with a logged cause).
 
@@ -69,7 +99,7 @@ def _sqlite_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             except sqlite3.Error as err:
                 if attempt == 1 and _is_corrupt(err) and self._discard_if_corrupt():
                     continue
-                raise StorageError("Run index unavailable", reason=str(err)) from err
+                raise index_error(err) from err
             except StorageError as err:  # sync() translated it already
                 if attempt == 1 and _is_corrupt(err.__cause__) and self._discard_if_corrupt():
                     continue
@@ -88,7 +118,7 @@ class SearchReplaced(Exception):
 
 def _unwritable(err: OSError) -> IndexUnavailable:
     """The error for an index that must be written in a folder that cannot be (or be made): 503."""
-    return IndexUnavailable("Run index unavailable: its folder cannot be written", reason=err.strerror)
+    return IndexUnavailable(_UNWRITABLE, reason=err.strerror)
 
 
 def _inode(path: Path) -> int | None:
@@ -111,6 +141,8 @@ class IndexConnection:
     search_path: Path
     lock_path: Path
     _local: threading.local
+    #: The last sync could not write the index it had to (set by :func:`notes_unwritable`).
+    unwritable = False
 
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection (the search database attached), reopened after a fork or
@@ -396,7 +428,7 @@ class IndexConnection:
                 return
             except sqlite3.OperationalError as err:
                 if "locked" not in str(err) and "busy" not in str(err) or time.monotonic() > deadline:
-                    raise StorageError("Run index unavailable", reason=str(err)) from err
+                    raise index_error(err) from err
                 time.sleep(0.05)
 
     @contextlib.contextmanager

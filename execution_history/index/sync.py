@@ -77,7 +77,7 @@ from .. import journal, records
 from ..errors import IndexBuilding, IndexUnavailable, StorageError
 from ..records import is_valid_execution_id
 from ..storage import RECORD_SUFFIX, Malformed, RunStore
-from .connection import SearchReplaced, _sqlite_errors
+from .connection import SearchReplaced, _sqlite_errors, index_error, notes_unwritable
 from .schema import (
     _INSERT_RUN, FILE, FIRST_INDEXES, JOURNAL, SECONDARY_INDEXES, IndexedRun, Parsed, extract, read_indexed,
 )
@@ -213,6 +213,7 @@ class IndexSync:
         due = full or self._clock() - float(meta["full_check_at"] or 0) >= self.rescan_seconds
         return not due and meta["dir_mtime_ns"] == dir_mtime
 
+    @notes_unwritable
     def sync(self, full: bool = False) -> None:
         """Bring the index in step with the folder (cheap when nothing changed).
 
@@ -220,6 +221,7 @@ class IndexSync:
         :raises IndexBuilding: with ``build_in_background``, while a cold build's summaries
             are being indexed (by this process or another).
         :raises StorageError: if the index cannot be opened or written.
+        :raises IndexUnavailable: if it must be written and its folder cannot be (read-only, full).
         """
         arrived, arrived_mono = time.time_ns(), time.monotonic_ns()
         try:
@@ -255,7 +257,7 @@ class IndexSync:
             if not self.build_in_background:
                 self._index_text()  # a cold build's second phase, here and now
         except sqlite3.Error as err:
-            raise StorageError("Run index unavailable", reason=str(err)) from err
+            raise index_error(err) from err
 
     # ------------------------------------------------------------ the folder watch
 
@@ -645,12 +647,16 @@ class IndexSync:
         self._search_write(write, pinned)
 
     def state(self) -> dict[str, Any]:
-        """``{"index": "ready" | "building", "runs_indexed": N}`` without building anything:
-        building until the first scan of the folder has finished (or while the file is missing).
-        During a cold build also ``"build": {"phase", "indexed", "total"}``: phase ``summaries``
-        (the index is building) or ``text`` (ready; text search not yet)."""
+        """``{"index": "ready" | "building" | "unavailable", "runs_indexed": N}`` without building
+        anything: building until the first scan of the folder has finished (or while the file is
+        missing). During a cold build also ``"build": {"phase", "indexed", "total"}``: phase
+        ``summaries`` (the index is building) or ``text`` (ready; text search not yet).
+        Unavailable: the index cannot be opened or made, or this process's last sync had to
+        write it, and its folder cannot be written (read-only, permissions)."""
+        if self.unwritable and not self._folder_writable():  # this process's last sync could not write
+            return {"index": "unavailable", "runs_indexed": 0}
         if not self.path.exists():
-            return {"index": "building", "runs_indexed": 0}
+            return {"index": "building" if self._folder_writable() else "unavailable", "runs_indexed": 0}
         try:
             conn = self._connection()
             meta = self._meta(conn, search=True)
@@ -658,13 +664,22 @@ class IndexSync:
             indexed = conn.execute("SELECT COALESCE(SUM(runs), 0) FROM run_counts").fetchone()[0]
         except IndexUnavailable:
             return {"index": "unavailable", "runs_indexed": 0}
-        except (sqlite3.Error, StorageError):
-            return {"index": "building", "runs_indexed": 0}
+        except (sqlite3.Error, StorageError) as err:
+            unavailable = isinstance(err, sqlite3.Error) and isinstance(index_error(err), IndexUnavailable)
+            return {"index": "unavailable" if unavailable else "building", "runs_indexed": 0}
         state: dict[str, Any] = {"index": "ready" if meta["dir_mtime_ns"] is not None else "building",
                                  "runs_indexed": indexed}
         if (meta["dir_mtime_ns"] is None and meta["build_total"] is not None) or meta["text_upto"] is not None:
             state["build"] = dict(self._building(meta).context)
         return state
+
+    def _folder_writable(self) -> bool:
+        """Whether the index folder (or, while it is missing, the nearest folder above it)
+        can be written: ``access(2)``, which also says no for a read-only mount."""
+        folder = self.folder
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        return os.access(folder, os.W_OK)
 
     # ------------------------------------------------------------ keeping in step
 
@@ -941,5 +956,5 @@ class IndexSync:
             if filed:
                 parsed = [(i, read_indexed(self.store.path_for(i), i)) for i in filed]
                 self._write(conn, lambda c: self._store_batch(c, parsed))
-        except (sqlite3.Error, StorageError) as err:
+        except (sqlite3.Error, StorageError, IndexUnavailable) as err:
             log.warning("index: could not recheck %s (%s)", ", ".join(ids), err)
