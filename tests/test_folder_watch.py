@@ -7,12 +7,14 @@ listing again whenever the watch cannot be trusted.
 """
 import logging
 import os
+import sqlite3
 import threading
 import time
 
 import pytest
 
 from execution_history import ExecutionTracker, RunStore
+from execution_history.errors import StorageError
 from execution_history.filters import RunQuery
 from execution_history.index import RunIndex
 from execution_history.index import watch as watch_module
@@ -122,6 +124,24 @@ def test_a_lost_watch_means_a_listing_and_a_new_watch(index, store, recorded_run
     listings.clear()
     record_run(store, "watched-again")
     assert ids_of(index).count(new_id) == 1 and len(ids_of(index)) == len(recorded_runs) + 2
+
+
+def test_names_whose_indexing_failed_are_indexed_by_the_next_request(index, store, recorded_runs, listings,
+                                                                      monkeypatch):
+    """A write that fails (disk full, a read-only remount) loses no name the watch read: the
+    next request indexes the run, without a listing (not only the check of every file later)."""
+    real = type(index)._write
+
+    def full(self, conn, work):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(type(index), "_write", full)
+    new_id = record_run(store, "while-full")
+    with pytest.raises(StorageError):
+        ids_of(index)
+    monkeypatch.setattr(type(index), "_write", real)
+    assert new_id in ids_of(index)
+    assert listings == []  # from the names put back, not a listing
 
 
 def test_the_folder_moved_away_and_made_again(store, recorded_runs, tmp_path):

@@ -185,6 +185,48 @@ def test_an_empty_index_folder_that_cannot_be_written_answers_503_and_the_cli_sa
         server.stop()
 
 
+FULL_DISK = """
+import json, os, sys
+from execution_history import ExecutionTracker, RunStore
+from execution_history.errors import IndexUnavailable
+from execution_history.index import RunIndex
+store, index = RunStore(sys.argv[1]), RunIndex(RunStore(sys.argv[1]), folder=os.path.join(sys.argv[2], "index"))
+index.sync()
+filler = os.path.join(sys.argv[2], "filler")
+with open(filler, "wb") as f:  # the disk fills up
+    try:
+        while True:
+            f.write(bytes(65536)); f.flush()
+    except OSError:
+        pass
+for n in range(100):
+    with ExecutionTracker("while-full", store=store) as run:
+        run.log_user_input_text(f"text {n} " * 400)
+try:
+    index.sync()
+    failed = None
+except IndexUnavailable as err:
+    failed = err.to_dict()
+os.unlink(filler)  # room again
+index.sync()
+print(json.dumps({"failed": failed, "indexed": index.state()["runs_indexed"]}))
+"""
+
+
+def test_a_full_disk_under_the_index_answers_503_and_loses_no_run(runs_dir, recorded_runs, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not _namespaces_work(tmp_path):
+        pytest.skip("mount namespaces (unshare -m) are not available here")
+    result = subprocess.run(["unshare", "-m", "sh", "-c", 'mount -t tmpfs -o size=2m tmpfs "$0" && exec "$@"',
+                             str(disk), sys.executable, "-c", FULL_DISK, str(runs_dir), str(disk)],
+                            cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["failed"]["code"] == "INDEX_UNAVAILABLE" and "full" in outcome["failed"]["reason"]
+    assert outcome["indexed"] == len(recorded_runs) + 100  # every run, once there is room (the watch's names kept)
+
+
 TRACK = """
 import json, logging, sys
 from execution_history import ExecutionTracker

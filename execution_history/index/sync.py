@@ -322,7 +322,11 @@ class IndexSync:
             if not all(map(is_valid_execution_id, ids)):
                 return False  # a record file whose name is no id: counted by a listing only
             if ids:
-                self._index_changed(conn, ids)
+                try:
+                    self._index_changed(conn, ids)
+                except BaseException:  # not indexed (disk full, read-only, busy): named again next time
+                    watch.put_back(names)
+                    raise
             watch.applied_from_ns = began
         if self._clock() - float(meta["full_check_at"] or 0) >= self.rescan_seconds:
             self._check_every_file()

@@ -90,6 +90,7 @@ class FolderWatch:
         self.lock = threading.Lock()  # one thread reads and applies the names at a time
         #: time.monotonic_ns() when the last read whose names are all indexed began
         self.applied_from_ns = 0
+        self._unapplied: set[str] = set()  # names read whose indexing failed: read again next time
         self._finalizer = weakref.finalize(self, os.close, fd)
 
     @classmethod
@@ -121,11 +122,15 @@ class FolderWatch:
     def close(self) -> None:
         self._finalizer()
 
+    def put_back(self, names: set[str]) -> None:
+        """*names*, from the last read, could not be indexed: the next read reports them again."""
+        self._unapplied |= names
+
     def read(self) -> set[str] | None:
-        """The names reported since the last read, or None if the watch is lost (events were
-        dropped, or the folder was deleted or moved): the caller must list the folder again,
-        with a new watch. Never blocks."""
-        names: set[str] = set()
+        """The names reported since the last read (and those put back), or None if the watch
+        is lost (events were dropped, or the folder was deleted or moved): the caller must
+        list the folder again, with a new watch. Never blocks."""
+        names, self._unapplied = self._unapplied, set()
         while True:
             try:
                 data = os.read(self.fd, _READ_SIZE)
