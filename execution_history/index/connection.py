@@ -86,7 +86,8 @@ def notes_unwritable(sync: Callable[..., None]) -> Callable[..., None]:
 
 
 def _sqlite_errors(method: Callable[..., Any]) -> Callable[..., Any]:
-    """sqlite3.Error -> StorageError, where it enters (a clean 500 with a logged cause).
+    """sqlite3.Error -> :func:`index_error` (StorageError, a clean 500 with a logged cause, or
+    IndexUnavailable, a 503), where it enters.
 
     An index found damaged while serving is thrown away and the call made once more, so
     it answers from a rebuilt index instead of failing until someone runs ``reindex``.
