@@ -42,7 +42,7 @@ def open_checked_store(config: Mapping[str, Any]) -> tuple[Any, stores.Layout, l
     store = stores.open_store(location, config["RUN_HISTORY_S3_ENDPOINT_URL"])
     if not stores.is_s3(store):  # a local folder keeps the records it reads again (record_cache.py)
         store.checked.max_bytes = max(0, config["RUN_HISTORY_RECORD_CACHE_MB"]) * 1024 * 1024
-    if stores.is_s3(store):
+    else:
         if not config["RUN_HISTORY_SECRET_KEY"]:
             raise StoreStartupError(
                 f"RUN_HISTORY_SECRET_KEY must be set for the S3 store {store.url}: every API host must "
